@@ -1,0 +1,3 @@
+from layerwise.cli import main
+
+raise SystemExit(main())

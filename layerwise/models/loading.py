@@ -1,0 +1,125 @@
+"""Load a model with a task head and its tokenizer from any resolvable name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from layerwise.errors import ConfigError, ModelError
+from layerwise.models.resolve import ModelSource, resolve_model
+
+__all__ = ["HEADS", "LoadedModel", "load_model", "load_tokenizer", "model_fingerprint"]
+
+HEADS = ("classification", "regression", "causal-lm", "base")
+"""Task heads: sequence classification with k labels, regression (one output), causal LM, or none."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, where it came from and the head it carries."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    head: str
+
+    @property
+    def fingerprint(self) -> dict:
+        """Name, config hash and parameter count; cards refuse models whose fingerprint differs."""
+        return model_fingerprint(self.model, self.source.name)
+
+
+def model_fingerprint(model: Any, name: str) -> dict:
+    """A stable identity for a model's architecture and size (not its fine-tuned weights).
+
+    The hash covers the config fields that define the architecture, so the same base model loaded
+    with another head or on another machine keeps its fingerprint.
+    """
+    cfg = model.config.to_dict()
+    keep = {k: cfg.get(k) for k in sorted(cfg) if k in _ARCH_KEYS}
+    keep["model_type"] = cfg.get("model_type")
+    digest = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    base = getattr(model, "base_model", model)
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    params = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and not _is_head(n))
+    return {"name": name, "model_type": cfg.get("model_type"), "config_hash": digest, "parameters": params}
+
+
+_ARCH_KEYS = {
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "vocab_size", "n_embd", "n_layer", "n_head", "dim", "n_layers", "hidden_dim", "head_dim",
+    "max_position_embeddings", "n_positions", "type_vocab_size", "hidden_act", "activation_function",
+}
+
+_HEAD_PREFIXES = ("classifier", "score", "lm_head", "pre_classifier", "qa_outputs")
+
+
+def _is_head(param_name: str) -> bool:
+    return any(part in _HEAD_PREFIXES for part in param_name.split("."))
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """Load the tokenizer and make sure it can pad (decoders often lack a pad token: EOS is used)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"tokenizer of {source.name!r} has neither a pad nor an EOS token to pad with")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str,
+    head: str = "classification",
+    num_labels: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Resolve ``name`` and load it with a task ``head`` (one of :data:`HEADS`).
+
+    ``num_labels`` is required for ``classification``. Remote code runs only with
+    ``trust_remote_code=True`` (the CLI's ``--trust-remote-code``). Weights load from safetensors
+    wherever the model folder has them.
+    """
+    import torch
+    import transformers
+
+    if head not in HEADS:
+        raise ConfigError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head == "classification" and (num_labels is None or num_labels < 2):
+        raise ConfigError(f"a classification head needs num_labels >= 2, got {num_labels}")
+    source = resolve_model(name, cache_dir)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype)}
+    if source.kind != "hub" and any(Path(source.path).glob("*.safetensors")):
+        kwargs["use_safetensors"] = True
+    auto, extra = _auto_class(transformers, head, num_labels)
+    # The load report (e.g. "classifier.weight MISSING" for a fresh head) is expected, not news.
+    transformers.logging.set_verbosity_error()
+    try:
+        model = auto.from_pretrained(source.path, **kwargs, **extra)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"could not load {name!r} from {source.path} with a {head} head: {err}") from err
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, head=head)
+
+
+def _auto_class(transformers: Any, head: str, num_labels: int | None) -> tuple[Any, dict]:
+    if head == "classification":
+        return transformers.AutoModelForSequenceClassification, {
+            "num_labels": num_labels, "problem_type": "single_label_classification"}
+    if head == "regression":
+        return transformers.AutoModelForSequenceClassification, {"num_labels": 1, "problem_type": "regression"}
+    if head == "causal-lm":
+        return transformers.AutoModelForCausalLM, {}
+    return transformers.AutoModel, {}

@@ -1,0 +1,168 @@
+"""Resolve a model name to something ``from_pretrained`` can load, in the documented order:
+a local directory, a local GGUF file, a bundled alias, then a hub id (``org/name``).
+
+GGUF models (bundled or local) are dequantized once into a cache directory of ordinary fp32
+safetensors checkpoints; later loads come from there in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerwise.errors import ModelError
+from layerwise.models.aliases import BUNDLED_MODELS, BundledModel
+
+__all__ = ["ModelSource", "resolve_model", "default_cache_dir"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: ``path`` is a directory or a hub id for ``from_pretrained``."""
+
+    name: str
+    """The name the user gave."""
+    path: str
+    kind: str
+    """``local``, ``bundled`` or ``hub``."""
+    alias: str | None = None
+
+
+def default_cache_dir() -> Path:
+    """``$LAYERWISE_CACHE``, else ``$XDG_CACHE_HOME/layerwise``, else ``~/.cache/layerwise``."""
+    if os.environ.get("LAYERWISE_CACHE"):
+        return Path(os.environ["LAYERWISE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "layerwise"
+
+
+def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> ModelSource:
+    """Resolve ``name`` (directory, ``.gguf`` file, alias or hub id) to a loadable source."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"model directory {path} has no config.json; expected a Hugging Face model folder")
+        return ModelSource(name, str(path), "local")
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        return ModelSource(name, str(convert_gguf(path, cache)), "local")
+    if name.lower() in BUNDLED_MODELS:
+        bundled = BUNDLED_MODELS[name.lower()]
+        return ModelSource(name, str(_materialise_bundled(bundled, cache)), "bundled", bundled.alias)
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return ModelSource(name, name, "hub")
+    raise ModelError(
+        f"unknown model {name!r}: not a directory, not a .gguf file, not a bundled alias "
+        f"({', '.join(BUNDLED_MODELS)}) and not a hub id of the form org/name"
+    )
+
+
+def _materialise_bundled(model: BundledModel, cache: Path) -> Path:
+    if model.fmt == "dir":
+        return model.locate()
+    if model.fmt == "gguf":
+        return convert_gguf(model.locate(), cache)
+    if model.fmt == "split-zip":
+        return _unzip_split(model, cache)
+    if model.fmt == "gguf-parts":
+        return _assemble_gguf_parts(model, cache)
+    raise AssertionError(f"unhandled bundled format {model.fmt}")
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def convert_gguf(gguf_path: Path, cache: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into ``cache`` as an fp32 safetensors model folder."""
+    target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerwise.progress import status
+
+    with status(f"converting {gguf_path.name} once into {target} (later loads take seconds)"):
+        folder, fname = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        # A GGUF-loaded model is marked quantized and save_pretrained refuses it; after dequantization
+        # the weights are plain fp32, so the marker is dropped.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        _save_atomically(model, tokenizer, target)
+    return target
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        from safetensors.torch import save_model
+
+        # save_pretrained refuses GGUF-loaded models: write config and weights directly.
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _unzip_split(model: BundledModel, cache: Path) -> Path:
+    import zipfile
+
+    target = cache / "bundled" / model.alias
+    if target.exists():
+        return _find_model_dir(target, model)
+    parts = []
+    for i, dist in enumerate(model.distributions, start=1):
+        import importlib.metadata
+
+        rel = model.location.replace("part_001", f"part_00{i}").replace(".zip.001", f".zip.00{i}")
+        parts.append(Path(str(importlib.metadata.distribution(dist).locate_file(rel))))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}.", dir=target.parent))
+    try:
+        joined = tmp / "model.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(tmp / "files")
+        joined.unlink()
+        os.replace(tmp / "files", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _find_model_dir(target, model)
+
+
+def _assemble_gguf_parts(model: BundledModel, cache: Path) -> Path:
+    if not model.installed():
+        model.locate()  # raises the install hint
+    import importlib
+
+    joined = cache / "bundled" / f"{model.alias}.gguf"
+    if not joined.exists():
+        joined.parent.mkdir(parents=True, exist_ok=True)
+        package = importlib.import_module(model.distributions[0].replace("-", "_"))
+        package.assemble(str(joined))
+    return convert_gguf(joined, cache)
+
+
+def _find_model_dir(root: Path, model: BundledModel) -> Path:
+    for config in sorted(root.rglob("config.json")):
+        if (config.parent / "tokenizer.json").exists() or (config.parent / "vocab.txt").exists():
+            return config.parent
+    raise ModelError(f"bundled model {model.alias!r}: no model folder with config.json found under {root}")

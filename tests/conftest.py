@@ -1,0 +1,59 @@
+"""Shared fixtures: the real bundled models (loaded once per session) and the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LAYERWISE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LAYERWISE_PROGRESS", "0")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"CI needs the shared data at {path}")
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    """../shared/data/glue (CoLA, SST-2, MRPC, STS-B in the official tsv layout)."""
+    return _need(SHARED_DATA / "glue")
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    """../shared/data/gsm8k (train.jsonl, test.jsonl)."""
+    return _need(SHARED_DATA / "gsm8k")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled MiniLM (BERT, 6 blocks) with a 2-label classification head."""
+    from layerwise.models import load_model
+
+    return load_model("minilm", head="classification", num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M (Llama, 30 blocks) with its causal-LM head (converted once into the cache)."""
+    from layerwise.models import load_model
+
+    return load_model("smollm2-135m", head="causal-lm")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
