@@ -1,0 +1,51 @@
+"""The ``layerwise`` command. Each subcommand lives in ``layerwise/commands/<name>.py`` with
+``add_parser(subparsers)`` and ``run(args) -> int``; heavy imports happen inside ``run`` so that
+``layerwise --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+COMMANDS = ("models", "inspect")
+"""Subcommands, in the order ``--help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    from layerwise import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="layerwise",
+        description="Decide where LoRA goes in a transformer, and how much of it, from measurements "
+        "of the model on your own data; then fine-tune it and show what that saved.",
+    )
+    parser.add_argument("--version", action="version", version=f"layerwise {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"layerwise.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse ``argv`` and run the chosen subcommand; user errors print without a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from layerwise.errors import LayerwiseError
+
+    try:
+        return int(args.run(args) or 0)
+    except LayerwiseError as err:
+        print(f"layerwise {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"layerwise {args.command}: interrupted", file=sys.stderr)
+        return 130
