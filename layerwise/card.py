@@ -1,0 +1,153 @@
+"""The Layer Card: every per-layer signal of one probe, with ranks, cumulative-importance tables and
+stability, in a form people read (``card.md``, ``card.png``) and tools reuse (``card.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerwise.errors import ConfigError, ModelError
+from layerwise.stability import order_of, ranks_of
+
+__all__ = ["SCHEMA_VERSION", "CUMULATIVE_LEVELS", "LayerCard", "cumulative_table"]
+
+SCHEMA_VERSION = 1
+CUMULATIVE_LEVELS = (25, 50, 75, 90, 100)
+
+
+def cumulative_table(values: list[float], levels: tuple[int, ...] = CUMULATIVE_LEVELS) -> dict[str, int]:
+    """Fewest top layers whose share of total importance reaches each level (Act-LoRA's threshold mapping).
+
+    Importance must be non-negative; a level is reached when the cumulative share is within 1e-9 of it.
+    """
+    total = sum(values)
+    if total <= 0:
+        return {str(p): len(values) for p in levels}
+    ordered = sorted(values, reverse=True)
+    out, acc, k = {}, 0.0, 0
+    for p in levels:
+        while k < len(ordered) and acc / total < p / 100 - 1e-9:
+            acc += ordered[k]
+            k += 1
+        out[str(p)] = max(k, 1)
+    return out
+
+
+@dataclass
+class LayerCard:
+    """Per-layer metrics of one model on one calibration sample.
+
+    ``metrics[name]`` holds ``values`` (one per block), ``ranks`` (1 = most important), ``higher_is_better``,
+    ``needs``, ``description``, ``cumulative`` (for higher-is-better metrics), ``stability`` and ``extras``.
+    """
+
+    model: dict[str, Any]
+    """Fingerprint: name, model_type, config_hash, parameters."""
+    data: dict[str, Any]
+    """Task, source, samples, seed, batch size, max length, pooling."""
+    layers: list[dict[str, Any]]
+    """Per block: index, name, params, linears (name, role, in, out)."""
+    metrics: dict[str, dict[str, Any]]
+    probe: dict[str, Any]
+    """Seconds, peak memory, batches, tokens, examples; and the weightdelta run's time if any."""
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    # -- queries ----------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.metrics)
+
+    def metric(self, name: str) -> dict[str, Any]:
+        """The entry of one metric; an unknown name lists the card's metrics."""
+        if name not in self.metrics:
+            raise ConfigError(f"--metric {name!r} is not on this card; it has: {', '.join(self.metrics)}")
+        return self.metrics[name]
+
+    def values(self, name: str) -> list[float]:
+        return list(self.metric(name)["values"])
+
+    def ranks(self, name: str) -> list[int]:
+        return list(self.metric(name)["ranks"])
+
+    def order(self, name: str) -> list[int]:
+        """Layer indices from most to least important by ``name``."""
+        m = self.metric(name)
+        return order_of(m["values"], m["higher_is_better"])
+
+    def importance(self, name: str) -> list[float]:
+        """Non-negative scores where higher means more important (lower-is-better metrics are flipped)."""
+        m = self.metric(name)
+        v = [float(x) for x in m["values"]]
+        if m["higher_is_better"]:
+            low = min(v)
+            return [x - low if low < 0 else x for x in v]
+        high = max(v)
+        return [high - x for x in v]
+
+    # -- identity ---------------------------------------------------------------------------------
+    def check_model(self, fingerprint: dict[str, Any]) -> None:
+        """Refuse a model whose architecture fingerprint differs from the one the card was made for."""
+        mine = {k: self.model.get(k) for k in ("model_type", "config_hash", "parameters")}
+        theirs = {k: fingerprint.get(k) for k in mine}
+        if mine != theirs:
+            raise ModelError(
+                f"this Layer Card was made for {self.model.get('name')!r} ({mine}) but the model is "
+                f"{fingerprint.get('name')!r} ({theirs}); make a card for this model with `layerwise card`")
+
+    # -- files ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "card") -> "LayerCard":
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"{source}: Layer Card schema version {version}, this layerwise reads {SCHEMA_VERSION}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LayerCard":
+        """Load ``card.json`` (or a directory holding one)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "card.json"
+        if not p.exists():
+            raise ConfigError(f"--card {p} does not exist; make one with `layerwise card`")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--card {p} is not valid JSON: {err}") from err
+        return cls.from_dict(data, str(p))
+
+    def save(self, out_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
+        """Write ``card.json``, ``card.md`` and (with ``plots``) ``card.png`` atomically into ``out_dir``."""
+        from layerwise.card_render import render_markdown, render_png
+        from layerwise.io import atomic_write_json, atomic_write_text
+
+        out = Path(out_dir)
+        files = {"json": atomic_write_json(out / "card.json", self.to_dict()),
+                 "md": atomic_write_text(out / "card.md", render_markdown(self))}
+        if plots:
+            files["png"] = render_png(self, out / "card.png")
+        return files
+
+
+def metric_entry(values: list[float], info: dict[str, Any], stability: dict | None,
+                 extras: dict[str, Any]) -> dict[str, Any]:
+    """The card's entry for one metric: values, ranks, cumulative table (higher-is-better only)."""
+    hib = info["higher_is_better"]
+    entry = {**info, "values": [float(v) for v in values], "ranks": ranks_of(values, hib),
+             "cumulative": cumulative_table([max(float(v), 0.0) for v in values]) if hib else None,
+             "stability": stability, "extras": extras}
+    return entry

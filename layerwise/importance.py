@@ -1,0 +1,215 @@
+"""Registry of per-layer importance metrics. A metric is one decorated function from a probe result to
+per-layer values; its metadata says what pass it needs and whether higher is better.
+
+Adding a metric: write ``@register_importance(name, needs=..., statistics=(...), higher_is_better=...)``
+over a function ``(result: ProbeResult, options: dict) -> MetricValues``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from layerwise.errors import ConfigError
+
+__all__ = ["MetricValues", "ImportanceMetric", "IMPORTANCE", "register_importance", "get_metrics",
+           "linear_cka", "DEFAULT_METRICS"]
+
+NEEDS = ("static", "forward", "backward", "training")
+
+
+@dataclass
+class MetricValues:
+    """Per-layer values of one metric, optional per-batch values (n_batches, L) and extra tables."""
+
+    values: list[float]
+    per_batch: np.ndarray | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImportanceMetric:
+    name: str
+    compute: Callable[[Any, dict], MetricValues]
+    needs: str
+    """``static`` (shapes only), ``forward``, ``backward`` or ``training``."""
+    statistics: tuple[str, ...]
+    """Probe statistics it reads (see ``layerwise.probe.stats``)."""
+    higher_is_better: bool
+    description: str
+    paper: str = ""
+
+    def info(self) -> dict[str, Any]:
+        return {"needs": self.needs, "higher_is_better": self.higher_is_better,
+                "description": self.description, "paper": self.paper}
+
+
+IMPORTANCE: dict[str, ImportanceMetric] = {}
+
+DEFAULT_METRICS = ("actnorm", "gradnorm", "fisher", "taylor", "cka", "resnorm", "act_energy", "coupling", "cost")
+"""What ``layerwise card`` measures unless ``--metrics`` says otherwise (``weightdelta`` costs training)."""
+
+
+def register_importance(name: str, *, needs: str, statistics: tuple[str, ...] = (), higher_is_better: bool = True,
+                        description: str = "", paper: str = "") -> Callable:
+    """Decorator adding a metric function to :data:`IMPORTANCE`."""
+    assert needs in NEEDS, needs
+
+    def wrap(fn: Callable[[Any, dict], MetricValues]) -> Callable[[Any, dict], MetricValues]:
+        IMPORTANCE[name] = ImportanceMetric(name, fn, needs, statistics, higher_is_better,
+                                            description or (fn.__doc__ or "").strip().split("\n")[0], paper)
+        return fn
+
+    return wrap
+
+
+def get_metrics(names: str | list[str] | tuple[str, ...] | None) -> list[ImportanceMetric]:
+    """Metrics by name (a comma list or ``all``); unknown names raise an error listing the known ones."""
+    if names is None:
+        names = list(DEFAULT_METRICS)
+    if isinstance(names, str):
+        names = list(IMPORTANCE) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in IMPORTANCE]
+    if unknown:
+        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(IMPORTANCE)}")
+    if not names:
+        raise ConfigError(f"--metrics is empty; choose from: {', '.join(IMPORTANCE)}")
+    return [IMPORTANCE[n] for n in dict.fromkeys(names)]
+
+
+def _stack(rows: list[torch.Tensor]) -> np.ndarray | None:
+    return torch.stack(rows).numpy() if rows else None
+
+
+# -- forward metrics ------------------------------------------------------------------------------
+@register_importance("actnorm", needs="forward", statistics=("out_norm",), paper="Act-LoRA",
+                     description="mean L2 norm of the block's output activations over real tokens")
+def actnorm(result: Any, options: dict) -> MetricValues:
+    s = result.stats
+    means = {k: (s.norm_sums[k] / s.norm_counts[k].clamp_min(1)) for k in s.norm_sums}
+    extras = {"q_norm": means["q"].tolist(), "v_norm": means["v"].tolist()}
+    return MetricValues(means["block"].tolist(), _stack(s.norm_batches["block"]), extras)
+
+
+def linear_cka(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor, tiny: float = 0.0) -> float:
+    """Linear CKA from centred sums: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F).
+
+    A side whose centred Gram norm is at most ``tiny`` does not vary across examples: CKA 0.
+    """
+    den = xx.norm() * yy.norm()
+    if xx.norm() <= tiny or yy.norm() <= tiny or den == 0:
+        return 0.0
+    return float(yx.pow(2).sum() / den)
+
+
+@register_importance("cka", needs="forward", statistics=("pooled",), paper="CKA layer selection",
+                     description="1 - linear CKA between the block's input and output hidden states")
+def cka(result: Any, options: dict) -> MetricValues:
+    s, values = result.stats, []
+    for i in range(s.num_blocks):
+        gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
+        n = gout.n
+        cross = s.pooled_cross[i] - n * torch.outer(gout.mean(), gin.mean())  # centred Y^T X, (d, d)
+        # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
+        tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
+        values.append(1.0 - linear_cka(gin.centred(), gout.centred(), cross, tiny))
+    return MetricValues(values, _stack(s.pooled_batches), {"pooling": result.pooling})
+
+
+@register_importance("act_energy", needs="forward", statistics=("input_cov",), paper="Layer Card",
+                     description="trace of the covariance of the block's input activations (energy); "
+                     "its condition number is in the extras")
+def act_energy(result: Any, options: dict) -> MetricValues:
+    s, energy, cond, eff_rank = result.stats, [], [], []
+    for g in s.input_cov:
+        cov = g.centred() / max(g.n - 1, 1)  # (d, d)
+        eig = torch.linalg.eigvalsh(cov).clamp_min(0)
+        energy.append(float(eig.sum()))
+        floor = float(eig.max()) * 1e-12
+        cond.append(float(eig.max() / eig.clamp_min(floor).min()))
+        p = eig / eig.sum().clamp_min(1e-30)
+        eff_rank.append(float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum())))
+    extras = {"condition_number": cond, "log10_condition": np.log10(cond).tolist(), "effective_rank": eff_rank}
+    return MetricValues(energy, _stack(s.energy_batches), extras)
+
+
+# -- backward metrics ----------------------------------------------------------------------------
+@register_importance("gradnorm", needs="backward", statistics=("param_grad",), paper="Act-LoRA",
+                     description="L2 norm of the task-loss gradient over the block's linear weights")
+def gradnorm(result: Any, options: dict) -> MetricValues:
+    per = np.sqrt(_stack(result.stats.grad_sq))
+    return MetricValues(per.mean(0).tolist(), per)
+
+
+@register_importance("fisher", needs="backward", statistics=("param_grad",), paper="Act-LoRA",
+                     description="mean squared gradient of the block's linear weights (empirical Fisher)")
+def fisher(result: Any, options: dict) -> MetricValues:
+    s = result.stats
+    per = _stack(s.grad_sq) / s.param_counts.clamp_min(1).numpy()
+    return MetricValues(per.mean(0).tolist(), per)
+
+
+@register_importance("taylor", needs="backward", statistics=("param_grad",), paper="Act-LoRA",
+                     description="|sum of w * dL/dw| over the block's linear weights (first-order Taylor)")
+def taylor(result: Any, options: dict) -> MetricValues:
+    per = np.abs(_stack(result.stats.grad_wg))
+    return MetricValues(per.mean(0).tolist(), per)
+
+
+def _whitened_gradients(result: Any) -> list[torch.Tensor]:
+    """G_i M_i^{-1/2} (as G C^{-T} with M = C C^T) for every block: the residual signal in the metric of
+    the block's input second moment M = E[x x^T], with a small ridge so that M is invertible."""
+    s, out = result.stats, []
+    for i in range(s.num_blocks):
+        m = s.input_cov[i].second_moment()  # (d, d)
+        d = m.shape[0]
+        ridge = 1e-6 * float(torch.trace(m)) / d
+        chol = torch.linalg.cholesky(m + ridge * torch.eye(d, dtype=m.dtype))
+        g = s.out_grad[i] / max(s.batches, 1)  # mean over batches of the batch gradient, (d_out, d_in)
+        out.append(torch.linalg.solve_triangular(chol, g.T, upper=False).T)  # G C^{-T}, (d_out, d_in)
+    return out
+
+
+@register_importance("resnorm", needs="backward", statistics=("out_grad", "input_cov"), paper="Layer Card",
+                     description="projected residual norm: the loss gradient at the block's output, "
+                     "normalised by the covariance of its input (correctable signal for a linear adapter)")
+def resnorm(result: Any, options: dict) -> MetricValues:
+    values = [float(w.norm()) for w in _whitened_gradients(result)]
+    return MetricValues(values, _stack(result.stats.out_grad_batches))
+
+
+@register_importance("coupling", needs="backward", statistics=("out_grad", "input_cov"), higher_is_better=False,
+                     paper="Layer Card",
+                     description="mean |cosine| between this layer's whitened residual signal and the others' "
+                     "(high: an adapter here overlaps with adapters elsewhere)")
+def coupling(result: Any, options: dict) -> MetricValues:
+    w = torch.stack([x.flatten() for x in _whitened_gradients(result)])  # (L, d*d)
+    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    mat = (w @ w.T).abs()  # (L, L)
+    L = mat.shape[0]
+    off = (mat.sum(1) - mat.diagonal()) / max(L - 1, 1)
+    return MetricValues(off.tolist(), None, {"matrix": mat.tolist()})
+
+
+# -- static ----------------------------------------------------------------------------------------
+@register_importance("cost", needs="static", higher_is_better=False, paper="Layer Card",
+                     description="training FLOPs per token an adapter at this block adds: the adapter itself "
+                     "at rank r plus the backward depth it forces (gradients flow down to this block)")
+def cost(result: Any, options: dict) -> MetricValues:
+    from layerwise.cost import layer_costs
+
+    table = layer_costs(result.stack, rank=options.get("rank", 8), targets=options.get("targets", ("q", "v")))
+    return MetricValues(table["total_flops"], None, table)
+
+
+@register_importance("weightdelta", needs="training", paper="Act-LoRA",
+                     description="norm of the LoRA weight change per layer after a short uniform-LoRA probe run")
+def weightdelta(result: Any, options: dict) -> MetricValues:
+    values = options.get("weightdelta_values")
+    if values is None:
+        raise ConfigError("weightdelta needs a probe training run: use profile_layers(..., metrics=[..., "
+                          "'weightdelta']) or `layerwise card --metrics ...,weightdelta`")
+    return MetricValues(list(values), None, {"steps": options.get("weightdelta_steps")})

@@ -1,0 +1,225 @@
+"""One streaming pass of a model over calibration batches with the probe's hooks installed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from layerwise.errors import ConfigError, DataError
+from layerwise.memory import PeakMemory
+from layerwise.probe.hooks import ProbeHooks
+from layerwise.probe.stats import BACKWARD_STATISTICS, STATISTICS, ProbeStats
+
+__all__ = ["ProbeResult", "run_probe", "default_pooling", "projection_modules", "stat_memory_bytes"]
+
+_DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text",
+                  "phi3", "phi", "gpt_neox", "falcon", "opt", "mixtral", "olmo", "olmo2", "starcoder2"}
+
+
+@dataclass
+class ProbeResult:
+    """The statistics of one pass, with how long it took and the memory it used."""
+
+    stats: ProbeStats
+    stack: Any
+    pooling: str
+    seconds: float
+    peak_memory: int
+    start_memory: int
+    backward: bool
+    chained: dict[int, bool] = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.stats.num_blocks
+
+
+def default_pooling(model: torch.nn.Module) -> str:
+    """``last`` (last real token) for decoders, ``first`` (the [CLS] position) for encoders."""
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    return "last" if model_type in _DECODER_TYPES or getattr(model.config, "is_decoder", False) else "first"
+
+
+def projection_modules(model: torch.nn.Module, stack: Any) -> dict[int, dict[str, tuple[torch.nn.Module, slice | None]]]:
+    """Per block, the modules whose outputs are the query and value projections (a slice for fused qkv)."""
+    cfg = model.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    out: dict[int, dict[str, tuple[torch.nn.Module, slice | None]]] = {}
+    for block in stack.blocks:
+        found: dict[str, tuple[torch.nn.Module, slice | None]] = {}
+        for lin in block.linears:
+            module = model.get_submodule(lin.name)
+            if lin.role in ("q", "v"):
+                found[lin.role] = (module, None)
+            elif lin.role == "qkv" and heads:
+                kv = lin.out_features * kv_heads // (heads + 2 * kv_heads)  # width of k and of v
+                q = lin.out_features - 2 * kv
+                found.setdefault("q", (module, slice(0, q)))
+                found.setdefault("v", (module, slice(q + kv, q + 2 * kv)))
+        out[block.index] = found
+    return out
+
+
+def stat_memory_bytes(num_blocks: int, hidden: int, statistics: Iterable[str]) -> int:
+    """Bytes the float64 accumulators of ``statistics`` need: Gram-type sums are (d, d) per block."""
+    per = hidden * hidden * 8
+    mats = {"pooled": 2, "input_cov": 1, "out_grad": 1}
+    return sum(mats.get(s, 0) for s in set(statistics)) * num_blocks * per
+
+
+def run_probe(
+    model: torch.nn.Module,
+    stack: Any,
+    batches: Sequence[dict[str, torch.Tensor]],
+    statistics: Iterable[str],
+    pooling: str | None = None,
+    device: Any = None,
+    max_stat_memory: int = 2 << 30,
+    show_progress: bool = True,
+) -> ProbeResult:
+    """Run ``model`` once over ``batches`` with hooks filling ``statistics`` (see ``layerwise.probe.stats``).
+
+    Backward statistics need batches with ``labels``; the loss is the model's own. The model is put in
+    eval mode (no dropout: the same batches give the same card); only the blocks' linear weights get
+    gradients, and the original ``requires_grad`` flags are restored afterwards.
+    """
+    wanted = frozenset(statistics)
+    unknown = wanted - set(STATISTICS)
+    if unknown:
+        raise ConfigError(f"unknown probe statistics {sorted(unknown)}; known: {', '.join(STATISTICS)}")
+    hidden = _hidden_size(model, stack)
+    need = stat_memory_bytes(len(stack), hidden, wanted)
+    if need > max_stat_memory:
+        raise ConfigError(
+            f"exact covariance statistics for hidden size {hidden} x {len(stack)} blocks need "
+            f"{need / 2**30:.1f} GiB (limit {max_stat_memory / 2**30:.1f} GiB, --max-stat-memory); raise the "
+            "limit, or choose metrics without covariances (actnorm, gradnorm, fisher, taylor, cost)")
+    backward = bool(wanted & set(BACKWARD_STATISTICS))
+    stats = ProbeStats(num_blocks=len(stack), hidden=hidden, wanted=wanted)
+    pooling = pooling or default_pooling(model)
+    hooks = ProbeHooks(stack, stats, pooling, projection_modules(model, stack) if "out_norm" in wanted else None)
+    was_training = model.training
+    model.eval()
+    flags = _enable_block_grads(model, stack) if backward else None
+    try:
+        with hooks, PeakMemory(device) as mem:
+            start = time.perf_counter()
+            for batch in _iterate(batches, show_progress):
+                _probe_batch(model, hooks, batch, device, backward)
+            seconds = time.perf_counter() - start
+    finally:
+        if flags is not None:
+            _restore_grads(model, flags)
+        model.train(was_training)
+    return ProbeResult(stats=stats, stack=stack, pooling=pooling, seconds=seconds, peak_memory=mem.peak,
+                       start_memory=mem.start, backward=backward, chained=dict(hooks.chained))
+
+
+def _iterate(batches: Sequence[dict], show_progress: bool):
+    if not show_progress:
+        return iter(batches)
+    from layerwise.progress import progress
+
+    return progress(batches, desc="probing layers", total=len(batches), unit="batch")
+
+
+def _probe_batch(model: torch.nn.Module, hooks: ProbeHooks, batch: dict, device: Any, backward: bool) -> None:
+    batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(batch["input_ids"])
+    _check_mask(mask, hooks.stats.batches)
+    hooks.start_batch(mask)
+    if backward:
+        if "labels" not in batch:
+            raise DataError("gradient metrics need labelled batches (no 'labels' in the batch)")
+        out = model(**batch)
+        _check_loss(out.loss, hooks.stats.batches)
+        out.loss.backward()
+        _collect_param_grads(model, hooks)
+    else:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.inference_mode():
+            model(**inputs)
+    hooks.end_batch()
+    s = hooks.stats
+    s.batches += 1
+    s.examples += int(mask.shape[0])
+    s.tokens += int(mask.sum())
+
+
+def _check_mask(mask: torch.Tensor, index: int) -> None:
+    real = mask.sum(1)
+    if int(real.sum()) == 0:
+        raise DataError(f"calibration batch {index} is all padding (no real token); check the data and tokenizer")
+    empty = (real == 0).nonzero().flatten().tolist()
+    if empty:
+        raise DataError(f"calibration batch {index} has examples with no real token at rows {empty}")
+
+
+def _check_loss(loss: torch.Tensor, index: int) -> None:
+    if not torch.isfinite(loss):
+        raise DataError(f"the task loss on calibration batch {index} is {float(loss)}: gradient metrics "
+                        "would be meaningless (for causal LM, check that each example has answer tokens)")
+
+
+def _collect_param_grads(model: torch.nn.Module, hooks: ProbeHooks) -> None:
+    stats = hooks.stats
+    if "param_grad" not in stats.wanted:
+        _clear_grads(model, hooks.stack)
+        return
+    L = stats.num_blocks
+    sq = torch.zeros(L, dtype=torch.float64)
+    wg = torch.zeros(L, dtype=torch.float64)
+    counts = torch.zeros(L, dtype=torch.float64)
+    for block in hooks.stack.blocks:
+        for w in _block_weights(model, block):
+            if w.grad is None:
+                continue
+            g = w.grad
+            sq[block.index] += float(g.double().pow(2).sum())
+            wg[block.index] += float((w.detach().double() * g.double()).sum())
+            counts[block.index] += g.numel()
+            w.grad = None
+    stats.grad_sq.append(sq)
+    stats.grad_wg.append(wg)
+    stats.param_counts = counts
+
+
+def _block_weights(model: torch.nn.Module, block: Any) -> list[torch.nn.Parameter]:
+    return [model.get_submodule(lin.name).weight for lin in block.linears]
+
+
+def _clear_grads(model: torch.nn.Module, stack: Any) -> None:
+    for block in stack.blocks:
+        for w in _block_weights(model, block):
+            w.grad = None
+
+
+def _enable_block_grads(model: torch.nn.Module, stack: Any) -> dict[str, bool]:
+    """Gradients only where the metrics read them: the blocks' linear weights."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in stack.blocks:
+        for w in _block_weights(model, block):
+            w.requires_grad_(True)
+    return flags
+
+
+def _restore_grads(model: torch.nn.Module, flags: dict[str, bool]) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags.get(n, p.requires_grad))
+        p.grad = None
+
+
+def _hidden_size(model: torch.nn.Module, stack: Any) -> int:
+    cfg = model.config
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        if getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    raise ConfigError(f"cannot tell the hidden size of {type(model).__name__} from its config")

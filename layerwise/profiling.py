@@ -1,0 +1,128 @@
+"""``profile_layers``: one call from a model and calibration batches to a :class:`~layerwise.card.LayerCard`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any, Sequence
+
+import torch
+
+from layerwise.card import LayerCard, metric_entry
+from layerwise.errors import LayerwiseError
+from layerwise.importance import ImportanceMetric, MetricValues, get_metrics
+from layerwise.stability import bootstrap_stability
+
+__all__ = ["profile_layers", "NonFiniteMetricError"]
+
+
+class NonFiniteMetricError(LayerwiseError):
+    """A metric came out NaN or infinite at some layer: never ranked silently."""
+
+
+def profile_layers(
+    model: torch.nn.Module,
+    batches: Sequence[dict[str, torch.Tensor]],
+    metrics: str | Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    stack: Any = None,
+    layers_path: str | None = None,
+    data_info: dict[str, Any] | None = None,
+    rank: int = 8,
+    targets: Sequence[str] = ("q", "v"),
+    pooling: str | None = None,
+    device: Any = None,
+    weightdelta_steps: int = 20,
+    n_boot: int = 200,
+    seed: int = 0,
+    max_stat_memory: int = 2 << 30,
+    show_progress: bool = True,
+) -> LayerCard:
+    """Measure every requested metric of every block of ``model`` in one streaming pass over ``batches``.
+
+    ``metrics`` is a list or comma string of registered names (default: all but ``weightdelta``).
+    ``rank`` and ``targets`` set the adapter the ``cost`` metric prices; ``pooling`` (``first``, ``last``,
+    ``mean``) the token CKA compares (default: first for encoders, last real token for decoders).
+    """
+    from layerwise.layers import find_layer_stack, unwrap_model
+    from layerwise.models.loading import model_fingerprint
+    from layerwise.probe.runner import ProbeResult, run_probe
+    from layerwise.probe.stats import ProbeStats
+
+    chosen = get_metrics(metrics)
+    model = unwrap_model(model)
+    stack = stack or find_layer_stack(model, layers_path)
+    statistics = {s for m in chosen for s in m.statistics}
+    if statistics:
+        result = run_probe(model, stack, batches, statistics, pooling, device, max_stat_memory, show_progress)
+    else:
+        stats = ProbeStats(num_blocks=len(stack), hidden=0, wanted=frozenset())
+        result = ProbeResult(stats, stack, pooling or "first", 0.0, 0, 0, False)
+    options: dict[str, Any] = {"rank": rank, "targets": tuple(targets)}
+    probe_info = _probe_info(result)
+    if any(m.name == "weightdelta" for m in chosen):
+        from layerwise.probe.weightdelta import weight_delta
+
+        values, seconds = weight_delta(model, stack, batches, weightdelta_steps, rank, targets, seed=seed)
+        options.update(weightdelta_values=values, weightdelta_steps=weightdelta_steps)
+        probe_info["weightdelta_seconds"] = seconds
+    entries = {m.name: _entry(m, result, options, stack, n_boot, seed) for m in chosen}
+    fingerprint = model_fingerprint(model, name or getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    return LayerCard(
+        model=fingerprint,
+        data={**(data_info or {}), "pooling": result.pooling, "seed": (data_info or {}).get("seed", seed)},
+        layers=_layers_info(stack),
+        metrics=entries,
+        probe=probe_info,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _entry(metric: ImportanceMetric, result: Any, options: dict, stack: Any, n_boot: int, seed: int) -> dict:
+    mv: MetricValues = metric.compute(result, options)
+    _check_finite(metric.name, mv.values, stack)
+    if mv.per_batch is not None:
+        stability = bootstrap_stability(mv.per_batch, metric.higher_is_better, n_boot=n_boot, seed=seed)
+        stability["basis"] = "per-batch values" if metric.name in _EXACT_PER_BATCH else "per-batch estimates"
+    elif metric.needs == "static":
+        stability = {"deterministic": True}
+    else:
+        stability = None
+    return metric_entry(mv.values, metric.info(), stability, _jsonable(mv.extras))
+
+
+_EXACT_PER_BATCH = {"actnorm", "gradnorm", "fisher", "taylor"}
+
+
+def _check_finite(name: str, values: Sequence[float], stack: Any) -> None:
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise NonFiniteMetricError(
+                f"metric {name!r} is {v} at layer {i} ({stack.blocks[i].name}); the probe statistics are not "
+                "finite (overflow in half precision, or degenerate inputs): no ranking was made")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "tolist"):
+        return _jsonable(x.tolist())
+    return x
+
+
+def _layers_info(stack: Any) -> list[dict[str, Any]]:
+    return [{"index": b.index, "name": b.name, "params": sum(p.numel() for p in b.module.parameters()),
+             "linears": [{"name": lin.name, "role": lin.role, "in": lin.in_features, "out": lin.out_features}
+                         for lin in b.linears]} for b in stack.blocks]
+
+
+def _probe_info(result: Any) -> dict[str, Any]:
+    s = result.stats
+    return {"seconds": result.seconds, "peak_memory": result.peak_memory, "start_memory": result.start_memory,
+            "batches": s.batches, "examples": s.examples, "tokens": s.tokens, "backward": result.backward,
+            "device": str(next(iter(result.stack.blocks[0].module.parameters())).device)}

@@ -1,0 +1,72 @@
+"""Ranking agreement: Kendall tau, top-k Jaccard, and bootstrap stability of a ranking over batches."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["order_of", "ranks_of", "kendall_tau", "top_k_jaccard", "bootstrap_stability"]
+
+
+def order_of(values: Sequence[float], higher_is_better: bool = True) -> list[int]:
+    """Layer indices from most to least important (ties keep the lower index first)."""
+    v = np.asarray(values, dtype=float)
+    keys = -v if higher_is_better else v
+    return [int(i) for i in np.argsort(keys, kind="stable")]
+
+
+def ranks_of(values: Sequence[float], higher_is_better: bool = True) -> list[int]:
+    """Rank of each layer, 1 = most important."""
+    ranks = [0] * len(values)
+    for r, i in enumerate(order_of(values, higher_is_better), start=1):
+        ranks[i] = r
+    return ranks
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b between two score vectors (1 = same order); 1.0 when both are constant."""
+    from scipy.stats import kendalltau
+
+    if np.ptp(np.asarray(a, float)) == 0 and np.ptp(np.asarray(b, float)) == 0:
+        return 1.0
+    tau = kendalltau(a, b).statistic
+    return float(tau) if np.isfinite(tau) else 0.0
+
+
+def top_k_jaccard(a: Sequence[float], b: Sequence[float], k: int, higher_is_better: bool = True) -> float:
+    """|top-k(a) & top-k(b)| / |top-k(a) | top-k(b)|."""
+    ta = set(order_of(a, higher_is_better)[:k])
+    tb = set(order_of(b, higher_is_better)[:k])
+    return len(ta & tb) / len(ta | tb)
+
+
+def bootstrap_stability(per_batch: np.ndarray, higher_is_better: bool = True, n_boot: int = 200,
+                        seed: int = 0, k: int | None = None) -> dict[str, float | int]:
+    """How stable the layer ranking of batch-mean scores is under resampling the calibration batches.
+
+    ``per_batch`` is (n_batches, L). Each bootstrap draw resamples batches with replacement, averages them
+    and compares its ranking with the full-data ranking: Kendall tau (mean, std) and top-k Jaccard
+    (k defaults to half the layers).
+    """
+    x = np.asarray(per_batch, dtype=float)
+    n, L = x.shape
+    k = k or max(1, L // 2)
+    x = np.where(np.isfinite(x), x, np.nan)
+    with warnings.catch_warnings():  # an all-NaN column (no batch had an estimate) becomes 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        filled = np.where(np.isnan(x), np.nanmean(x, 0, keepdims=True), x)  # batches too small for an estimate
+    x = np.nan_to_num(filled, nan=0.0)
+    full = x.mean(0)
+    if n < 2:
+        return {"kendall_tau_mean": float("nan"), "kendall_tau_std": float("nan"), "top_k": k,
+                "top_k_jaccard_mean": float("nan"), "n_batches": n, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+    taus, jac = [], []
+    for _ in range(n_boot):
+        sample = x[rng.integers(0, n, n)].mean(0)
+        taus.append(kendall_tau(full, sample))
+        jac.append(top_k_jaccard(full, sample, k, higher_is_better))
+    return {"kendall_tau_mean": float(np.mean(taus)), "kendall_tau_std": float(np.std(taus)), "top_k": k,
+            "top_k_jaccard_mean": float(np.mean(jac)), "n_batches": n, "n_boot": n_boot}
