@@ -16,9 +16,11 @@ import torch
 from layerwise.errors import ConfigError
 
 __all__ = ["MetricValues", "ImportanceMetric", "IMPORTANCE", "register_importance", "get_metrics",
-           "linear_cka", "DEFAULT_METRICS"]
+           "linear_cka", "ridge_for", "DEFAULT_METRICS"]
 
 NEEDS = ("static", "forward", "backward", "training")
+COND_FLOOR = 1e-7
+"""Smallest eigenvalue, relative to the largest, that the float32 statistics resolve."""
 
 
 @dataclass
@@ -111,8 +113,7 @@ def cka(result: Any, options: dict) -> MetricValues:
     s, values = result.stats, []
     for i in range(s.num_blocks):
         gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
-        n = gout.n
-        cross = s.pooled_cross[i] - n * torch.outer(gout.mean(), gin.mean())  # centred Y^T X, (d, d)
+        cross = s.pooled_cross[i].cent  # centred Y^T X, (d, d)
         # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
         tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
         values.append(1.0 - linear_cka(gin.centred(), gout.centred(), cross, tiny))
@@ -128,7 +129,9 @@ def act_energy(result: Any, options: dict) -> MetricValues:
         cov = g.centred() / max(g.n - 1, 1)  # (d, d)
         eig = torch.linalg.eigvalsh(cov).clamp_min(0)
         energy.append(float(eig.sum()))
-        floor = float(eig.max()) * 1e-12
+        # Statistics are float32 products: eigenvalues below 1e-7 of the largest are rounding noise, so the
+        # condition number is capped at 1e7 (read as "numerically singular").
+        floor = float(eig.max()) * COND_FLOOR
         cond.append(float(eig.max() / eig.clamp_min(floor).min()))
         p = eig / eig.sum().clamp_min(1e-30)
         eff_rank.append(float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum())))
@@ -159,15 +162,22 @@ def taylor(result: Any, options: dict) -> MetricValues:
     return MetricValues(per.mean(0).tolist(), per)
 
 
+def ridge_for(m: torch.Tensor) -> float:
+    """Tikhonov ridge added to a second-moment matrix before inverting it: 1e-3 of its mean eigenvalue
+    (shrinkage where fewer tokens than dimensions leave it singular), and at least 1e-6 of its trace (above
+    the float32 rounding noise of the statistics, which matters with massive activations)."""
+    tr = float(torch.trace(m))
+    return max(1e-3 * tr / m.shape[0], 1e-6 * tr)
+
+
 def _whitened_gradients(result: Any) -> list[torch.Tensor]:
     """G_i M_i^{-1/2} (as G C^{-T} with M = C C^T) for every block: the residual signal in the metric of
-    the block's input second moment M = E[x x^T], with a small ridge so that M is invertible."""
+    the block's input second moment M = E[x x^T] plus a ridge (see ``ridge_for``)."""
     s, out = result.stats, []
     for i in range(s.num_blocks):
         m = s.input_cov[i].second_moment()  # (d, d)
         d = m.shape[0]
-        ridge = 1e-6 * float(torch.trace(m)) / d
-        chol = torch.linalg.cholesky(m + ridge * torch.eye(d, dtype=m.dtype))
+        chol = torch.linalg.cholesky(m + ridge_for(m) * torch.eye(d, dtype=m.dtype))
         g = s.out_grad[i] / max(s.batches, 1)  # mean over batches of the batch gradient, (d_out, d_in)
         out.append(torch.linalg.solve_triangular(chol, g.T, upper=False).T)  # G C^{-T}, (d_out, d_in)
     return out

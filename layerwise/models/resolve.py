@@ -64,6 +64,8 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Mode
 
 
 def _materialise_bundled(model: BundledModel, cache: Path) -> Path:
+    if not model.installed():
+        model.locate()  # raises the install hint
     if model.fmt == "dir":
         return model.locate()
     if model.fmt == "gguf":
@@ -149,8 +151,6 @@ def _unzip_split(model: BundledModel, cache: Path) -> Path:
 
 
 def _assemble_gguf_parts(model: BundledModel, cache: Path) -> Path:
-    if not model.installed():
-        model.locate()  # raises the install hint
     import importlib
 
     joined = cache / "bundled" / f"{model.alias}.gguf"

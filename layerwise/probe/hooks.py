@@ -181,5 +181,5 @@ class ProbeHooks:
         if not self.chained.get(i, False):
             s.pooled_in[i].add(px)
         s.pooled_out[i].add(ph)
-        s.add_cross(s.pooled_cross, i, ph, px)
+        s.pooled_cross[i].add(ph, px)
         self._batch["cka"][i] = 1.0 - _kernel_cka(px, ph)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["STATISTICS", "BACKWARD_STATISTICS", "GramSums", "ProbeStats"]
+__all__ = ["STATISTICS", "BACKWARD_STATISTICS", "GramSums", "CrossSums", "ProbeStats"]
 
 STATISTICS = ("out_norm", "pooled", "input_cov", "out_grad", "param_grad")
 BACKWARD_STATISTICS = ("out_grad", "param_grad")
@@ -30,39 +30,85 @@ _F64 = torch.float64
 
 @dataclass
 class GramSums:
-    """Running sums for second moments of row vectors x (n x d): n, sum x, sum x^T x."""
+    """Running second moments of row vectors x (n x d), kept centred for accuracy.
+
+    Each batch is centred on its own mean before the float32 product, and batches are merged with the
+    pairwise update of Chan et al.: C = C_a + C_b + n_a n_b / n (mu_a - mu_b)(mu_a - mu_b)^T in float64.
+    This avoids the cancellation of X^T X - n mu mu^T when the mean is large (as in BERT hidden states).
+    """
 
     dim: int
     n: int = 0
-    total: torch.Tensor | None = None
-    gram: torch.Tensor | None = None
+    mu: torch.Tensor | None = None  # (d,) float64
+    cent: torch.Tensor | None = None  # (d, d) float64, sum of (x - mu)(x - mu)^T
 
     def add(self, x: torch.Tensor) -> None:
-        """Add rows ``x`` (n, d); the product runs in the rows' dtype, the sum in float64."""
-        x = x.detach()
-        xf = x.float()
-        g = (xf.T @ xf).to(_F64)  # (d, d)
-        s = xf.sum(0, dtype=_F64)  # (d,)
-        if self.gram is None:
-            self.gram, self.total = g, s
-        else:
-            self.gram += g
-            self.total += s
-        self.n += x.shape[0]
+        """Add rows ``x`` (n, d)."""
+        xf = x.detach().float()
+        nb = xf.shape[0]
+        if nb == 0:
+            return
+        mb = xf.mean(0)  # (d,)
+        xc = xf - mb
+        cb = (xc.T @ xc).to(_F64)  # (d, d)
+        self._merge(nb, mb.to(_F64), cb)
+
+    def _merge(self, nb: int, mb: torch.Tensor, cb: torch.Tensor) -> None:
+        if self.mu is None:
+            self.n, self.mu, self.cent = nb, mb, cb
+            return
+        assert self.cent is not None
+        n = self.n + nb
+        delta = mb - self.mu
+        self.cent += cb + (self.n * nb / n) * torch.outer(delta, delta)
+        self.mu += delta * (nb / n)
+        self.n = n
 
     def mean(self) -> torch.Tensor:
-        assert self.total is not None and self.n > 0
-        return self.total / self.n
+        assert self.mu is not None and self.n > 0
+        return self.mu
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """Uncentred sum of x x^T, (d, d)."""
+        assert self.cent is not None and self.mu is not None
+        return self.cent + self.n * torch.outer(self.mu, self.mu)
 
     def second_moment(self) -> torch.Tensor:
         """E[x x^T] (uncentred), (d, d)."""
-        assert self.gram is not None and self.n > 0
         return self.gram / self.n
 
     def centred(self) -> torch.Tensor:
-        """sum (x - mean)(x - mean)^T = X^T X - n mu mu^T, (d, d)."""
-        mu = self.mean()
-        return self.gram - self.n * torch.outer(mu, mu)
+        """sum (x - mean)(x - mean)^T, (d, d)."""
+        assert self.cent is not None
+        return self.cent
+
+
+@dataclass
+class CrossSums:
+    """Running centred cross moment sum (y - mu_y)(x - mu_x)^T of paired rows, merged like GramSums."""
+
+    n: int = 0
+    mx: torch.Tensor | None = None
+    my: torch.Tensor | None = None
+    cent: torch.Tensor | None = None  # (d_y, d_x) float64
+
+    def add(self, y: torch.Tensor, x: torch.Tensor) -> None:
+        yf, xf = y.detach().float(), x.detach().float()
+        nb = xf.shape[0]
+        mxb, myb = xf.mean(0), yf.mean(0)
+        cb = ((yf - myb).T @ (xf - mxb)).to(_F64)  # (d_y, d_x)
+        mxb, myb = mxb.to(_F64), myb.to(_F64)
+        if self.cent is None:
+            self.n, self.mx, self.my, self.cent = nb, mxb, myb, cb
+            return
+        assert self.mx is not None and self.my is not None
+        n = self.n + nb
+        dx, dy = mxb - self.mx, myb - self.my
+        self.cent += cb + (self.n * nb / n) * torch.outer(dy, dx)
+        self.mx += dx * (nb / n)
+        self.my += dy * (nb / n)
+        self.n = n
 
 
 @dataclass
@@ -82,7 +128,7 @@ class ProbeStats:
     # pooled (linear CKA): state i is the input of block i; state L the output of the last block
     pooled_in: list[GramSums] = field(default_factory=list)  # (L) input states
     pooled_out: list[GramSums] = field(default_factory=list)  # (L) output states
-    pooled_cross: list[torch.Tensor | None] = field(default_factory=list)  # (L) sum out^T in, (d, d)
+    pooled_cross: list[CrossSums] = field(default_factory=list)  # (L) centred sum out^T in, (d, d)
     pooled_batches: list[torch.Tensor] = field(default_factory=list)  # per batch (L,) CKA on that batch
     # input_cov
     input_cov: list[GramSums] = field(default_factory=list)
@@ -99,7 +145,7 @@ class ProbeStats:
         L = self.num_blocks
         self.pooled_in = [GramSums(self.hidden) for _ in range(L)]
         self.pooled_out = [GramSums(self.hidden) for _ in range(L)]
-        self.pooled_cross = [None] * L
+        self.pooled_cross = [CrossSums() for _ in range(L)]
         self.input_cov = [GramSums(self.hidden) for _ in range(L)]
         self.out_grad = [None] * L
         for kind in ("block", "q", "v"):
@@ -110,8 +156,3 @@ class ProbeStats:
     def input_gram(self, i: int, chained: bool) -> GramSums:
         """The pooled Gram sums of block i's input (block i-1's output when the stack is chained)."""
         return self.pooled_out[i - 1] if chained and i > 0 else self.pooled_in[i]
-
-    def add_cross(self, store: list, i: int, y: torch.Tensor, x: torch.Tensor) -> None:
-        """store[i] += y^T x in float64; y (n, d_y), x (n, d_x)."""
-        c = (y.detach().float().T @ x.detach().float()).to(_F64)
-        store[i] = c if store[i] is None else store[i] + c

@@ -1,0 +1,252 @@
+"""Each Layer Card metric against a direct computation on a tiny model (stored activations, autograd)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from layerwise.errors import ConfigError, DataError
+from layerwise.importance import IMPORTANCE, get_metrics, ridge_for
+from layerwise.layers import find_layer_stack
+from layerwise.profiling import NonFiniteMetricError, profile_layers
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+
+def tiny_bert() -> torch.nn.Module:
+    torch.manual_seed(1)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                     vocab_size=120, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_llama() -> torch.nn.Module:
+    torch.manual_seed(2)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, vocab_size=120, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_batches(n_batches: int = 4, bs: int = 6, causal: bool = False, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        lengths = torch.randint(4, 12, (bs,), generator=g)
+        T = int(lengths.max())
+        ids = torch.randint(3, 120, (bs, T), generator=g)
+        mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+        ids = ids * mask
+        if causal:
+            labels = ids.masked_fill(mask == 0, -100)
+        else:
+            labels = torch.randint(0, 2, (bs,), generator=g)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def direct_statistics(model: torch.nn.Module, batches: list[dict], pooling: str) -> dict:
+    """Store every block's input/output (with grads) and compute the metrics the slow, obvious way."""
+    stack = find_layer_stack(model)
+    L = len(stack)
+    store: dict[int, dict] = {}
+
+    def pre(i):
+        def hook(mod, args, kwargs):
+            store[i]["x"] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    def post(i):
+        def hook(mod, args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            h.retain_grad()
+            store[i]["h"] = h
+        return hook
+
+    handles = []
+    for b in stack.blocks:
+        handles.append(b.module.register_forward_pre_hook(pre(b.index), with_kwargs=True))
+        handles.append(b.module.register_forward_hook(post(b.index)))
+    weights = {b.index: [model.get_submodule(l.name).weight for l in b.linears] for b in stack.blocks}
+    acc = {k: [[] for _ in range(L)] for k in ("norm", "px", "ph", "x", "G", "gn", "fi", "ta")}
+    for batch in batches:
+        store.update({i: {} for i in range(L)})
+        out = model(**batch)
+        flat = [w for i in range(L) for w in weights[i]]
+        hs = [store[i]["h"] for i in range(L)]
+        grads = torch.autograd.grad(out.loss, flat + hs)
+        wg, hg = grads[: len(flat)], grads[len(flat):]
+        mask = batch["attention_mask"].bool()
+        k = 0
+        for i in range(L):
+            x, h = store[i]["x"].detach(), store[i]["h"].detach()
+            acc["norm"][i].append(h.norm(dim=-1)[mask])
+            acc["x"][i].append(x[mask])
+            idx = mask.long().sum(1) - 1 if pooling == "last" else torch.zeros(mask.shape[0], dtype=torch.long)
+            rows = torch.arange(mask.shape[0])
+            acc["px"][i].append(x[rows, idx])
+            acc["ph"][i].append(h[rows, idx])
+            g = hg[i]
+            acc["G"][i].append(g.reshape(-1, g.shape[-1]).double().T @ x.reshape(-1, x.shape[-1]).double())
+            gs = wg[k: k + len(weights[i])]
+            ws = weights[i]
+            k += len(ws)
+            sq = sum(float(t.double().pow(2).sum()) for t in gs)
+            n = sum(t.numel() for t in gs)
+            acc["gn"][i].append(math.sqrt(sq))
+            acc["fi"][i].append(sq / n)
+            acc["ta"][i].append(abs(sum(float((w.detach().double() * t.double()).sum()) for w, t in zip(ws, gs))))
+    for h in handles:
+        h.remove()
+    return acc
+
+
+def centred_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    return float((y.T @ x).pow(2).sum() / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_metrics_match_direct_computation(kind: str) -> None:
+    causal = kind == "llama"
+    model = tiny_llama() if causal else tiny_bert()
+    batches = make_batches(causal=causal)
+    card = profile_layers(model, batches, "all", name=kind, weightdelta_steps=2, show_progress=False)
+    acc = direct_statistics(model, batches, "last" if causal else "first")
+    L = card.num_layers
+    assert L == 3
+    for i in range(L):
+        norms = torch.cat(acc["norm"][i])
+        assert card.values("actnorm")[i] == pytest.approx(float(norms.mean()), rel=1e-5)
+        assert card.values("gradnorm")[i] == pytest.approx(sum(acc["gn"][i]) / len(batches), rel=1e-4)
+        assert card.values("fisher")[i] == pytest.approx(sum(acc["fi"][i]) / len(batches), rel=1e-4)
+        assert card.values("taylor")[i] == pytest.approx(sum(acc["ta"][i]) / len(batches), rel=1e-3, abs=1e-9)
+        px, ph = torch.cat(acc["px"][i]), torch.cat(acc["ph"][i])
+        assert card.values("cka")[i] == pytest.approx(1 - centred_cka(px, ph), abs=1e-5)
+        x = torch.cat(acc["x"][i]).double()
+        cov = torch.cov(x.T)
+        assert card.values("act_energy")[i] == pytest.approx(float(torch.trace(cov)), rel=1e-5)
+        eig = torch.linalg.eigvalsh(cov)
+        cond = card.metrics["act_energy"]["extras"]["condition_number"][i]
+        # a singular covariance (LayerNorm outputs lose one dimension) reads as the 1e7 cap
+        expected = float(eig.max() / eig.clamp_min(float(eig.max()) * 1e-7).min())
+        assert cond == pytest.approx(expected, rel=1e-3)
+        m = x.T @ x / x.shape[0]
+        m = m + ridge_for(m) * torch.eye(m.shape[0], dtype=m.dtype)
+        g = sum(acc["G"][i]) / len(batches)
+        direct = float(torch.trace(g @ torch.linalg.inv(m) @ g.T).sqrt())
+        assert card.values("resnorm")[i] == pytest.approx(direct, rel=1e-4)
+    assert all(v >= 0 for v in card.values("weightdelta"))
+    assert sum(card.values("weightdelta")) > 0
+
+
+def test_coupling_is_mean_offdiagonal_cosine_of_whitened_gradients() -> None:
+    model = tiny_bert()
+    batches = make_batches()
+    card = profile_layers(model, batches, "coupling", show_progress=False)
+    mat = torch.tensor(card.metrics["coupling"]["extras"]["matrix"], dtype=torch.float64)
+    assert torch.allclose(mat, mat.T, atol=1e-9)
+    assert torch.allclose(mat.diagonal(), torch.ones(3, dtype=mat.dtype), atol=1e-9)
+    off = (mat.sum(1) - 1) / 2
+    assert card.values("coupling") == pytest.approx(off.tolist(), abs=1e-9)
+
+
+def test_mean_pooling_option_matches_formula() -> None:
+    model = tiny_bert()
+    batches = make_batches()
+    card = profile_layers(model, batches, "cka", pooling="mean", show_progress=False)
+    stack = find_layer_stack(model)
+    feats = {i: ([], []) for i in range(len(stack))}
+    handles = []
+    for b in stack.blocks:
+        def hook(mod, args, out, i=b.index):
+            feats[i][0].append(args[0])
+            feats[i][1].append(out[0] if isinstance(out, tuple) else out)
+        handles.append(b.module.register_forward_hook(hook))
+    with torch.no_grad():
+        for batch in batches:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    for h in handles:
+        h.remove()
+    masks = [b["attention_mask"].unsqueeze(-1).float() for b in batches]
+    for i in feats:
+        px = torch.cat([(x * m).sum(1) / m.sum(1) for x, m in zip(feats[i][0], masks)])
+        ph = torch.cat([(h * m).sum(1) / m.sum(1) for h, m in zip(feats[i][1], masks)])
+        assert card.values("cka")[i] == pytest.approx(1 - centred_cka(px, ph), abs=1e-5)
+
+
+def test_every_registered_metric_is_finite_and_ranked() -> None:
+    model = tiny_llama()
+    card = profile_layers(model, make_batches(causal=True), list(IMPORTANCE), weightdelta_steps=2,
+                          show_progress=False)
+    for name in IMPORTANCE:
+        entry = card.metrics[name]
+        assert len(entry["values"]) == 3 and all(math.isfinite(v) for v in entry["values"])
+        assert sorted(entry["ranks"]) == [1, 2, 3]
+        if entry["higher_is_better"]:
+            assert entry["cumulative"]["100"] <= 3
+
+
+def test_same_seed_same_card() -> None:
+    batches = make_batches()
+    a = profile_layers(tiny_bert(), batches, show_progress=False)
+    b = profile_layers(tiny_bert(), batches, show_progress=False)
+    for name in a.metric_names:
+        assert a.values(name) == b.values(name)
+        assert a.metrics[name]["stability"] == b.metrics[name]["stability"]
+
+
+def test_model_is_left_as_it_was() -> None:
+    model = tiny_bert()
+    model.classifier.weight.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    profile_layers(model, make_batches(), show_progress=False)
+    assert not model.classifier.weight.requires_grad
+    assert model.bert.encoder.layer[0].attention.self.query.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_forward_only_metrics_need_no_labels() -> None:
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in make_batches()]
+    card = profile_layers(tiny_bert(), batches, "actnorm,cka,act_energy", show_progress=False)
+    assert card.probe["backward"] is False
+    with pytest.raises(DataError, match="labels"):
+        profile_layers(tiny_bert(), batches, "gradnorm", show_progress=False)
+
+
+def test_unknown_metric_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown metric.*bogus.*known: .*actnorm"):
+        get_metrics("actnorm,bogus")
+
+
+def test_all_padding_batch_is_refused() -> None:
+    batches = make_batches()
+    batches[1]["attention_mask"] = torch.zeros_like(batches[1]["attention_mask"])
+    with pytest.raises(DataError, match="batch 1 is all padding"):
+        profile_layers(tiny_bert(), batches, "actnorm", show_progress=False)
+
+
+def test_non_finite_statistic_names_layer_and_metric() -> None:
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteMetricError, match=r"'actnorm' is (nan|inf) at layer 1 \(bert.encoder.layer.1\)"):
+        profile_layers(model, make_batches(), "actnorm", show_progress=False)
+
+
+def test_covariance_too_large_is_refused_with_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--max-stat-memory"):
+        profile_layers(tiny_bert(), make_batches(), "act_energy", max_stat_memory=1000, show_progress=False)
+
+
+def test_stability_is_reported_per_metric() -> None:
+    card = profile_layers(tiny_bert(), make_batches(n_batches=6), show_progress=False)
+    for name in ("actnorm", "gradnorm", "cka", "resnorm"):
+        s = card.metrics[name]["stability"]
+        assert -1 <= s["kendall_tau_mean"] <= 1 and s["n_batches"] == 6
+    assert card.metrics["cost"]["stability"] == {"deterministic": True}
