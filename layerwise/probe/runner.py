@@ -180,9 +180,10 @@ def _collect_param_grads(model: torch.nn.Module, hooks: ProbeHooks) -> None:
         for w in _block_weights(model, block):
             if w.grad is None:
                 continue
-            g = w.grad
-            sq[block.index] += float(g.double().pow(2).sum())
-            wg[block.index] += float((w.detach().double() * g.double()).sum())
+            g = w.grad.reshape(-1)
+            # dot products: no temporary the size of the weight (float32 accumulation, stored as float64)
+            sq[block.index] += float(torch.dot(g, g))
+            wg[block.index] += float(torch.dot(w.detach().reshape(-1), g))
             counts[block.index] += g.numel()
             w.grad = None
     stats.grad_sq.append(sq)
