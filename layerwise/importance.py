@@ -113,7 +113,7 @@ def cka(result: Any, options: dict) -> MetricValues:
     s, values = result.stats, []
     for i in range(s.num_blocks):
         gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
-        cross = s.pooled_cross[i].cent  # centred Y^T X, (d, d)
+        cross = s.pooled_cross[i].centred()  # centred Y^T X, (d, d)
         # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
         tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
         values.append(1.0 - linear_cka(gin.centred(), gout.centred(), cross, tiny))
@@ -178,7 +178,7 @@ def _whitened_gradients(result: Any) -> list[torch.Tensor]:
         m = s.input_cov[i].second_moment()  # (d, d)
         d = m.shape[0]
         chol = torch.linalg.cholesky(m + ridge_for(m) * torch.eye(d, dtype=m.dtype))
-        g = s.out_grad[i] / max(s.batches, 1)  # mean over batches of the batch gradient, (d_out, d_in)
+        g = s.out_grad[i].value() / max(s.batches, 1)  # mean over batches of the batch gradient, (d_out, d_in)
         out.append(torch.linalg.solve_triangular(chol, g.T, upper=False).T)  # G C^{-T}, (d_out, d_in)
     return out
 

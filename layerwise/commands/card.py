@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import add_data_flags, add_model_flags
+from layerwise.commands.common import add_data_flags, add_model_flags, slug
 
 __all__ = ["add_parser", "run"]
 
 
-def add_card_flags(p: argparse.ArgumentParser) -> None:
-    """Calibration and metric flags (shared with ``layerwise run``)."""
+def add_card_flags(p: argparse.ArgumentParser, include_batch_size: bool = True, include_rank: bool = True) -> None:
+    """Calibration and metric flags (shared with ``layerwise run``, which has its own --batch-size/--rank)."""
     g = p.add_argument_group("calibration")
     g.add_argument("--samples", type=int, default=256, help="calibration examples drawn from train (default 256)")
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
-    g.add_argument("--batch-size", type=int, default=16, help="examples per probe batch (default 16)")
+    if include_batch_size:
+        g.add_argument("--batch-size", type=int, default=16, help="examples per probe batch (default 16)")
     g.add_argument("--metrics", default=None,
                    help="comma list of metrics, or 'all' (default: every metric but weightdelta); "
                    "see `layerwise card --list-metrics`")
-    g.add_argument("--rank", type=int, default=8, help="adapter rank the cost metric prices (default 8)")
-    g.add_argument("--targets", default="q,v", help="projections adapted: q,v (default), attn, mlp, all-linear, "
-                   "or a comma list of roles q,k,v,o,qkv,gate,up,down,gate_up")
+    if include_rank:
+        g.add_argument("--rank", type=int, default=8, help="adapter rank the cost metric prices (default 8)")
+        g.add_argument("--targets", default="q,v", help="projections adapted: q,v (default), attn, mlp, "
+                       "all-linear, or a comma list of roles q,k,v,o,qkv,gate,up,down,gate_up")
     g.add_argument("--pooling", choices=("auto", "first", "last", "mean"), default="auto",
                    help="token CKA compares: first (encoders), last real token (decoders), or mean over tokens")
     g.add_argument("--weightdelta-steps", type=int, default=20, help="steps of the uniform-LoRA probe run that "
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from layerwise.workflows.card import CalibrationSpec, make_card
 
-    out = args.out or f"runs/card-{_slug(args.model)}-{_slug(args.task)}"
+    out = args.out or f"runs/card-{slug(args.model)}-{slug(args.task)}"
     card, files = make_card(
         args.model, args.task, args.data, out,
         calibration=CalibrationSpec(args.samples, args.seed, args.batch_size, args.max_length),
@@ -71,12 +73,6 @@ def run(args: argparse.Namespace) -> int:
     print(_summary(card))
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip("/").split("/")[-1]).strip("-") or "model"
 
 
 def _summary(card) -> str:

@@ -158,8 +158,7 @@ class ProbeHooks:
             gf, xf = g.reshape(-1, d_out).float(), x.detach().reshape(-1, d_in).float()  # (B*T, d)
             # Padding rows carry zero gradient (no real token reads them), so G sums real tokens only.
             c = gf.T @ xf  # this batch's g^T x, (d_out, d_in)
-            store = self.stats.out_grad
-            store[i] = c.double() if store[i] is None else store[i] + c.double()
+            self.stats.out_grad[i].add(c)
             scale = xf.pow(2).mean(0).clamp_min(1e-12).sqrt()  # per-feature scale of this batch, (d_in,)
             self._batch["grad_proxy"][i] = float((c / scale).norm())
             self._inputs.pop(i, None)

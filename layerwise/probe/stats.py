@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["STATISTICS", "BACKWARD_STATISTICS", "GramSums", "CrossSums", "ProbeStats"]
+__all__ = ["STATISTICS", "BACKWARD_STATISTICS", "FOLD_EVERY", "GramSums", "CrossSums", "GradSums", "ProbeStats"]
 
 STATISTICS = ("out_norm", "pooled", "input_cov", "out_grad", "param_grad")
 BACKWARD_STATISTICS = ("out_grad", "param_grad")
@@ -28,51 +28,103 @@ BACKWARD_STATISTICS = ("out_grad", "param_grad")
 _F64 = torch.float64
 
 
-@dataclass
-class GramSums:
-    """Running second moments of row vectors x (n x d), kept centred for accuracy.
+FOLD_EVERY = 64
+"""Batches summed in float32 before they are folded into the float64 totals."""
 
-    Each batch is centred on its own mean before the float32 product, and batches are merged with the
-    pairwise update of Chan et al.: C = C_a + C_b + n_a n_b / n (mu_a - mu_b)(mu_a - mu_b)^T in float64.
-    This avoids the cancellation of X^T X - n mu mu^T when the mean is large (as in BERT hidden states).
+
+@dataclass
+class _Moments:
+    """Centred second-moment sums of paired rows (y, x), exact under merging.
+
+    Per batch b, the rows are centred on the batch's own means and C_b = (y - my_b)^T (x - mx_b) is added
+    in place to a float32 buffer (one ``addmm_``: no copies). Every ``FOLD_EVERY`` batches the buffer is
+    folded into float64 totals with the between-batch term sum_b n_b (my_b - my)(mx_b - mx)^T, computed
+    from the stored batch means (Chan et al.'s pairwise update). Centring first avoids the cancellation
+    of X^T X - n mu mu^T when means are large (BERT hidden states; massive activations in decoders).
     """
 
-    dim: int
     n: int = 0
-    mu: torch.Tensor | None = None  # (d,) float64
-    cent: torch.Tensor | None = None  # (d, d) float64, sum of (x - mu)(x - mu)^T
+    mx: torch.Tensor | None = None  # (d_x,) float64
+    my: torch.Tensor | None = None  # (d_y,) float64
+    cent: torch.Tensor | None = None  # (d_y, d_x) float64
+    _buf: torch.Tensor | None = None  # (d_y, d_x) float32, this group's sum of C_b
+    _means: list = field(default_factory=list)  # this group's (n_b, my_b, mx_b)
 
-    def add(self, x: torch.Tensor) -> None:
-        """Add rows ``x`` (n, d)."""
+    def add_pair(self, y: torch.Tensor, x: torch.Tensor, same: bool) -> None:
         xf = x.detach().float()
         nb = xf.shape[0]
         if nb == 0:
             return
-        mb = xf.mean(0)  # (d,)
-        xc = xf - mb
-        cb = (xc.T @ xc).to(_F64)  # (d, d)
-        self._merge(nb, mb.to(_F64), cb)
+        mxb = xf.mean(0)
+        xc = xf - mxb
+        if same:
+            yc, myb = xc, mxb
+        else:
+            yf = y.detach().float()
+            myb = yf.mean(0)
+            yc = yf - myb
+        if self._buf is None:
+            self._buf = torch.zeros(yc.shape[1], xc.shape[1], dtype=torch.float32, device=xc.device)
+        self._buf.addmm_(yc.T, xc)  # (d_y, d_x), in place
+        self._means.append((nb, myb.to(_F64), mxb.to(_F64)))
+        if len(self._means) >= FOLD_EVERY:
+            self.fold()
 
-    def _merge(self, nb: int, mb: torch.Tensor, cb: torch.Tensor) -> None:
-        if self.mu is None:
-            self.n, self.mu, self.cent = nb, mb, cb
+    def fold(self) -> None:
+        """Merge the float32 group into the float64 totals."""
+        if not self._means:
             return
-        assert self.cent is not None
+        assert self._buf is not None
+        counts = torch.tensor([m[0] for m in self._means], dtype=_F64, device=self._buf.device)  # (k,)
+        my_b = torch.stack([m[1] for m in self._means])  # (k, d_y)
+        mx_b = torch.stack([m[2] for m in self._means])  # (k, d_x)
+        ng = float(counts.sum())
+        myg, mxg = counts @ my_b / ng, counts @ mx_b / ng
+        group = self._buf.to(_F64) + ((my_b - myg).T * counts) @ (mx_b - mxg)  # within + between batches
+        # Out-of-place updates below: buffers made under torch.inference_mode may not be changed in place
+        # outside it, and the totals may be folded either way.
+        self._buf = None
+        self._means = []
+        self._merge(int(ng), myg, mxg, group)
+
+    def _merge(self, nb: int, myb: torch.Tensor, mxb: torch.Tensor, cb: torch.Tensor) -> None:
+        if self.cent is None:
+            self.n, self.my, self.mx, self.cent = nb, myb, mxb, cb
+            return
+        assert self.mx is not None and self.my is not None
         n = self.n + nb
-        delta = mb - self.mu
-        self.cent += cb + (self.n * nb / n) * torch.outer(delta, delta)
-        self.mu += delta * (nb / n)
+        dx, dy = mxb - self.mx, myb - self.my
+        self.cent = self.cent + cb + (self.n * nb / n) * torch.outer(dy, dx)
+        self.mx = self.mx + dx * (nb / n)
+        self.my = self.my + dy * (nb / n)
         self.n = n
 
+    def totals(self) -> None:
+        self.fold()
+        assert self.cent is not None and self.n > 0, "no rows were added"
+
+
+@dataclass
+class GramSums(_Moments):
+    """Running centred second moments of row vectors x (n x d); see :class:`_Moments`."""
+
+    dim: int = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add rows ``x`` (n, d)."""
+        self.add_pair(x, x, same=True)
+
     def mean(self) -> torch.Tensor:
-        assert self.mu is not None and self.n > 0
-        return self.mu
+        self.totals()
+        assert self.mx is not None
+        return self.mx
 
     @property
     def gram(self) -> torch.Tensor:
         """Uncentred sum of x x^T, (d, d)."""
-        assert self.cent is not None and self.mu is not None
-        return self.cent + self.n * torch.outer(self.mu, self.mu)
+        mu = self.mean()
+        assert self.cent is not None
+        return self.cent + self.n * torch.outer(mu, mu)
 
     def second_moment(self) -> torch.Tensor:
         """E[x x^T] (uncentred), (d, d)."""
@@ -80,35 +132,52 @@ class GramSums:
 
     def centred(self) -> torch.Tensor:
         """sum (x - mean)(x - mean)^T, (d, d)."""
+        self.totals()
         assert self.cent is not None
         return self.cent
 
 
 @dataclass
-class CrossSums:
-    """Running centred cross moment sum (y - mu_y)(x - mu_x)^T of paired rows, merged like GramSums."""
-
-    n: int = 0
-    mx: torch.Tensor | None = None
-    my: torch.Tensor | None = None
-    cent: torch.Tensor | None = None  # (d_y, d_x) float64
+class CrossSums(_Moments):
+    """Running centred cross moments sum (y - mu_y)(x - mu_x)^T of paired rows; see :class:`_Moments`."""
 
     def add(self, y: torch.Tensor, x: torch.Tensor) -> None:
-        yf, xf = y.detach().float(), x.detach().float()
-        nb = xf.shape[0]
-        mxb, myb = xf.mean(0), yf.mean(0)
-        cb = ((yf - myb).T @ (xf - mxb)).to(_F64)  # (d_y, d_x)
-        mxb, myb = mxb.to(_F64), myb.to(_F64)
-        if self.cent is None:
-            self.n, self.mx, self.my, self.cent = nb, mxb, myb, cb
+        self.add_pair(y, x, same=False)
+
+    def centred(self) -> torch.Tensor:
+        self.totals()
+        assert self.cent is not None
+        return self.cent
+
+
+@dataclass
+class GradSums:
+    """Running sum of per-batch (d_out, d_in) products, float32 groups folded into float64."""
+
+    total: torch.Tensor | None = None
+    _buf: torch.Tensor | None = None
+    _count: int = 0
+
+    def add(self, c: torch.Tensor) -> None:
+        if self._buf is None:
+            self._buf = torch.zeros_like(c, dtype=torch.float32)
+        self._buf.add_(c)
+        self._count += 1
+        if self._count >= FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        if self._buf is None or self._count == 0:
             return
-        assert self.mx is not None and self.my is not None
-        n = self.n + nb
-        dx, dy = mxb - self.mx, myb - self.my
-        self.cent += cb + (self.n * nb / n) * torch.outer(dy, dx)
-        self.mx += dx * (nb / n)
-        self.my += dy * (nb / n)
-        self.n = n
+        b = self._buf.to(_F64)
+        self.total = b if self.total is None else self.total + b
+        self._buf = None
+        self._count = 0
+
+    def value(self) -> torch.Tensor:
+        self.fold()
+        assert self.total is not None, "no gradient reached this block"
+        return self.total
 
 
 @dataclass
@@ -134,7 +203,7 @@ class ProbeStats:
     input_cov: list[GramSums] = field(default_factory=list)
     energy_batches: list[torch.Tensor] = field(default_factory=list)  # per batch (L,) mean ||x||^2
     # out_grad
-    out_grad: list[torch.Tensor | None] = field(default_factory=list)  # (L) sum g x^T, (d_out, d_in)
+    out_grad: list[GradSums] = field(default_factory=list)  # (L) sum g x^T, (d_out, d_in)
     out_grad_batches: list[torch.Tensor] = field(default_factory=list)  # per batch (L,) proxy norms
     # param_grad: per batch (L,) values
     grad_sq: list[torch.Tensor] = field(default_factory=list)
@@ -147,7 +216,7 @@ class ProbeStats:
         self.pooled_out = [GramSums(self.hidden) for _ in range(L)]
         self.pooled_cross = [CrossSums() for _ in range(L)]
         self.input_cov = [GramSums(self.hidden) for _ in range(L)]
-        self.out_grad = [None] * L
+        self.out_grad = [GradSums() for _ in range(L)]
         for kind in ("block", "q", "v"):
             self.norm_sums[kind] = torch.zeros(L, dtype=_F64)
             self.norm_counts[kind] = torch.zeros(L, dtype=_F64)

@@ -1,0 +1,68 @@
+"""The ``layerwise run`` main job: card, selection, training of the selected adapter, the uniform-LoRA
+baseline with the same steps and seed, and the comparison report. Finished stages are not run again
+with ``--resume``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from layerwise.errors import ConfigError
+
+__all__ = ["run_pipeline"]
+
+
+def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike, *, train_config: Any,
+                 selection: Any, adapter: Any, calibration: Any, metrics: str | None = None,
+                 columns: dict[str, str | None] | None = None, regression: bool = False, cache_dir: str | None = None,
+                 trust_remote_code: bool = False, layers_path: str | None = None, device: str | None = None,
+                 resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png}. Returns the report."""
+    from layerwise.io import prepare_output_dir
+    from layerwise.report import collect_run, compare, write_report
+    from layerwise.workflows.card import make_card
+    from layerwise.workflows.train import train_job
+
+    out_dir = Path(out)
+    if not resume:
+        prepare_output_dir(out_dir, overwrite)
+    common = dict(columns=columns, regression=regression, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
+                  layers_path=layers_path, device=device)
+    card_file = out_dir / "card" / "card.json"
+    if not card_file.exists():
+        _stage("1/4 Layer Card")
+        make_card(model, task, data, out_dir / "card", calibration=calibration, metrics=metrics, rank=adapter.rank,
+                  targets=adapter.targets, overwrite=True, show_progress=show_progress, **common)
+    runs = {"selected": replace(selection, card=str(card_file)), "uniform": replace(selection, policy="all",
+                                                                                    card=None, options={})}
+    for i, (label, choice) in enumerate(runs.items(), start=2):
+        if not (out_dir / label / "metrics.json").exists():
+            _stage(f"{i}/4 training {label} ({choice.policy})")
+            again = resume and (out_dir / label / "checkpoint").exists()
+            train_job(model, task, data, out_dir / label, train_config=train_config, selection=choice,
+                      adapter=adapter, resume=again, overwrite=True, show_progress=show_progress, **common)
+    _stage("4/4 report")
+    baseline = collect_run(out_dir / "uniform", "uniform LoRA")
+    selected = collect_run(out_dir / "selected", f"{selection.policy}")
+    rows = compare([selected, baseline], baseline)
+    context = {"model": model, "task": task, "data": data, "selection": _describe(out_dir / "selected"),
+               "train_config": train_config.to_dict(), "adapter": adapter.__dict__}
+    files = write_report(out_dir, rows, context)
+    return {"rows": rows, "context": context, "files": {k: str(v) for k, v in files.items()}}
+
+
+def _describe(run_dir: Path) -> str:
+    import json
+
+    from layerwise.selection import Selection
+
+    sel = json.loads((run_dir / "selection.json").read_text())["selection"]
+    return Selection.from_dict(sel).describe()
+
+
+def _stage(text: str) -> None:
+    import sys
+
+    print(f"layerwise run: {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,159 @@
+"""The ``layerwise train`` job: choose layers (from a card or by hand), put a peft adapter there, train it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerwise.errors import ConfigError
+
+__all__ = ["AdapterChoice", "SelectionChoice", "train_job", "parse_ranks", "CARD_FREE_POLICIES"]
+
+CARD_FREE_POLICIES = ("all", "manual")
+"""Policies that need no Layer Card."""
+
+
+@dataclass(frozen=True)
+class SelectionChoice:
+    """Which layers get adapters: a policy over a card, with its options."""
+
+    policy: str = "all"
+    """A registered selection policy (see ``layerwise train --list-policies``)."""
+    metric: str | None = None
+    """Card metric the policy ranks by (each policy has a default)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Policy options (k, share, ratio, exclude_first, max_params, max_flops, objective, layers)."""
+    card: str | None = None
+    """A ``card.json`` (or its folder) made for this model; made on the fly when a policy needs one."""
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """The peft adapter put on the selected layers."""
+
+    method: str = "lora"
+    targets: str = "q,v"
+    rank: int = 8
+    alpha: float | None = None
+    ranks: dict[int, int] | None = None
+    dropout: float = 0.0
+
+
+def parse_ranks(spec: str | None) -> dict[int, int] | None:
+    """``--ranks 3:16,4:8`` -> {3: 16, 4: 8}; errors name the flag."""
+    if not spec:
+        return None
+    out: dict[int, int] = {}
+    for part in spec.split(","):
+        try:
+            layer, rank = part.split(":")
+            out[int(layer)] = int(rank)
+        except ValueError as err:
+            raise ConfigError(f"--ranks takes layer:rank pairs like 3:16,4:8, got {part!r}") from err
+    return out
+
+
+def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
+    """Apply the selection policy (card-free policies work without a card)."""
+    from layerwise.selection import Selection, parse_layers, select
+
+    options = {k: v for k, v in choice.options.items() if v is not None}
+    if card is not None:
+        return select(card, choice.policy, metric=choice.metric, **options)
+    if choice.policy == "all":
+        return Selection(tuple(range(num_layers)), "all", None, {})
+    if choice.policy == "manual":
+        if "layers" not in options:
+            raise ConfigError("--policy manual needs --layers, e.g. --layers 3,4,5")
+        return Selection(tuple(parse_layers(str(options["layers"]), num_layers)), "manual", None,
+                         {"layers": str(options["layers"])})
+    raise AssertionError("policies other than all/manual get a card first")
+
+
+def load_or_make_card(choice: SelectionChoice, loaded: Any, stack: Any, task_data: Any, calibration: Any,
+                      out_dir: Path, device: Any) -> Any:
+    """The card a policy needs: ``choice.card`` (checked against the model), or a new one saved in out_dir/card."""
+    from layerwise.card import LayerCard
+    from layerwise.profiling import profile_layers
+    from layerwise.workflows.card import calibration_batches
+
+    if choice.card:
+        card = LayerCard.load(choice.card)
+        card.check_model(loaded.fingerprint)
+        return card
+    if choice.policy in CARD_FREE_POLICIES:
+        return None
+    existing = out_dir / "card" / "card.json"
+    if existing.exists():
+        card = LayerCard.load(existing)
+        card.check_model(loaded.fingerprint)
+        return card
+    batches = calibration_batches(task_data, loaded.tokenizer, calibration)
+    info = {"task": task_data.task.name, "source": task_data.source, "samples": calibration.samples,
+            "seed": calibration.seed, "batch_size": calibration.batch_size, "max_length": calibration.max_length}
+    card = profile_layers(loaded.model, batches, name=loaded.source.name, stack=stack, data_info=info,
+                          device=device, seed=calibration.seed)
+    card.save(out_dir / "card")
+    return card
+
+
+def train_job(model: str, task: str, data: str | None, out: str | os.PathLike, *, train_config: Any,
+              selection: SelectionChoice = SelectionChoice(), adapter: AdapterChoice = AdapterChoice(),
+              calibration: Any = None, columns: dict[str, str | None] | None = None, regression: bool = False,
+              cache_dir: str | None = None, trust_remote_code: bool = False, layers_path: str | None = None,
+              device: str | None = None, resume: bool = False, overwrite: bool = False,
+              show_progress: bool = True) -> tuple[Any, Any]:
+    """Select layers, build the adapter, train; returns (TrainResult, Selection). Writes into ``out``."""
+    import torch
+
+    from layerwise.bridge import apply_adapter
+    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.layers import find_layer_stack
+    from layerwise.train import train
+    from layerwise.workflows.card import CalibrationSpec, resolve_device
+
+    out_dir = _output_dir(Path(out), resume, overwrite)
+    task_data = load_task_from_flags(task, data, columns, regression)
+    loaded = load_model_for_task(model, task_data.task, cache_dir, trust_remote_code)
+    dev = resolve_device(device)
+    loaded.model.to(dev)
+    stack = find_layer_stack(loaded.model, layers_path)
+    card = load_or_make_card(selection, loaded, stack, task_data, calibration or CalibrationSpec(), out_dir, dev)
+    chosen = choose_layers(card, len(stack), selection)
+    _write_selection(out_dir, chosen, adapter, loaded.fingerprint)
+    torch.manual_seed(train_config.seed)  # adapter initialisation
+    peft_model = apply_adapter(loaded.model, stack, list(chosen.layers), method=adapter.method,
+                               targets=adapter.targets, rank=adapter.rank, alpha=adapter.alpha, ranks=adapter.ranks,
+                               dropout=adapter.dropout, total_steps=train_config.steps)
+    result = train(peft_model, loaded.tokenizer, task_data.task, task_data.train, task_data.dev, train_config,
+                   out_dir, resume=resume, show_progress=show_progress)
+    return result, chosen
+
+
+def _output_dir(out: Path, resume: bool, overwrite: bool) -> Path:
+    from layerwise.io import prepare_output_dir
+
+    if resume:
+        if not (out / "checkpoint").exists():
+            raise ConfigError(f"--resume: {out} has no checkpoint/ to resume from")
+        return out
+    return prepare_output_dir(out, overwrite)
+
+
+def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict) -> None:
+    from layerwise.io import atomic_write_json
+
+    payload = {"schema_version": 1, "model": fingerprint, "selection": chosen.to_dict(),
+               "adapter": {"method": adapter.method, "targets": adapter.targets, "rank": adapter.rank,
+                           "alpha": adapter.alpha, "dropout": adapter.dropout,
+                           "ranks": {str(k): v for k, v in (adapter.ranks or {}).items()} or None}}
+    path = out_dir / "selection.json"
+    if path.exists():  # a resumed run must train the same selection
+        before = json.loads(path.read_text())
+        if before.get("selection", {}).get("layers") != payload["selection"]["layers"]:
+            raise ConfigError(f"--resume: {path} selected layers {before['selection']['layers']}, this run selects "
+                              f"{payload['selection']['layers']}; resume with the same flags")
+    atomic_write_json(path, payload)
