@@ -1,0 +1,206 @@
+"""Resumable checkpoints and adapter folders, each written to a temporary folder and renamed into place.
+
+``out_dir/checkpoint/`` holds:
+
+- ``trainable.safetensors``: every parameter with ``requires_grad`` (adapter and head), by name;
+- ``optimizer.pt`` / ``scheduler.pt``: state dicts of tensors, numbers and plain containers only, so
+  ``torch.load(..., weights_only=True)`` reads them (no arbitrary pickles);
+- ``rng.safetensors``: the torch CPU (and CUDA) generator states;
+- ``state.json``: :class:`TrainState`, the python/numpy RNG states, the run's config (with the size of its
+  training data) and the trainable parameter names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerwise.errors import ConfigError, ModelError
+from layerwise.io import atomic_write_json
+from layerwise.train.log import json_safe
+from layerwise.train.state import TrainState
+
+__all__ = ["CHECKPOINT_DIR", "SCHEMA_VERSION", "replace_dir", "save_adapter", "save_checkpoint",
+           "load_checkpoint", "find_checkpoint", "trainable_parameters"]
+
+CHECKPOINT_DIR = "checkpoint"
+SCHEMA_VERSION = 1
+"""Version of the checkpoint layout (``state.json``) and of ``metrics.json``."""
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def trainable_parameters(model: Any) -> dict[str, Any]:
+    """Name -> parameter of every parameter that requires grad, in ``named_parameters`` order."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)``, then swap ``tmp_dir`` in for ``path`` (the old one is kept as ``path.old``
+    until the new one is in place, so a crash leaves one complete copy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_adapter(model: Any, path: str | os.PathLike) -> Path:
+    """``model.save_pretrained(path)`` (a standard peft adapter folder), written atomically."""
+    return replace_dir(path, lambda tmp: model.save_pretrained(str(tmp)))
+
+
+def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder of ``out_dir`` (or its ``.old`` copy after a crash mid-swap); ``None`` if none."""
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        folder = Path(out_dir) / name
+        if (folder / "state.json").is_file():
+            return folder
+    return None
+
+
+def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any,
+                    state: TrainState, config: dict) -> Path:
+    """Write everything :func:`load_checkpoint` needs to continue at ``state.step`` exactly."""
+
+    def write(tmp: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        params = trainable_parameters(model)
+        save_file({k: p.detach().contiguous() for k, p in params.items()}, str(tmp / "trainable.safetensors"))
+        for name, obj in (("optimizer", optimizer.state_dict()), ("scheduler", scheduler.state_dict())):
+            _check_plain(obj, name)
+            torch.save(obj, tmp / f"{name}.pt")
+        save_file(_torch_rng_states(), str(tmp / "rng.safetensors"))
+        atomic_write_json(tmp / "state.json", {
+            "schema_version": SCHEMA_VERSION, "state": json_safe(state.to_dict()), "config": config,
+            "trainable": list(params), "python_rng": _python_rng(), "numpy_rng": _numpy_rng()})
+
+    return replace_dir(Path(out_dir) / CHECKPOINT_DIR, write)
+
+
+def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
+                    scheduler: Any) -> tuple[TrainState, dict]:
+    """Restore trainable weights, optimizer, scheduler and RNG states from ``out_dir``'s checkpoint.
+
+    Returns the saved :class:`TrainState` and the config dict it was trained with.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    folder = find_checkpoint(out_dir)
+    if folder is None:
+        raise ConfigError(f"--resume: no checkpoint in {Path(out_dir) / CHECKPOINT_DIR}; "
+                          "run without --resume to start training")
+    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(f"--resume: {folder} has checkpoint schema {meta.get('schema_version')}, "
+                          f"this version reads {SCHEMA_VERSION}")
+    _load_trainable(model, load_file(str(folder / "trainable.safetensors")), meta["trainable"], folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
+    _set_torch_rng_states(load_file(str(folder / "rng.safetensors")))
+    _set_python_rng(meta["python_rng"])
+    _set_numpy_rng(meta["numpy_rng"])
+    return TrainState.from_dict(meta["state"]), meta["config"]
+
+
+def _load_trainable(model: Any, tensors: dict, names: list[str], folder: Path) -> None:
+    import torch
+
+    params = trainable_parameters(model)
+    if list(params) != names:
+        missing, extra = sorted(set(names) - set(params)), sorted(set(params) - set(names))
+        raise ModelError(f"--resume: the checkpoint in {folder} was saved for other trainable parameters "
+                         f"(missing in the model: {missing[:3]}, not in the checkpoint: {extra[:3]}); "
+                         "resume with the same model and adapter config")
+    with torch.no_grad():
+        for name, p in params.items():
+            if tensors[name].shape != p.shape:
+                raise ModelError(f"--resume: {name} is {tuple(tensors[name].shape)} in the checkpoint in "
+                                 f"{folder} but {tuple(p.shape)} in the model")
+            p.copy_(tensors[name])
+
+
+def _check_plain(obj: Any, what: str) -> None:
+    """Refuse anything ``torch.load(weights_only=True)`` could not read back (an internal invariant)."""
+    import torch
+
+    if isinstance(obj, (torch.Tensor, *_PLAIN)):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, what)
+            _check_plain(v, what)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _check_plain(v, what)
+    else:
+        raise TypeError(f"{what} state holds a {type(obj).__name__}; only tensors, numbers and containers "
+                        "may be saved (a checkpoint must load with weights_only=True)")
+
+
+def _torch_rng_states() -> dict:
+    import torch
+
+    states = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"torch_cuda_{i}"] = s
+    return states
+
+
+def _set_torch_rng_states(states: dict) -> None:
+    import torch
+
+    torch.set_rng_state(states["torch_cpu"])
+    cuda = [states[k] for k in sorted(states, key=_cuda_index) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
+def _cuda_index(key: str) -> int:
+    return int(key.rsplit("_", 1)[1]) if key.startswith("torch_cuda_") else -1
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_rng(saved: list) -> None:
+    version, internal, gauss = saved
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _numpy_rng() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng(saved: dict) -> None:
+    np.random.set_state((saved["name"], np.asarray(saved["keys"], dtype=np.uint32), saved["pos"],
+                         saved["has_gauss"], saved["cached_gaussian"]))

@@ -1,0 +1,97 @@
+"""``TrainConfig``: every knob of a training run, one documented field each, checked where it is made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from layerwise.errors import ConfigError
+
+__all__ = ["TrainConfig", "SCHEDULERS", "flag_name"]
+
+SCHEDULERS = ("linear", "cosine", "constant")
+"""Learning-rate decay shapes after warmup (see :mod:`layerwise.train.schedule`)."""
+
+
+def flag_name(field_name: str) -> str:
+    """The CLI flag of a config field: ``grad_accum`` -> ``--grad-accum``."""
+    return "--" + field_name.replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and bookkeeping of one fine-tuning run (each field is a ``--flag`` of the CLI)."""
+
+    steps: int
+    """Total optimizer steps (each one sees ``batch_size * grad_accum`` examples)."""
+    lr: float = 5e-4
+    """Peak learning rate of AdamW, reached at the end of warmup."""
+    weight_decay: float = 0.0
+    """Decoupled AdamW weight decay on every trainable parameter."""
+    warmup_ratio: float = 0.06
+    """Fraction of ``steps`` spent ramping the learning rate up linearly from near zero."""
+    scheduler: str = "linear"
+    """Decay after warmup: 'linear' (to zero), 'cosine' (to zero) or 'constant'."""
+    batch_size: int = 16
+    """Examples per micro-batch (per forward/backward pass)."""
+    grad_accum: int = 1
+    """Micro-batches whose gradients are summed into one optimizer step."""
+    max_length: int = 128
+    """Tokens per example after truncation (prompt + answer for causal LM)."""
+    eval_every: int = 0
+    """Evaluate on the dev set every this many optimizer steps; 0 evaluates only at the end."""
+    save_every: int = 0
+    """Save a resumable checkpoint every this many steps; 0 saves only at the end and on interrupt."""
+    early_stopping: int = 0
+    """Stop after this many evaluations without a better main metric (patience); 0 turns it off."""
+    seed: int = 0
+    """Seeds the data order and torch/python/numpy random state (dropout) of a fresh run."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value before each step; 0 turns clipping off."""
+    eval_max_examples: int | None = None
+    """Evaluate on the first this many dev examples; ``None`` uses all of them."""
+    pad_to: int | None = None
+    """``None`` pads each batch to its longest example; an int pads every batch to that length (benchmarks)."""
+    gen_max_new_tokens: int = 256
+    """Causal LM evaluation: the most tokens greedy generation may add after a prompt."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "steps", 1)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        _at_least(self, "weight_decay", 0.0)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 2), ("eval_every", 0),
+                          ("save_every", 0), ("early_stopping", 0), ("seed", 0), ("max_grad_norm", 0.0),
+                          ("gen_max_new_tokens", 1)):
+            _at_least(self, name, low)
+        if self.eval_max_examples is not None:
+            _at_least(self, "eval_max_examples", 1)
+        if self.pad_to is not None and self.pad_to < self.max_length:
+            raise ConfigError(f"--pad-to must be >= --max-length ({self.max_length}) so every example fits, "
+                              f"got {self.pad_to}")
+        if self.early_stopping and not self.eval_every:
+            raise ConfigError("--early-stopping needs --eval-every > 0 (with 0 there is only the final evaluation)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every field, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+
+def _at_least(config: TrainConfig, name: str, low: float) -> None:
+    """``low`` an int: the field must be a whole number >= low; a float: any number >= low."""
+    value = getattr(config, name)
+    kinds = (int,) if isinstance(low, int) else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "a whole number" if isinstance(low, int) else "a number"
+        raise ConfigError(f"{flag_name(name)} must be {what}, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{flag_name(name)} must be >= {low}, got {value!r}")

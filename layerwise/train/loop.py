@@ -1,0 +1,366 @@
+"""``train``: the explicit fine-tuning loop over a peft model, as named phases.
+
+One optimizer step = ``grad_accum`` x (forward, backward) then one optimizer phase (clip, AdamW step, schedule
+step, zero grads), timed by :class:`PhaseTimer`. After a step: evaluate if due (keeping the best adapter),
+checkpoint if due, call the callbacks. A first Ctrl-C is deferred to the next step boundary, where the
+checkpoint saved before re-raising is exact: ``resume=True`` then continues with the same weights,
+optimizer, schedule, RNG and data order, so its final weights equal those of an uninterrupted run bit for bit.
+
+Outputs in ``out_dir``: ``train_log.jsonl``, ``metrics.json``, ``adapter/`` (final), ``best/`` (best dev
+main metric), ``checkpoint/`` (resumable) and ``plots.png``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerwise.data.examples import Example
+from layerwise.data.tasks import TaskSpec
+from layerwise.errors import ConfigError, DataError, ModelError
+from layerwise.io import atomic_write_json
+from layerwise.train.checkpoint import (SCHEMA_VERSION, load_checkpoint, save_adapter, save_checkpoint,
+                                        trainable_parameters)
+from layerwise.train.config import TrainConfig, flag_name
+from layerwise.train.data_order import DataOrder
+from layerwise.train.evaluate import EvalSet, prepare_eval, run_eval
+from layerwise.train.interrupt import DeferredInterrupt
+from layerwise.train.log import TrainLog, json_safe
+from layerwise.train.phases import TRAIN_PHASES, PhaseTimer
+from layerwise.train.state import TrainState
+
+__all__ = ["TrainResult", "train", "LOG_NAME", "METRICS_NAME", "ADAPTER_DIR", "BEST_DIR", "PLOT_NAME"]
+
+LOG_NAME, METRICS_NAME, PLOT_NAME = "train_log.jsonl", "metrics.json", "plots.png"
+ADAPTER_DIR, BEST_DIR = "adapter", "best"
+
+# Config fields that shape the trajectory: a resumed run must use the values it was trained with.
+_TRAJECTORY = ("lr", "weight_decay", "warmup_ratio", "scheduler", "batch_size", "grad_accum", "max_length",
+               "seed", "max_grad_norm", "pad_to")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (the same numbers are in ``metrics.json``)."""
+
+    final_metrics: dict[str, float]
+    """Dev metrics of the final weights."""
+    best_metrics: dict[str, float] | None
+    """Dev metrics of the best evaluation (by the task's main metric)."""
+    best_step: int | None
+    """Step of the best evaluation; its adapter is in ``out_dir/best``."""
+    steps: int
+    """Optimizer steps completed (fewer than ``config.steps`` after early stopping or a callback stop)."""
+    train_seconds: float
+    """Wall time of the training steps (evaluation and saving excluded), over all sessions of the run."""
+    phase_totals: dict[str, float]
+    """Seconds per phase ('forward', 'backward', 'optimizer') summed over all steps."""
+    peak_memory: int
+    """Largest per-step peak memory (CUDA allocated bytes, or process RSS on the CPU)."""
+    trainable_params: int
+    """Number of parameters trained (adapter and head)."""
+    log_path: Path
+    """The ``train_log.jsonl`` file."""
+    adapter_dir: Path
+    """The final adapter (loads with ``PeftModel.from_pretrained``)."""
+    best_dir: Path | None = None
+    """The best adapter, when an evaluation ran."""
+    stopped_early: bool = False
+    """True when early stopping ended the run."""
+
+
+@dataclass
+class _Run:
+    """Everything one training session works with (internal)."""
+
+    model: Any
+    task: TaskSpec
+    config: TrainConfig
+    out_dir: Path
+    params: list
+    optimizer: Any
+    scheduler: Any
+    features: list[dict]
+    lengths: list[int]
+    info: dict
+    collate: Any
+    order: DataOrder
+    evalset: EvalSet
+    timer: PhaseTimer
+    state: TrainState
+    log: TrainLog
+    callbacks: Sequence[Any] = ()
+    higher_is_better: bool = True
+    device: Any = None
+    mid_step: bool = False
+    saved_step: int = -1
+    bar: Any = field(default=None, repr=False)
+
+
+def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
+          dev_examples: Sequence[Example], config: TrainConfig, out_dir: str | Path, resume: bool = False,
+          callbacks: Sequence[Any] = (), show_progress: bool = True) -> TrainResult:
+    """Fine-tune the trainable parameters of ``model`` (a peft model) on ``train_examples`` for ``config.steps``.
+
+    ``resume=True`` continues from ``out_dir/checkpoint`` at its exact step. ``callbacks`` are objects with
+    ``on_step_end(state)`` and/or ``on_evaluate(state, metrics)`` (see :class:`TrainCallback`). A
+    ``KeyboardInterrupt`` saves a checkpoint at the last completed step, then propagates.
+    """
+    run = _setup(model, tokenizer, task, train_examples, dev_examples, config, Path(out_dir), resume, callbacks)
+    try:
+        with DeferredInterrupt() as interrupt:
+            _run_steps(run, interrupt, show_progress)
+            _maybe_evaluate(run, force=True)
+            _save(run)
+    except KeyboardInterrupt:
+        _save_on_interrupt(run)
+        raise
+    finally:
+        run.log.close()
+    return _write_outputs(run)
+
+
+def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
+           dev_examples: Sequence[Example], config: TrainConfig, out_dir: Path, resume: bool,
+           callbacks: Sequence[Any]) -> _Run:
+    from layerwise.data.collate import Collator, encode_examples
+    from layerwise.evaluation import get_metric
+    from layerwise.train.schedule import make_scheduler
+
+    params = list(trainable_parameters(model).values())
+    if not params:
+        raise ModelError("the model has no trainable parameters; wrap it with peft (LoRA) before training")
+    features = encode_examples(train_examples, tokenizer, task, config.max_length)
+    if not features:
+        raise DataError(f"task {task.name!r} has no training examples")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.steps, config.warmup_ratio, config.scheduler)
+    evalset = prepare_eval(dev_examples, task, tokenizer, config.batch_size, config.max_length,
+                           config.eval_max_examples)
+    device, lengths = params[0].device, [len(f["input_ids"]) for f in features]
+    # What a checkpoint records besides the config: resuming on other training data would not be exact.
+    info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths)}
+    # Last, so nothing between here and the first step consumes random numbers.
+    state = _resume_state(out_dir, model, optimizer, scheduler, info) if resume else _fresh_state(config.seed)
+    model.train()
+    return _Run(model=model, task=task, config=config, out_dir=out_dir, params=params, optimizer=optimizer,
+                scheduler=scheduler, features=features, lengths=lengths, info=info,
+                collate=Collator(tokenizer, task, config.pad_to),
+                order=DataOrder(config.seed, len(features), config.batch_size), evalset=evalset,
+                timer=PhaseTimer(device), state=state,
+                log=TrainLog(out_dir / LOG_NAME, keep_through=state.step if resume else None),
+                callbacks=tuple(callbacks), higher_is_better=get_metric(task.main_metric).higher_is_better,
+                device=device, saved_step=state.step if resume else -1)
+
+
+def _fresh_state(seed: int) -> TrainState:
+    """Seed torch (all devices), python and numpy for a new run: dropout masks follow ``--seed``."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return TrainState()
+
+
+def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, info: dict) -> TrainState:
+    """Load the checkpoint; refuse a config or data set that would change the trajectory."""
+    state, saved = load_checkpoint(out_dir, model, optimizer, scheduler)
+    for name in _TRAJECTORY:
+        if name in saved and saved[name] != info[name]:
+            raise ConfigError(f"--resume: {flag_name(name)} is {info[name]!r} but the checkpoint in {out_dir} "
+                              f"was trained with {saved[name]!r}; use the same value or start a new run")
+    data = [(saved.get(k), info[k]) for k in ("train_examples", "train_tokens")]
+    if any(old is not None and old != new for old, new in data):
+        raise ConfigError(f"--resume: the training data differ from the checkpoint's in {out_dir} "
+                          f"({data[0][1]} examples of {data[1][1]} tokens now, {data[0][0]} of {data[1][0]} then); "
+                          "resume with the same --data and --max-length")
+    if saved.get("steps") != info["steps"]:
+        warnings.warn(f"--steps changed from {saved.get('steps')} to {info['steps']} on resume: the learning-rate "
+                      "schedule changes, so the result will differ from an uninterrupted run", stacklevel=4)
+    return state
+
+
+def _run_steps(run: _Run, interrupt: DeferredInterrupt, show_progress: bool) -> None:
+    """Optimizer steps until ``config.steps``, early stopping or a callback's stop."""
+    from tqdm.auto import tqdm
+
+    from layerwise.progress import enabled
+
+    state = run.state
+    run.bar = tqdm(total=run.config.steps, initial=state.step, desc="train", unit="step", leave=False,
+                   dynamic_ncols=True, disable=not (show_progress and enabled()))
+    try:
+        while state.step < run.config.steps and not (state.should_stop or state.stopped_early):
+            _train_step(run)
+            _after_step(run, interrupt)
+    finally:
+        run.bar.close()
+
+
+def _train_step(run: _Run) -> None:
+    """One optimizer step as named phases; logs its record and updates the state."""
+    cfg, timer, state = run.config, run.timer, run.state
+    run.mid_step = True
+    timer.begin_step(state.step + 1)
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
+    total = None
+    for k in range(cfg.grad_accum):
+        batch = _micro_batch(run, state.step * cfg.grad_accum + k)
+        with timer.phase("forward"):
+            loss = run.model(**batch).loss
+            if cfg.grad_accum > 1:  # the step's gradient is the mean over its micro-batches
+                loss = loss / cfg.grad_accum
+        with timer.phase("backward"):
+            loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    with timer.phase("optimizer"):
+        _optimizer_step(run)
+    loss_value = float(total)  # the step's only host-device sync
+    record = timer.end_step()
+    _record_step(run, record, loss_value)
+    run.mid_step = False
+    run.log.write({"step": record["step"], "loss": loss_value, "lr": lr, **record})
+    if loss_value != loss_value or abs(loss_value) == float("inf"):
+        raise ConfigError(f"the training loss is {loss_value} at step {state.step}: training diverged; "
+                          f"lower --lr (now {cfg.lr}) or check the data")
+
+
+def _micro_batch(run: _Run, n: int) -> dict:
+    """The padded batch of global micro-step ``n``, on the model's device."""
+    idx = run.order(n)
+    run.state.tokens_seen += sum(run.lengths[i] for i in idx)
+    batch = run.collate([run.features[i] for i in idx])
+    return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+
+
+def _optimizer_step(run: _Run) -> None:
+    if run.config.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _record_step(run: _Run, record: dict, loss: float) -> None:
+    state = run.state
+    state.step, state.loss = record["step"], loss
+    state.train_seconds += record["step_s"]
+    state.peak_memory = max(state.peak_memory, record["peak_memory"])
+    for name in TRAIN_PHASES:
+        state.phase_totals[name] = state.phase_totals.get(name, 0.0) + record[f"{name}_s"]
+    if not run.bar.disable:
+        run.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        run.bar.update(1)
+
+
+def _after_step(run: _Run, interrupt: DeferredInterrupt) -> None:
+    """Evaluation and checkpoint if due, callbacks, then a deferred Ctrl-C (at this exact boundary)."""
+    _maybe_evaluate(run)
+    _maybe_save(run)
+    for callback in run.callbacks:
+        if hasattr(callback, "on_step_end"):
+            callback.on_step_end(run.state)
+    if interrupt.requested:
+        raise KeyboardInterrupt
+
+
+def _maybe_evaluate(run: _Run, force: bool = False) -> None:
+    """Evaluate when ``--eval-every`` divides the step (or ``force``), once per step."""
+    state, every = run.state, run.config.eval_every
+    if state.last_eval_step == state.step or not (force or (every and state.step % every == 0)):
+        return
+    metrics = run_eval(run.model, run.evalset, run.config.gen_max_new_tokens)
+    state.last_metrics, state.last_eval_step = metrics, state.step
+    run.log.write_eval(state.step, metrics)
+    _update_best(run, metrics)
+    for callback in run.callbacks:
+        if hasattr(callback, "on_evaluate"):
+            callback.on_evaluate(state, metrics)
+
+
+def _update_best(run: _Run, metrics: dict[str, float]) -> None:
+    """Keep the best adapter by the main metric; count evaluations without progress (early stopping)."""
+    state, value = run.state, metrics[run.task.main_metric]
+    best = state.best_metric
+    if best is None or (value > best if run.higher_is_better else value < best):
+        state.best_metric, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
+        save_adapter(run.model, run.out_dir / BEST_DIR)
+        return
+    state.bad_evals += 1
+    if run.config.early_stopping and state.bad_evals >= run.config.early_stopping:
+        state.stopped_early = True
+
+
+def _maybe_save(run: _Run) -> None:
+    every = run.config.save_every
+    if every and run.state.step % every == 0:
+        _save(run)
+
+
+def _save(run: _Run) -> None:
+    """Checkpoint the current step (once per step)."""
+    if run.saved_step == run.state.step:
+        return
+    save_checkpoint(run.out_dir, run.model, run.optimizer, run.scheduler, run.state, run.info)
+    run.saved_step = run.state.step
+
+
+def _save_on_interrupt(run: _Run) -> None:
+    """At a step boundary the checkpoint is exact; inside a step (a second Ctrl-C) the last one is kept."""
+    if run.mid_step:
+        print(f"layerwise: interrupted inside step {run.state.step + 1}; the last checkpoint (step "
+              f"{max(run.saved_step, 0)}) is kept", file=sys.stderr, flush=True)
+        return
+    _save(run)
+    print(f"layerwise: interrupted; checkpoint of step {run.state.step} saved in {run.out_dir / 'checkpoint'} "
+          "(continue with --resume)", file=sys.stderr, flush=True)
+
+
+def _write_outputs(run: _Run) -> TrainResult:
+    """Final adapter, ``metrics.json`` and ``plots.png``; the result."""
+    from layerwise.train.plots import plot_training
+
+    state, out = run.state, run.out_dir
+    adapter_dir = save_adapter(run.model, out / ADAPTER_DIR)
+    trainable = sum(p.numel() for p in run.params)
+    atomic_write_json(out / METRICS_NAME, json_safe(_metrics(run, trainable)))
+    plot_training(out / LOG_NAME, out / PLOT_NAME, run.task.main_metric)
+    best_dir = out / BEST_DIR if state.best_step is not None else None
+    return TrainResult(final_metrics=dict(state.last_metrics or {}), best_metrics=state.best_metrics,
+                       best_step=state.best_step, steps=state.step, train_seconds=state.train_seconds,
+                       phase_totals=dict(state.phase_totals), peak_memory=state.peak_memory,
+                       trainable_params=trainable, log_path=out / LOG_NAME, adapter_dir=adapter_dir,
+                       best_dir=best_dir, stopped_early=state.stopped_early)
+
+
+def _metrics(run: _Run, trainable: int) -> dict:
+    state = run.state
+    steps = max(1, state.step)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": run.task.name,
+        "main_metric": run.task.main_metric,
+        "higher_is_better": run.higher_is_better,
+        "final": state.last_metrics,
+        "best": state.best_metrics,
+        "best_step": state.best_step,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "train_seconds": state.train_seconds,
+        "phase_totals": {f"{k}_s": v for k, v in state.phase_totals.items()},
+        "phase_means": {f"{k}_s": v / steps for k, v in state.phase_totals.items()},
+        "peak_memory": state.peak_memory,
+        "memory_kind": "cuda_allocated" if run.timer.cuda else "cpu_rss",
+        "trainable_params": trainable,
+        "tokens_seen": state.tokens_seen,
+        "config": run.config.to_dict(),
+    }

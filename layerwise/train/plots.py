@@ -1,0 +1,34 @@
+"""``plots.png``: the training-loss curve and the dev main-metric curve of a run, drawn from its train log."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from layerwise.io import atomic_write_with
+from layerwise.train.log import eval_lines, read_log, step_lines
+
+__all__ = ["plot_training"]
+
+
+def plot_training(log_path: str | os.PathLike, out_path: str | os.PathLike, main_metric: str) -> Path:
+    """Draw loss per step (left) and ``main_metric`` per evaluation (right) into a PNG, atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
+    from matplotlib.figure import Figure
+
+    records = read_log(log_path)
+    steps = [(r["step"], r["loss"]) for r in step_lines(records) if r.get("loss") is not None]
+    evals = [(r["step"], r["eval"][main_metric]) for r in eval_lines(records)
+             if r["eval"].get(main_metric) is not None]
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    if steps:
+        loss_ax.plot(*zip(*steps), lw=1.0, color="tab:blue")
+    loss_ax.set(title="training loss", xlabel="optimizer step", ylabel="loss")
+    if evals:
+        metric_ax.plot(*zip(*evals), marker="o", color="tab:orange")
+    metric_ax.set(title=f"dev {main_metric}", xlabel="optimizer step", ylabel=main_metric)
+    for ax in (loss_ax, metric_ax):
+        ax.grid(alpha=0.3)
+    return atomic_write_with(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
