@@ -142,7 +142,7 @@ def test_short_run_lowers_loss_and_writes_every_output(tokenizer, rt, tmp_path):
         assert all(r[f"{p}_s"] > 0 for p in PHASES) and r["step_s"] >= sum(r[f"{p}_s"] for p in PHASES)
         assert all(r[f"mem_after_{p}"] > 0 for p in PHASES) and r["peak_memory"] > 0 and r["lr"] > 0
     losses = [r["loss"] for r in steps]
-    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.1, losses  # 16 examples: it starts to memorise
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.05, losses  # 16 examples: it starts to memorise
     assert [r["step"] for r in lines if "eval" in r] == [10, 20, 30, 40]
 
     for name in ("adapter", "best", "checkpoint", "metrics.json", "train_log.jsonl", "plots.png"):

@@ -351,7 +351,11 @@ def _skip_summary(skips: SkipLog) -> str:
 
 
 def _split(examples: list[Example], dev_fraction: float, seed: int, source: str) -> tuple[list, list]:
-    """Seeded train/dev split of one file (stratified by class); both keep file order."""
+    """Seeded train/dev split of one file (stratified by class), each split shuffled with the seed.
+
+    Files are often sorted by label (the Rotten Tomatoes csv is): shuffling means the first n examples of
+    either split are a fair sample, not one class.
+    """
     n_dev = round(len(examples) * dev_fraction)
     if n_dev == 0 or n_dev == len(examples):
         raise DataError(f"{source}: {len(examples)} usable rows cannot be split with --dev-fraction "
@@ -359,6 +363,9 @@ def _split(examples: list[Example], dev_fraction: float, seed: int, source: str)
     dev_idx = set(draw_indices(len(examples), n_dev, random.Random(seed), class_labels(examples)))
     train = [e for i, e in enumerate(examples) if i not in dev_idx]
     dev = [e for i, e in enumerate(examples) if i in dev_idx]
+    rng = random.Random(seed + 1)
+    rng.shuffle(train)
+    rng.shuffle(dev)
     return train, dev
 
 

@@ -82,10 +82,13 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     dtype: str = "float32",
+    seed: int = 0,
 ) -> LoadedModel:
     """Resolve ``name`` and load it with a task ``head`` (one of :data:`HEADS`).
 
-    ``num_labels`` is required for ``classification``. Remote code runs only with
+    ``num_labels`` is required for ``classification``. Weights the checkpoint lacks (a new task head) are
+    initialised from ``seed``, so two loads give the same head (the global RNG is left as it was).
+    Remote code runs only with
     ``trust_remote_code=True`` (the CLI's ``--trust-remote-code``). Weights load from safetensors
     wherever the model folder has them.
     """
@@ -105,7 +108,9 @@ def load_model(
     # The load report (e.g. "classifier.weight MISSING" for a fresh head) is expected, not news.
     transformers.logging.set_verbosity_error()
     try:
-        model = auto.from_pretrained(source.path, **kwargs, **extra)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = auto.from_pretrained(source.path, **kwargs, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"could not load {name!r} from {source.path} with a {head} head: {err}") from err
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:

@@ -36,10 +36,18 @@ class EvalSet:
 
 def prepare_eval(examples: Sequence[Example], task: TaskSpec, tokenizer: Any, batch_size: int,
                  max_length: int, max_examples: int | None = None) -> EvalSet:
-    """Tokenise (the first ``max_examples`` of) ``examples`` for :func:`run_eval`."""
+    """Tokenise ``examples`` (a seeded sample of ``max_examples`` of them, if given) for :func:`run_eval`.
+
+    A sample rather than the first n: files may be sorted by label.
+    """
     from layerwise.data.collate import Collator, encode_examples, generation_batches
 
-    examples = list(examples[:max_examples] if max_examples is not None else examples)
+    examples = list(examples)
+    if max_examples is not None and max_examples < len(examples):
+        import random
+
+        keep = sorted(random.Random(0).sample(range(len(examples)), max_examples))
+        examples = [examples[i] for i in keep]
     if not examples:
         raise DataError(f"task {task.name!r} has no dev examples to evaluate on")
     collate = Collator(tokenizer, task)
