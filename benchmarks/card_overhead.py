@@ -30,18 +30,18 @@ def worker(args: argparse.Namespace) -> dict:
     """Run one mode once (after a warm-up batch) and report seconds and peak memory."""
     import torch
 
-    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.inspection import load_task_from_flags
     from layerwise.memory import PeakMemory
     from layerwise.profiling import profile_layers
     from layerwise.workflows.card import CalibrationSpec, calibration_batches, resolve_device
 
     torch.set_num_threads(args.threads)
     task = load_task_from_flags(args.task, args.data)
-    loaded = load_model_for_task(args.model, task.task)
+    model, tokenizer = _random_model(args.model, task.task) if args.random_weights else _pretrained(args, task)
     device = resolve_device(args.device)
-    model = loaded.model.to(device)
-    batches = calibration_batches(task, loaded.tokenizer, CalibrationSpec(args.samples, 0, args.batch_size,
-                                                                          args.max_length))
+    model = model.to(device)
+    batches = calibration_batches(task, tokenizer, CalibrationSpec(args.samples, 0, args.batch_size,
+                                                                   args.max_length))
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     run = _mode_fn(args.mode, model, batches, device, profile_layers)
     run(batches[:1])  # warm-up: allocator, kernels, lazy inits
@@ -55,6 +55,33 @@ def worker(args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     return {"mode": args.mode, "seconds": seconds, "peak": mem.peak, "start": mem.start,
             "batches": len(batches), "device": str(device)}
+
+
+def _pretrained(args: argparse.Namespace, task):
+    from layerwise.inspection import load_model_for_task
+
+    loaded = load_model_for_task(args.model, task.task)
+    return loaded.model, loaded.tokenizer
+
+
+def _random_model(folder: str, task):
+    """The architecture of ``folder``'s config.json with random weights: same compute, no weight files
+    (for timing on a machine the weights cannot be copied to)."""
+    import transformers
+
+    from layerwise.models import resolve_model
+    from layerwise.models.loading import load_tokenizer
+
+    source = resolve_model(folder)
+    cfg = transformers.AutoConfig.from_pretrained(source.path)
+    if task.head == "causal-lm":
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    else:
+        cfg.num_labels = task.num_labels or 1
+        model = transformers.AutoModelForSequenceClassification.from_config(cfg)
+    tokenizer = load_tokenizer(source)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
 
 
 def _mode_fn(mode: str, model, batches, device, profile_layers):
@@ -113,6 +140,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
     out = ["--model", args.model, "--task", args.task, "--samples", str(args.samples), "--batch-size",
            str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads),
            "--device", args.device]
+    out += ["--random-weights"] if args.random_weights else []
     return out + (["--data", args.data] if args.data else [])
 
 
@@ -127,6 +155,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--random-weights", action="store_true",
+                   help="--model is a folder with config.json and tokenizer only: time its architecture")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()

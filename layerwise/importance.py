@@ -83,7 +83,7 @@ def get_metrics(names: str | list[str] | tuple[str, ...] | None) -> list[Importa
 
 
 def _stack(rows: list[torch.Tensor]) -> np.ndarray | None:
-    return torch.stack(rows).numpy() if rows else None
+    return torch.stack(rows).cpu().numpy() if rows else None
 
 
 # -- forward metrics ------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def _stack(rows: list[torch.Tensor]) -> np.ndarray | None:
                      description="mean L2 norm of the block's output activations over real tokens")
 def actnorm(result: Any, options: dict) -> MetricValues:
     s = result.stats
-    means = {k: (s.norm_sums[k] / s.norm_counts[k].clamp_min(1)) for k in s.norm_sums}
+    means = {k: (s.norm_sums[k] / s.norm_counts[k].clamp_min(1)).cpu() for k in s.norm_sums}
     extras = {"q_norm": means["q"].tolist(), "v_norm": means["v"].tolist()}
     return MetricValues(means["block"].tolist(), _stack(s.norm_batches["block"]), extras)
 

@@ -33,25 +33,21 @@ def _first_tensor(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def _kernel_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of one batch in kernel form (B x B Grams); NaN for fewer than 3 examples.
+def _kernel_cka(x: torch.Tensor, y: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """Linear CKA of one batch in kernel form (B x B Grams), as a 0-dim tensor on the rows' device (no
+    host sync); NaN for fewer than 3 examples.
 
     A side that does not vary across examples (e.g. the [CLS] input of the first block) shares no
     structure with the other: CKA 0.
     """
     if x.shape[0] < 3:
-        return float("nan")
+        return torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
     x, y = x.double(), y.double()
-    if _constant_rows(x) or _constant_rows(y):
-        return 0.0
-    x, y = x - x.mean(0), y - y.mean(0)
-    k, l_ = x @ x.T, y @ y.T
-    return float((k * l_).sum() / (k.norm() * l_.norm()))
-
-
-def _constant_rows(x: torch.Tensor, rtol: float = 1e-6) -> bool:
-    """True when the rows of x (n, d) are all (nearly) the same vector."""
-    return float((x - x.mean(0)).norm()) <= rtol * float(x.norm())
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    k, l_ = xc @ xc.T, yc @ yc.T
+    cka = (k * l_).sum() / (k.norm() * l_.norm())
+    constant = (xc.norm() <= rtol * x.norm()) | (yc.norm() <= rtol * y.norm())
+    return torch.where(constant, torch.zeros_like(cka), cka)
 
 
 class ProbeHooks:
@@ -95,10 +91,17 @@ class ProbeHooks:
 
     # -- per batch ------------------------------------------------------------------------------
     def start_batch(self, mask: torch.Tensor) -> None:
-        """Set the attention mask of the next forward and reset the per-batch scalars."""
+        """Set the attention mask of the next forward and reset the per-batch scalars.
+
+        Per-batch values stay on the model's device until the pass ends: hooks never wait for the GPU.
+        The real-token positions are found once per batch (one host sync) and shared by every hook.
+        """
         self.mask = mask.bool()
+        self._maskf = self.mask.to(torch.float32)  # (B, T)
+        self._n_real = self._maskf.sum()  # 0-dim, on device
+        self._real_idx = self.mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of real tokens
         L = self.stats.num_blocks
-        self._batch = {k: torch.full((L,), float("nan"), dtype=torch.float64)
+        self._batch = {k: torch.full((L,), float("nan"), dtype=torch.float64, device=mask.device)
                        for k in ("block", "q", "v", "cka", "energy", "grad_proxy")}
 
     def end_batch(self) -> None:
@@ -137,9 +140,9 @@ class ProbeHooks:
             if "pooled" in wanted:
                 self._add_pooled(i, x, h)
             if "input_cov" in wanted:
-                rows = x[mask]  # (N, d) real tokens only
+                rows = x.detach().reshape(-1, x.shape[-1]).index_select(0, self._real_idx)  # (N, d) real tokens
                 self.stats.input_cov[i].add(rows)
-                self._batch["energy"][i] = float(rows.detach().float().pow(2).sum(-1).mean())
+                self._batch["energy"][i] = rows.float().pow(2).sum(-1).mean()
             if "out_grad" in wanted and h.requires_grad:
                 h.register_hook(self._grad_hook(i, x))
             else:
@@ -160,17 +163,17 @@ class ProbeHooks:
             c = gf.T @ xf  # this batch's g^T x, (d_out, d_in)
             self.stats.out_grad[i].add(c)
             scale = xf.pow(2).mean(0).clamp_min(1e-12).sqrt()  # per-feature scale of this batch, (d_in,)
-            self._batch["grad_proxy"][i] = float((c / scale).norm())
+            self._batch["grad_proxy"][i] = (c / scale).norm()
             self._inputs.pop(i, None)
         return hook
 
     # -- statistic updates ----------------------------------------------------------------------
     def _add_norm(self, i: int, kind: str, y: torch.Tensor) -> None:
-        norms = y.detach().float().norm(dim=-1)[self.mask]  # (N,)
+        total = (y.detach().float().norm(dim=-1) * self._maskf).sum()  # sum of token norms over real tokens
         s = self.stats
-        s.norm_sums[kind][i] += float(norms.sum())
-        s.norm_counts[kind][i] += norms.numel()
-        self._batch[kind][i] = float(norms.mean()) if norms.numel() else float("nan")
+        s.norm_sums[kind][i] += total
+        s.norm_counts[kind][i] += self._n_real
+        self._batch[kind][i] = total / self._n_real
 
     def _add_pooled(self, i: int, x: torch.Tensor, h: torch.Tensor) -> None:
         assert self.mask is not None

@@ -99,7 +99,7 @@ def run_probe(
             f"{need / 2**30:.1f} GiB (limit {max_stat_memory / 2**30:.1f} GiB, --max-stat-memory); raise the "
             "limit, or choose metrics without covariances (actnorm, gradnorm, fisher, taylor, cost)")
     backward = bool(wanted & set(BACKWARD_STATISTICS))
-    stats = ProbeStats(num_blocks=len(stack), hidden=hidden, wanted=wanted)
+    stats = ProbeStats(num_blocks=len(stack), hidden=hidden, wanted=wanted, device=_device_of(model, device))
     pooling = pooling or default_pooling(model)
     hooks = ProbeHooks(stack, stats, pooling, projection_modules(model, stack) if "out_norm" in wanted else None)
     was_training = model.training
@@ -173,17 +173,18 @@ def _collect_param_grads(model: torch.nn.Module, hooks: ProbeHooks) -> None:
         _clear_grads(model, hooks.stack)
         return
     L = stats.num_blocks
-    sq = torch.zeros(L, dtype=torch.float64)
-    wg = torch.zeros(L, dtype=torch.float64)
+    sq = torch.zeros(L, dtype=torch.float64, device=stats.device)
+    wg = torch.zeros(L, dtype=torch.float64, device=stats.device)
     counts = torch.zeros(L, dtype=torch.float64)
     for block in hooks.stack.blocks:
         for w in _block_weights(model, block):
             if w.grad is None:
                 continue
             g = w.grad.reshape(-1)
-            # dot products: no temporary the size of the weight (float32 accumulation, stored as float64)
-            sq[block.index] += float(torch.dot(g, g))
-            wg[block.index] += float(torch.dot(w.detach().reshape(-1), g))
+            # dot products: no temporary the size of the weight (float32 accumulation, stored as float64);
+            # kept on the device, no host sync
+            sq[block.index] += torch.dot(g, g)
+            wg[block.index] += torch.dot(w.detach().reshape(-1), g)
             counts[block.index] += g.numel()
             w.grad = None
     stats.grad_sq.append(sq)
@@ -216,6 +217,12 @@ def _restore_grads(model: torch.nn.Module, flags: dict[str, bool]) -> None:
     for n, p in model.named_parameters():
         p.requires_grad_(flags.get(n, p.requires_grad))
         p.grad = None
+
+
+def _device_of(model: torch.nn.Module, device: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return next(model.parameters()).device
 
 
 def _hidden_size(model: torch.nn.Module, stack: Any) -> int:

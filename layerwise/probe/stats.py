@@ -17,6 +17,7 @@ Accumulators are float64; per-batch products are float32 matmuls (their cost is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -78,7 +79,7 @@ class _Moments:
         counts = torch.tensor([m[0] for m in self._means], dtype=_F64, device=self._buf.device)  # (k,)
         my_b = torch.stack([m[1] for m in self._means])  # (k, d_y)
         mx_b = torch.stack([m[2] for m in self._means])  # (k, d_x)
-        ng = float(counts.sum())
+        ng = float(sum(m[0] for m in self._means))  # host ints: no device sync
         myg, mxg = counts @ my_b / ng, counts @ mx_b / ng
         group = self._buf.to(_F64) + ((my_b - myg).T * counts) @ (mx_b - mxg)  # within + between batches
         # Out-of-place updates below: buffers made under torch.inference_mode may not be changed in place
@@ -187,6 +188,8 @@ class ProbeStats:
     num_blocks: int
     hidden: int
     wanted: frozenset[str]
+    device: Any = None
+    """Where the sums live (the model's device); results are moved to the CPU when metrics read them."""
     batches: int = 0
     tokens: int = 0
     examples: int = 0
@@ -218,8 +221,8 @@ class ProbeStats:
         self.input_cov = [GramSums(self.hidden) for _ in range(L)]
         self.out_grad = [GradSums() for _ in range(L)]
         for kind in ("block", "q", "v"):
-            self.norm_sums[kind] = torch.zeros(L, dtype=_F64)
-            self.norm_counts[kind] = torch.zeros(L, dtype=_F64)
+            self.norm_sums[kind] = torch.zeros(L, dtype=_F64, device=self.device)
+            self.norm_counts[kind] = torch.zeros(L, dtype=_F64, device=self.device)
             self.norm_batches[kind] = []
 
     def input_gram(self, i: int, chained: bool) -> GramSums:
