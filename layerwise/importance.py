@@ -113,10 +113,10 @@ def cka(result: Any, options: dict) -> MetricValues:
     s, values = result.stats, []
     for i in range(s.num_blocks):
         gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
-        cross = s.pooled_cross[i].centred()  # centred Y^T X, (d, d)
+        cross = s.pooled_cross[i].centred().cpu()  # centred Y^T X, (d, d)
         # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
         tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
-        values.append(1.0 - linear_cka(gin.centred(), gout.centred(), cross, tiny))
+        values.append(1.0 - linear_cka(gin.centred().cpu(), gout.centred().cpu(), cross, tiny))
     return MetricValues(values, _stack(s.pooled_batches), {"pooling": result.pooling})
 
 
@@ -126,7 +126,7 @@ def cka(result: Any, options: dict) -> MetricValues:
 def act_energy(result: Any, options: dict) -> MetricValues:
     s, energy, cond, eff_rank = result.stats, [], [], []
     for g in s.input_cov:
-        cov = g.centred() / max(g.n - 1, 1)  # (d, d)
+        cov = g.centred().cpu() / max(g.n - 1, 1)  # (d, d); small dense linear algebra is faster on the CPU
         eig = torch.linalg.eigvalsh(cov).clamp_min(0)
         energy.append(float(eig.sum()))
         # Statistics are float32 products: eigenvalues below 1e-7 of the largest are rounding noise, so the
@@ -175,10 +175,10 @@ def _whitened_gradients(result: Any) -> list[torch.Tensor]:
     the block's input second moment M = E[x x^T] plus a ridge (see ``ridge_for``)."""
     s, out = result.stats, []
     for i in range(s.num_blocks):
-        m = s.input_cov[i].second_moment()  # (d, d)
+        m = s.input_cov[i].second_moment().cpu()  # (d, d)
         d = m.shape[0]
         chol = torch.linalg.cholesky(m + ridge_for(m) * torch.eye(d, dtype=m.dtype))
-        g = s.out_grad[i].value() / max(s.batches, 1)  # mean over batches of the batch gradient, (d_out, d_in)
+        g = s.out_grad[i].value().cpu() / max(s.batches, 1)  # mean over batches of the batch gradient, (d_out, d_in)
         out.append(torch.linalg.solve_triangular(chol, g.T, upper=False).T)  # G C^{-T}, (d_out, d_in)
     return out
 
