@@ -12,7 +12,7 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = ("models", "inspect", "card", "train", "run")
+COMMANDS = ("models", "inspect", "card", "train", "run", "stability")
 """Subcommands, in the order ``--help`` lists them."""
 
 
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from layerwise.errors import LayerwiseError
 
+    _quiet_other_ranks()
     try:
         return int(args.run(args) or 0)
     except LayerwiseError as err:
@@ -49,3 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"layerwise {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_other_ranks() -> None:
+    """Under torchrun / accelerate launch only rank 0 prints results: the other ranks' stdout is discarded
+    (their errors still reach stderr, prefixed by the launcher)."""
+    import os
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")

@@ -1,0 +1,71 @@
+"""Readable views of a stability study: stability.md tables and stability.png (Jaccard against k)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_stability_md", "render_stability_png", "write_stability"]
+
+
+def render_stability_md(result: dict[str, Any]) -> str:
+    """Act-LoRA-style tables: seed stability per metric and task, task agreement, score correlations."""
+    lines = [f"# Ranking stability: {result['model']}", "", f"- calibration seeds: {result['seeds']}", ""]
+    for task, entry in result["tasks"].items():
+        L = entry["layers"]
+        ks = [k for k in (1, 2, 3, L // 2, L) if 1 <= k <= L]
+        ks = sorted(set(ks))
+        lines += [f"## {task} ({L} layers)", "",
+                  "| metric | Kendall tau (mean ± std) | " + " | ".join(f"Jaccard top-{k}" for k in ks) + " |",
+                  "|---|---:|" + "---:|" * len(ks)]
+        for name, s in entry["metrics"].items():
+            jac = " | ".join(f"{s['top_k_jaccard'].get(str(k), float('nan')):.2f}" for k in ks)
+            lines.append(f"| {name} | {s['kendall_tau_mean']:.3f} ± {s['kendall_tau_std']:.3f} | {jac} |")
+        if "correlation" in entry:
+            lines += ["", f"Correlation with the measured score of adapting one layer at a time "
+                      f"(scores: {', '.join(f'{x:.3f}' for x in entry['ablation_scores'])}):", "",
+                      "| metric | Pearson | Spearman | Kendall | cosine |", "|---|---:|---:|---:|---:|"]
+            for name, c in entry["correlation"].items():
+                lines.append(f"| {name} | {c['pearson']:.3f} | {c['spearman']:.3f} | {c['kendall']:.3f} | "
+                             f"{c['cosine']:.3f} |")
+        lines.append("")
+    if result.get("task_agreement"):
+        lines += ["## Agreement across tasks (Kendall tau of seed-averaged importance)", ""]
+        for name, pairs in result["task_agreement"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{p} {v:.2f}" for p, v in pairs.items()))
+    return "\n".join(lines) + "\n"
+
+
+def render_stability_png(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Top-k Jaccard against k for every metric, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from layerwise.io import atomic_write_with
+
+    tasks = list(result["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for name, s in result["tasks"][task]["metrics"].items():
+            ks = sorted(int(k) for k in s["top_k_jaccard"])
+            ax.plot(ks, [s["top_k_jaccard"][str(k)] for k in ks], marker="o", ms=3, label=name)
+        ax.set_title(f"{task}: top-k Jaccard across seeds")
+        ax.set_xlabel("k")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def write_stability(out_dir: str | os.PathLike, result: dict[str, Any]) -> dict[str, Path]:
+    from layerwise.io import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    return {"json": atomic_write_json(out / "stability.json", result),
+            "md": atomic_write_text(out / "stability.md", render_stability_md(result)),
+            "png": render_stability_png(result, out / "stability.png")}

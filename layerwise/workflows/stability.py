@@ -1,0 +1,119 @@
+"""The ``layerwise stability`` study: how stable each metric's layer ranking is across calibration seeds
+(pairwise Kendall tau, top-k Jaccard for every k; Act-LoRA Tables 9-10), how much tasks agree, and, with
+the ablation run, how each metric correlates with the measured score of adapting one layer at a time
+(Pearson, Spearman, Kendall, cosine; Act-LoRA Table 11). Finished cards and ablation runs are reused."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study"]
+
+
+def seed_agreement(rankings: Sequence[Sequence[float]], higher_is_better: bool = True) -> dict[str, Any]:
+    """Pairwise agreement of per-seed score vectors (n_seeds, L): Kendall tau mean/std, Jaccard per k."""
+    from layerwise.stability import kendall_tau, top_k_jaccard
+
+    pairs = list(itertools.combinations(range(len(rankings)), 2))
+    L = len(rankings[0])
+    taus = [kendall_tau(rankings[a], rankings[b]) for a, b in pairs]
+    jac = {k: float(np.mean([top_k_jaccard(rankings[a], rankings[b], k, higher_is_better) for a, b in pairs]))
+           for k in range(1, L + 1)} if pairs else {}
+    return {"kendall_tau_mean": float(np.mean(taus)) if taus else float("nan"),
+            "kendall_tau_std": float(np.std(taus)) if taus else float("nan"),
+            "top_k_jaccard": {str(k): v for k, v in jac.items()}, "seeds": len(rankings), "pairs": len(pairs)}
+
+
+def task_agreement(per_task: dict[str, Sequence[float]]) -> dict[str, float]:
+    """Kendall tau between the (seed-averaged) scores of every pair of tasks."""
+    from layerwise.stability import kendall_tau
+
+    return {f"{a} vs {b}": kendall_tau(per_task[a], per_task[b]) for a, b in itertools.combinations(per_task, 2)}
+
+
+def score_correlation(metric_values: Sequence[float], scores: Sequence[float]) -> dict[str, float]:
+    """How a metric's per-layer values track the measured per-layer scores (Act-LoRA Table 11)."""
+    from scipy.stats import kendalltau, pearsonr, spearmanr
+
+    x, y = np.asarray(metric_values, float), np.asarray(scores, float)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"pearson": 0.0, "spearman": 0.0, "kendall": 0.0, "cosine": 0.0}
+    cos = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+    return {"pearson": float(pearsonr(x, y).statistic), "spearman": float(spearmanr(x, y).statistic),
+            "kendall": float(kendalltau(x, y).statistic), "cosine": cos}
+
+
+def _cards_for_task(model: str, task: str, data: str | None, seeds: Sequence[int], calibration: Any,
+                    metrics: Any, out: Path) -> list[Any]:
+    from dataclasses import replace
+
+    from layerwise.card import LayerCard
+    from layerwise.workflows.card import make_card
+
+    cards = []
+    for seed in seeds:
+        folder = out / "cards" / f"{_slug(task)}-seed{seed}"
+        if (folder / "card.json").exists():
+            cards.append(LayerCard.load(folder))
+            continue
+        card, _ = make_card(model, task, data, folder, calibration=replace(calibration, seed=seed), metrics=metrics,
+                            overwrite=True, plots=False, show_progress=False)
+        cards.append(card)
+    return cards
+
+
+def _slug(text: str) -> str:
+    from layerwise.commands.common import slug
+
+    return slug(text)
+
+
+def _ablation_scores(model: str, task: str, data: str | None, num_layers: int, train_config: Any, out: Path) -> list[float]:
+    """Dev score of LoRA on each single layer (same steps and seed for every layer)."""
+    import json
+
+    from layerwise.workflows.train import SelectionChoice, train_job
+
+    scores = []
+    for i in range(num_layers):
+        folder = out / "ablation" / _slug(task) / f"layer{i}"
+        if not (folder / "metrics.json").exists():
+            train_job(model, task, data, folder, train_config=train_config,
+                      selection=SelectionChoice("manual", None, {"layers": str(i)}), overwrite=True,
+                      show_progress=False)
+        m = json.loads((folder / "metrics.json").read_text())
+        scores.append(float(m["final"][m["main_metric"]]))
+    return scores
+
+
+def stability_study(model: str, tasks: Sequence[tuple[str, str | None]], out: str | os.PathLike, *,
+                    seeds: Sequence[int] = range(10), calibration: Any = None, metrics: Any = None,
+                    ablation_config: Any = None) -> dict[str, Any]:
+    """Run the study into ``out`` (cards/, ablation/, stability.json/md/png) and return its results."""
+    from layerwise.workflows.card import CalibrationSpec
+
+    out_dir = Path(out)
+    calibration = calibration or CalibrationSpec()
+    result: dict[str, Any] = {"schema_version": 1, "model": model, "seeds": list(seeds), "tasks": {}}
+    means: dict[str, dict[str, list[float]]] = {}
+    for task, data in tasks:
+        cards = _cards_for_task(model, task, data, seeds, calibration, metrics, out_dir)
+        per_metric = {}
+        for name in cards[0].metric_names:
+            values = [c.importance(name) for c in cards]
+            per_metric[name] = seed_agreement(values)
+            means.setdefault(name, {})[task] = np.mean(values, 0).tolist()
+        entry: dict[str, Any] = {"layers": cards[0].num_layers, "metrics": per_metric}
+        if ablation_config is not None:
+            scores = _ablation_scores(model, task, data, cards[0].num_layers, ablation_config, out_dir)
+            entry["ablation_scores"] = scores
+            entry["correlation"] = {n: score_correlation(means[n][task], scores) for n in per_metric}
+        result["tasks"][task] = entry
+    result["task_agreement"] = {n: task_agreement(v) for n, v in means.items() if len(v) > 1}
+    result["mean_importance"] = means
+    return result
