@@ -58,4 +58,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {result.steps} steps in {result.train_seconds:.1f} s ({result.trainable_params:,} trainable "
           f"parameters); dev: {metrics}")
     print(f"wrote {out}/adapter (load with PeftModel.from_pretrained), metrics.json, train_log.jsonl, plots.png")
+    if (args.ranks or "").strip() == "adaptive":
+        from pathlib import Path
+
+        from layerwise.adaptive.history import HISTORY_NAME, read_history
+
+        history = read_history(Path(out) / HISTORY_NAME)
+        final = ", ".join(f"{b}:{r}" for b, r in zip(history.blocks, history.ranks[-1]))
+        print(f"La-LoRA final ranks (block:rank) {final}; wrote {out}/rank_history.json, ranks.png")
     return 0

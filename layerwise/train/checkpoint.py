@@ -5,9 +5,13 @@
 - ``trainable.safetensors``: every parameter with ``requires_grad`` (adapter and head), by name;
 - ``optimizer.pt`` / ``scheduler.pt``: state dicts of tensors, numbers and plain containers only, so
   ``torch.load(..., weights_only=True)`` reads them (no arbitrary pickles);
-- ``rng.safetensors``: the torch CPU (and CUDA) generator states;
+- ``rng.safetensors``: the torch CPU (and CUDA) generator states (in a data-parallel run rank ``r > 0``'s are
+  in ``rng_rank<r>.safetensors``: dropout draws differ per rank);
 - ``state.json``: :class:`TrainState`, the python/numpy RNG states, the run's config (with the size of its
-  training data) and the trainable parameter names.
+  training data) and the trainable parameter names;
+- ``callbacks.pt`` (only when a callback has ``state_dict()``/``load_state_dict()``, e.g. La-LoRA's ranks):
+  each such callback's state by its key (class name, ``#2`` ... for repeats), as plain containers of tensors
+  and numbers (``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,11 @@ from layerwise.io import atomic_write_json
 from layerwise.train.log import json_safe
 from layerwise.train.state import TrainState
 
-__all__ = ["CHECKPOINT_DIR", "SCHEMA_VERSION", "replace_dir", "save_adapter", "save_checkpoint",
-           "load_checkpoint", "find_checkpoint", "trainable_parameters"]
+__all__ = ["CHECKPOINT_DIR", "CALLBACKS_FILE", "SCHEMA_VERSION", "replace_dir", "save_adapter", "save_checkpoint",
+           "load_checkpoint", "find_checkpoint", "trainable_parameters", "stateful_callbacks"]
 
 CHECKPOINT_DIR = "checkpoint"
+CALLBACKS_FILE = "callbacks.pt"
 SCHEMA_VERSION = 1
 """Version of the checkpoint layout (``state.json``) and of ``metrics.json``."""
 
@@ -66,7 +72,14 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
 
 
 def save_adapter(model: Any, path: str | os.PathLike) -> Path:
-    """``model.save_pretrained(path)`` (a standard peft adapter folder), written atomically."""
+    """``model.save_pretrained(path)`` (a standard peft adapter folder), written atomically.
+
+    In a data-parallel run only rank 0 writes (the weights are the same on every rank).
+    """
+    from layerwise import distributed
+
+    if not distributed.is_main():
+        return Path(path)
     return replace_dir(path, lambda tmp: model.save_pretrained(str(tmp)))
 
 
@@ -80,8 +93,17 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any,
-                    state: TrainState, config: dict) -> Path:
-    """Write everything :func:`load_checkpoint` needs to continue at ``state.step`` exactly."""
+                    state: TrainState, config: dict, callbacks: Sequence[Any] = ()) -> Path:
+    """Write everything :func:`load_checkpoint` needs to continue at ``state.step`` exactly.
+
+    ``callbacks`` with ``state_dict()``/``load_state_dict()`` have their state saved in ``callbacks.pt``.
+
+    In a data-parallel run every rank must call it (it gathers each rank's RNG state); rank 0 writes.
+    """
+    from layerwise import distributed
+    from layerwise.train.parallel import rank_rng_file
+
+    rng = distributed.all_gather_objects(_torch_rng_states())  # every rank's states, in rank order
 
     def write(tmp: Path) -> None:
         import torch
@@ -92,19 +114,29 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, sche
         for name, obj in (("optimizer", optimizer.state_dict()), ("scheduler", scheduler.state_dict())):
             _check_plain(obj, name)
             torch.save(obj, tmp / f"{name}.pt")
-        save_file(_torch_rng_states(), str(tmp / "rng.safetensors"))
+        stateful = {key: cb.state_dict() for key, cb in stateful_callbacks(callbacks)}
+        if stateful:
+            _check_plain(stateful, "callback")
+            torch.save(stateful, tmp / CALLBACKS_FILE)
+        for r, states in enumerate(rng):
+            save_file(states, str(tmp / rank_rng_file(r)))
         atomic_write_json(tmp / "state.json", {
             "schema_version": SCHEMA_VERSION, "state": json_safe(state.to_dict()), "config": config,
             "trainable": list(params), "python_rng": _python_rng(), "numpy_rng": _numpy_rng()})
 
-    return replace_dir(Path(out_dir) / CHECKPOINT_DIR, write)
+    path = Path(out_dir) / CHECKPOINT_DIR
+    if distributed.is_main():
+        replace_dir(path, write)
+    distributed.barrier()  # complete before any rank goes on (or reads it back)
+    return path
 
 
 def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
-                    scheduler: Any) -> tuple[TrainState, dict]:
-    """Restore trainable weights, optimizer, scheduler and RNG states from ``out_dir``'s checkpoint.
+                    scheduler: Any, callbacks: Sequence[Any] = ()) -> tuple[TrainState, dict]:
+    """Restore trainable weights, optimizer, scheduler, RNG and callback states from ``out_dir``'s checkpoint.
 
-    Returns the saved :class:`TrainState` and the config dict it was trained with.
+    Returns the saved :class:`TrainState` and the config dict it was trained with. Raises
+    :class:`ConfigError` when the checkpoint's callback states do not match ``callbacks`` with ``state_dict``.
     """
     import torch
     from safetensors.torch import load_file
@@ -120,10 +152,48 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
     _load_trainable(model, load_file(str(folder / "trainable.safetensors")), meta["trainable"], folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
-    _set_torch_rng_states(load_file(str(folder / "rng.safetensors")))
+    _load_callbacks(folder, callbacks)
+    _set_torch_rng_states(load_file(str(_rng_file(folder))))
     _set_python_rng(meta["python_rng"])
     _set_numpy_rng(meta["numpy_rng"])
     return TrainState.from_dict(meta["state"]), meta["config"]
+
+
+def _rng_file(folder: Path) -> Path:
+    """This rank's RNG file (rank 0's where the checkpoint has none for this rank: another process count,
+    which the caller then refuses with a clear error)."""
+    from layerwise import distributed
+    from layerwise.train.parallel import rank_rng_file
+
+    own = folder / rank_rng_file(distributed.rank())
+    return own if own.is_file() else folder / rank_rng_file(0)
+
+
+def stateful_callbacks(callbacks: Sequence[Any]) -> list[tuple[str, Any]]:
+    """(key, callback) for every callback with ``state_dict``/``load_state_dict``; the key is its class name,
+    with ``#2``, ``#3`` ... for later callbacks of the same class."""
+    out, seen = [], Counter()
+    for cb in callbacks:
+        if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict"):
+            name = type(cb).__name__
+            seen[name] += 1
+            out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+    return out
+
+
+def _load_callbacks(folder: Path, callbacks: Sequence[Any]) -> None:
+    import torch
+
+    path = folder / CALLBACKS_FILE
+    saved = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else {}
+    stateful = stateful_callbacks(callbacks)
+    missing = [key for key, _ in stateful if key not in saved]
+    extra = sorted(set(saved) - {key for key, _ in stateful})
+    if missing or extra:
+        raise ConfigError(f"--resume: the checkpoint in {folder} holds state for callback(s) {extra or 'none'} and "
+                          f"none for {missing or 'none'} of this run; resume with the same flags (e.g. --ranks)")
+    for key, cb in stateful:
+        cb.load_state_dict(saved[key])
 
 
 def _load_trainable(model: Any, tensors: dict, names: list[str], folder: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from layerwise import distributed
 from layerwise.data.examples import Example
 from layerwise.data.tasks import TaskSpec
 from layerwise.errors import ConfigError, DataError, ModelError
@@ -33,6 +34,7 @@ from layerwise.train.data_order import DataOrder
 from layerwise.train.evaluate import EvalSet, prepare_eval, run_eval
 from layerwise.train.interrupt import DeferredInterrupt
 from layerwise.train.log import TrainLog, json_safe
+from layerwise.train import parallel
 from layerwise.train.phases import TRAIN_PHASES, PhaseTimer
 from layerwise.train.state import TrainState
 
@@ -101,6 +103,8 @@ class _Run:
     device: Any = None
     mid_step: bool = False
     saved_step: int = -1
+    engine: Any = None
+    """What the training step calls: ``DistributedDataParallel(model)`` in a process group, else ``model``."""
     bar: Any = field(default=None, repr=False)
 
 
@@ -110,7 +114,8 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
     """Fine-tune the trainable parameters of ``model`` (a peft model) on ``train_examples`` for ``config.steps``.
 
     ``resume=True`` continues from ``out_dir/checkpoint`` at its exact step. ``callbacks`` are objects with
-    ``on_step_end(state)`` and/or ``on_evaluate(state, metrics)`` (see :class:`TrainCallback`). A
+    ``on_step_end(state)`` and/or ``on_evaluate(state, metrics)`` and optionally the other hooks of
+    :class:`TrainCallback` (around ``optimizer.step()``, checkpointed state, adapter saving, end of training). A
     ``KeyboardInterrupt`` saves a checkpoint at the last completed step, then propagates.
     """
     run = _setup(model, tokenizer, task, train_examples, dev_examples, config, Path(out_dir), resume, callbacks)
@@ -147,18 +152,21 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
                            config.eval_max_examples)
     device, lengths = params[0].device, [len(f["input_ids"]) for f in features]
     # What a checkpoint records besides the config: resuming on other training data would not be exact.
-    info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths)}
+    info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths), **parallel.run_info()}
+    parallel.check_data_size(len(features), config.batch_size)
     # Last, so nothing between here and the first step consumes random numbers.
-    state = _resume_state(out_dir, model, optimizer, scheduler, info) if resume else _fresh_state(config.seed)
+    state = (_resume_state(out_dir, model, optimizer, scheduler, info, callbacks) if resume
+             else _fresh_state(config.seed))
     model.train()
     return _Run(model=model, task=task, config=config, out_dir=out_dir, params=params, optimizer=optimizer,
                 scheduler=scheduler, features=features, lengths=lengths, info=info,
                 collate=Collator(tokenizer, task, config.pad_to),
-                order=DataOrder(config.seed, len(features), config.batch_size), evalset=evalset,
+                order=DataOrder(config.seed, len(features), parallel.global_batch_size(config.batch_size)),
+                evalset=evalset,
                 timer=PhaseTimer(device), state=state,
-                log=TrainLog(out_dir / LOG_NAME, keep_through=state.step if resume else None),
+                log=parallel.open_log(out_dir / LOG_NAME, keep_through=state.step if resume else None),
                 callbacks=tuple(callbacks), higher_is_better=get_metric(task.main_metric).higher_is_better,
-                device=device, saved_step=state.step if resume else -1)
+                device=device, saved_step=state.step if resume else -1, engine=parallel.wrap_model(model))
 
 
 def _fresh_state(seed: int) -> TrainState:
@@ -171,9 +179,11 @@ def _fresh_state(seed: int) -> TrainState:
     return TrainState()
 
 
-def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, info: dict) -> TrainState:
+def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, info: dict,
+                  callbacks: Sequence[Any] = ()) -> TrainState:
     """Load the checkpoint; refuse a config or data set that would change the trajectory."""
-    state, saved = load_checkpoint(out_dir, model, optimizer, scheduler)
+    state, saved = load_checkpoint(out_dir, model, optimizer, scheduler, callbacks)
+    parallel.check_world_size(saved, info, out_dir)
     for name in _TRAJECTORY:
         if name in saved and saved[name] != info[name]:
             raise ConfigError(f"--resume: {flag_name(name)} is {info[name]!r} but the checkpoint in {out_dir} "
@@ -215,16 +225,17 @@ def _train_step(run: _Run) -> None:
     total = None
     for k in range(cfg.grad_accum):
         batch = _micro_batch(run, state.step * cfg.grad_accum + k)
-        with timer.phase("forward"):
-            loss = run.model(**batch).loss
-            if cfg.grad_accum > 1:  # the step's gradient is the mean over its micro-batches
-                loss = loss / cfg.grad_accum
-        with timer.phase("backward"):
-            loss.backward()
+        with parallel.accumulation(run.engine, last=k == cfg.grad_accum - 1):  # DDP: one all-reduce per step
+            with timer.phase("forward"):
+                loss = run.engine(**batch).loss
+                if cfg.grad_accum > 1:  # the step's gradient is the mean over its micro-batches
+                    loss = loss / cfg.grad_accum
+            with timer.phase("backward"):
+                loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     with timer.phase("optimizer"):
         _optimizer_step(run)
-    loss_value = float(total)  # the step's only host-device sync
+    loss_value = float(parallel.mean_over_ranks(total))  # the step's only host-device sync
     record = timer.end_step()
     _record_step(run, record, loss_value)
     run.mid_step = False
@@ -236,8 +247,9 @@ def _train_step(run: _Run) -> None:
 
 def _micro_batch(run: _Run, n: int) -> dict:
     """The padded batch of global micro-step ``n``, on the model's device."""
-    idx = run.order(n)
+    idx = run.order(n)  # the global micro-batch (all ranks)
     run.state.tokens_seen += sum(run.lengths[i] for i in idx)
+    idx = parallel.local_part(idx, run.config.batch_size)
     batch = run.collate([run.features[i] for i in idx])
     return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
 
@@ -245,7 +257,13 @@ def _micro_batch(run: _Run, n: int) -> dict:
 def _optimizer_step(run: _Run) -> None:
     if run.config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+    for callback in run.callbacks:  # e.g. La-LoRA keeps the pruned slices of its factors
+        if hasattr(callback, "before_optimizer_step"):
+            callback.before_optimizer_step(run.optimizer)
     run.optimizer.step()
+    for callback in run.callbacks:  # e.g. La-LoRA restores them and reallocates ranks
+        if hasattr(callback, "after_optimizer_step"):
+            callback.after_optimizer_step(run.state.step + 1)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
@@ -269,7 +287,7 @@ def _after_step(run: _Run, interrupt: DeferredInterrupt) -> None:
     for callback in run.callbacks:
         if hasattr(callback, "on_step_end"):
             callback.on_step_end(run.state)
-    if interrupt.requested:
+    if distributed.any_rank(interrupt.requested):  # every rank stops at the same step boundary
         raise KeyboardInterrupt
 
 
@@ -278,7 +296,7 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
     state, every = run.state, run.config.eval_every
     if state.last_eval_step == state.step or not (force or (every and state.step % every == 0)):
         return
-    metrics = run_eval(run.model, run.evalset, run.config.gen_max_new_tokens)
+    metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens)
     state.last_metrics, state.last_eval_step = metrics, state.step
     run.log.write_eval(state.step, metrics)
     _update_best(run, metrics)
@@ -293,7 +311,7 @@ def _update_best(run: _Run, metrics: dict[str, float]) -> None:
     best = state.best_metric
     if best is None or (value > best if run.higher_is_better else value < best):
         state.best_metric, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
-        save_adapter(run.model, run.out_dir / BEST_DIR)
+        _save_adapter(run, run.out_dir / BEST_DIR)
         return
     state.bad_evals += 1
     if run.config.early_stopping and state.bad_evals >= run.config.early_stopping:
@@ -310,7 +328,7 @@ def _save(run: _Run) -> None:
     """Checkpoint the current step (once per step)."""
     if run.saved_step == run.state.step:
         return
-    save_checkpoint(run.out_dir, run.model, run.optimizer, run.scheduler, run.state, run.info)
+    save_checkpoint(run.out_dir, run.model, run.optimizer, run.scheduler, run.state, run.info, run.callbacks)
     run.saved_step = run.state.step
 
 
@@ -325,15 +343,31 @@ def _save_on_interrupt(run: _Run) -> None:
           "(continue with --resume)", file=sys.stderr, flush=True)
 
 
+def _save_adapter(run: _Run, path: Path) -> Path:
+    """The adapter folder: the first callback's ``save_adapter(model, path)`` when one has it (La-LoRA writes
+    its truncated adapter), else peft's ``save_pretrained``."""
+    for callback in run.callbacks:
+        if hasattr(callback, "save_adapter"):
+            if distributed.is_main():
+                callback.save_adapter(run.model, path)
+            return path
+    return save_adapter(run.model, path)
+
+
 def _write_outputs(run: _Run) -> TrainResult:
     """Final adapter, ``metrics.json`` and ``plots.png``; the result."""
     from layerwise.train.plots import plot_training
 
     state, out = run.state, run.out_dir
-    adapter_dir = save_adapter(run.model, out / ADAPTER_DIR)
+    adapter_dir = _save_adapter(run, out / ADAPTER_DIR)
     trainable = sum(p.numel() for p in run.params)
-    atomic_write_json(out / METRICS_NAME, json_safe(_metrics(run, trainable)))
-    plot_training(out / LOG_NAME, out / PLOT_NAME, run.task.main_metric)
+    if distributed.is_main():
+        atomic_write_json(out / METRICS_NAME, json_safe(_metrics(run, trainable)))
+        plot_training(out / LOG_NAME, out / PLOT_NAME, run.task.main_metric)
+        for callback in run.callbacks:  # e.g. La-LoRA's rank_history.json and ranks.png
+            if hasattr(callback, "on_train_end"):
+                callback.on_train_end(state, out)
+    distributed.barrier()  # the outputs exist for every rank when train() returns
     best_dir = out / BEST_DIR if state.best_step is not None else None
     return TrainResult(final_metrics=dict(state.last_metrics or {}), best_metrics=state.best_metrics,
                        best_step=state.best_step, steps=state.step, train_seconds=state.train_seconds,

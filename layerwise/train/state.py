@@ -61,6 +61,18 @@ class TrainCallback(Protocol):
     ``on_step_end(state)`` runs after each optimizer step (and its evaluation/checkpoint, if due);
     ``on_evaluate(state, metrics)`` after each evaluation. Set ``state.should_stop = True`` to end the run
     normally (final evaluation, adapter, checkpoint); raise ``KeyboardInterrupt`` to interrupt it.
+
+    Optional hooks, called when a callback has them (``layerwise.adaptive.LaLoRA`` has them all):
+
+    - ``before_optimizer_step(optimizer)``: gradients are final (accumulated, clipped), the step is next;
+    - ``after_optimizer_step(step)``: right after ``optimizer.step()`` of step ``step`` (1-based), before the
+      schedule step and zeroing the gradients; an exception here ends the run without saving (the last
+      checkpoint is kept);
+    - ``state_dict()`` / ``load_state_dict(state)``: saved with every checkpoint (tensors, numbers and plain
+      containers only) and restored on ``resume`` after the weights and optimizer;
+    - ``save_adapter(model, path)``: writes the ``adapter/`` and ``best/`` folders instead of peft's
+      ``save_pretrained`` (the first callback that has it);
+    - ``on_train_end(state, out_dir)``: after the final adapter and ``metrics.json`` are written.
     """
 
     def on_step_end(self, state: TrainState) -> None: ...

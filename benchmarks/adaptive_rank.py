@@ -1,0 +1,201 @@
+"""Benchmark: La-LoRA adaptive ranks against fixed-rank LoRA on SST-2 with MiniLM, measured in one run.
+
+Three trainings with the same steps, data order and seed:
+
+1. ``adaptive``: La-LoRA (``--ranks adaptive``), adapter built at ``--r-max``;
+2. ``fixed r_max``: plain LoRA at rank ``--r-max`` everywhere;
+3. ``uniform``: plain LoRA at ``round(mean final r_i)`` of run 1, about the same parameter count.
+
+Reported: (a) the allocator's cost (Eq. 5-10, timed inside the callback, apart from the step) and the
+pruned-slice bookkeeping as % of the adaptive run's step time; (b) step time at the final adaptive ranks
+against fixed LoRA at ``r_max``, timed interleaved on the same batches after training (plus the medians of the
+training logs); (c) dev score of the adaptive run against the uniform run with the same parameter count (and the
+fixed ``r_max`` run). With the defaults it takes about 10 minutes on 2 CPU cores::
+
+    python benchmarks/adaptive_rank.py --data ../shared/data/glue/SST-2
+    python benchmarks/adaptive_rank.py --steps 600 --targets all-linear --r-max 16 --gamma 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def load(args: argparse.Namespace):
+    """(task data, loaded model) once for every run."""
+    from layerwise.inspection import load_model_for_task, load_task_from_flags
+
+    data = load_task_from_flags(args.task, args.data)
+    return data, load_model_for_task(args.model, data.task)
+
+
+def build(loaded, args: argparse.Namespace, rank: int, adaptive: bool):
+    """(peft model, La-LoRA callback or None) on a fresh copy of the base model, seeded like ``train_job``."""
+    import torch
+
+    from layerwise.adaptive import LaLoRA
+    from layerwise.bridge import apply_adapter
+    from layerwise.layers import find_layer_stack
+
+    base = copy.deepcopy(loaded.model)
+    stack = find_layer_stack(base)
+    torch.manual_seed(args.seed)
+    model = apply_adapter(base, stack, list(range(len(stack))), method="lora", targets=args.targets, rank=rank)
+    callback = LaLoRA(model, stack, r_max=rank, gamma=args.gamma, interval=args.rank_interval) if adaptive else None
+    return model, callback
+
+
+def train_run(name: str, data, loaded, args: argparse.Namespace, rank: int, adaptive: bool) -> dict:
+    """Train one configuration; its dev metrics, timings and (adaptive) final ranks."""
+    from layerwise.train import TrainConfig, train
+    from layerwise.train.log import read_log, step_lines
+
+    model, callback = build(loaded, args, rank, adaptive)
+    config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+                         seed=args.seed, eval_max_examples=args.eval_max_examples)
+    out = Path(args.out) / name
+    print(f"training {name} (rank {rank}{', adaptive' if adaptive else ''}) ...", flush=True)
+    result = train(model, loaded.tokenizer, data.task, data.train, data.dev, config, out,
+                   callbacks=[callback] if callback else [], show_progress=False)
+    steps = [r["step_s"] for r in step_lines(read_log(result.log_path))]
+    row = {"name": name, "rank": rank, "score": result.final_metrics[data.task.main_metric],
+           "train_s": result.train_seconds, "median_step_s": statistics.median(steps),
+           "lora_params": lora_params(model, callback)}
+    if callback is not None:
+        row.update(final_ranks=callback.ranks, budget=callback.budget, allocation_s=callback.allocation_seconds,
+                   bookkeeping_s=callback.bookkeeping_seconds, model=model, callback=callback)
+    return row
+
+
+def lora_params(model, callback) -> int:
+    """LoRA parameters the exported adapter holds: sum over modules of r * (in + out)."""
+    from peft.tuners.lora import LoraLayer
+
+    ranks = callback.module_ranks if callback is not None else {}
+    total = 0
+    for name, layer in model.base_model.model.named_modules():
+        if isinstance(layer, LoraLayer):
+            a = layer.lora_A["default"].weight
+            b = layer.lora_B["default"].weight
+            total += ranks.get(name, a.shape[0]) * (a.shape[1] + b.shape[0])
+    return total
+
+
+def time_steps(data, loaded, args: argparse.Namespace, adaptive_row: dict) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, AdamW with the callback's hooks), the adaptive model
+    at its final ranks against fixed LoRA at r_max, interleaved over the same batches."""
+    import torch
+
+    from layerwise.data.collate import Collator, encode_examples
+
+    feats = encode_examples(data.train[: args.batch_size * args.timing_steps], loaded.tokenizer, data.task,
+                            args.max_length)
+    collate = Collator(loaded.tokenizer, data.task)
+    batches = [collate(feats[i:i + args.batch_size]) for i in range(0, len(feats), args.batch_size)]
+    runs = {}
+    for name, adaptive in (("adaptive", True), ("fixed", False)):
+        model, callback = build(loaded, args, args.r_max, adaptive)
+        if callback is not None:
+            callback.interval = 10**9  # keep the final ranks while timing; the allocation is timed in training
+            callback.set_ranks(adaptive_row["final_ranks"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        runs[name] = (model.train(), callback, torch.optim.AdamW(params, lr=args.lr))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i, batch in enumerate(batches * 2):  # first pass warms up, second pass is timed
+        for name, (model, callback, opt) in runs.items():
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            if callback is not None:
+                callback.before_optimizer_step(opt)
+            opt.step()
+            if callback is not None:
+                callback.after_optimizer_step(i + 1)
+            opt.zero_grad(set_to_none=True)
+            if i >= len(batches):
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Namespace) -> dict:
+    """Print the table of measured figures and ratios; return them as a dict."""
+    ad, fixed, uni = rows["adaptive"], rows["fixed"], rows["uniform"]
+    step_s = ad["train_s"] / args.steps
+    alloc_ms, keep_ms = 1e3 * ad["allocation_s"] / args.steps, 1e3 * ad["bookkeeping_s"] / args.steps
+    mean_rank = sum(ad["final_ranks"]) / len(ad["final_ranks"])
+    lines = [
+        f"La-LoRA on {args.task} with {args.model}: {args.steps} steps, batch {args.batch_size}, targets "
+        f"{args.targets}, r_max {args.r_max}, gamma {args.gamma}, seed {args.seed}",
+        f"final ranks {ad['final_ranks']} (mean {mean_rank:.2f}), budget {ad['budget']:.2f}",
+        "",
+        "(a) allocation cost (adaptive training run)",
+        f"    step time                               {1e3 * step_s:9.2f} ms",
+        f"    allocation, Eq. 5-10 (every {args.rank_interval} step)      {alloc_ms:9.3f} ms  "
+        f"{100 * alloc_ms / (1e3 * step_s):6.3f} % of the step",
+        f"    pruned slices kept (before/after step)  {keep_ms:9.3f} ms  {100 * keep_ms / (1e3 * step_s):6.3f} %",
+        "",
+        "(b) step time at the final adaptive ranks vs fixed LoRA at r_max (interleaved, same batches, median)",
+        f"    adaptive {1e3 * timing['adaptive']:9.2f} ms   fixed r_max {1e3 * timing['fixed']:9.2f} ms   "
+        f"ratio {timing['adaptive'] / timing['fixed']:.3f}",
+        f"    training-log medians: adaptive {1e3 * ad['median_step_s']:.2f} ms, fixed r_max "
+        f"{1e3 * fixed['median_step_s']:.2f} ms, ratio {ad['median_step_s'] / fixed['median_step_s']:.3f}",
+        "",
+        "(c) dev score",
+        f"    {'run':<14} {'rank':>6} {'LoRA params':>12} {'dev':>8}",
+    ]
+    for row in (ad, uni, fixed):
+        rank = f"{mean_rank:.2f}" if row is ad else str(row["rank"])
+        lines.append(f"    {row['name']:<14} {rank:>6} {row['lora_params']:>12,} {row['score']:8.4f}")
+    lines.append(f"    adaptive - uniform (same parameter count): {ad['score'] - uni['score']:+.4f}; params ratio "
+                 f"{ad['lora_params'] / uni['lora_params']:.3f}")
+    print("\n".join(lines))
+    return {"args": vars(args), "final_ranks": ad["final_ranks"], "budget": ad["budget"],
+            "step_ms": 1e3 * step_s, "allocation_ms": alloc_ms, "bookkeeping_ms": keep_ms,
+            "timed_step_ms": {k: 1e3 * v for k, v in timing.items()},
+            "runs": {k: {f: v for f, v in r.items() if f not in ("model", "callback")} for k, r in rows.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--data", default="../shared/data/glue/SST-2")
+    p.add_argument("--targets", default="q,v")
+    p.add_argument("--r-max", type=int, default=8)
+    p.add_argument("--gamma", type=float, default=None, help="default: layerwise.adaptive.DEFAULT_GAMMA")
+    p.add_argument("--rank-interval", type=int, default=1)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-max-examples", type=int, default=None, help="default: the whole dev set")
+    p.add_argument("--timing-steps", type=int, default=20, help="batches timed per model in (b)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/bench-adaptive-rank")
+    args = p.parse_args()
+
+    import torch
+
+    from layerwise.adaptive import DEFAULT_GAMMA
+    from layerwise.io import atomic_write_json
+
+    torch.set_num_threads(args.threads)
+    args.gamma = DEFAULT_GAMMA if args.gamma is None else args.gamma
+    data, loaded = load(args)
+    rows = {"adaptive": train_run("adaptive", data, loaded, args, args.r_max, adaptive=True)}
+    uniform_rank = max(1, round(sum(rows["adaptive"]["final_ranks"]) / len(rows["adaptive"]["final_ranks"])))
+    rows["uniform"] = train_run("uniform", data, loaded, args, uniform_rank, adaptive=False)
+    rows["fixed"] = train_run("fixed", data, loaded, args, args.r_max, adaptive=False)
+    print("timing steps ...", flush=True)
+    timing = time_steps(data, loaded, args, rows["adaptive"])
+    summary = report(rows, timing, args)
+    atomic_write_json(Path(args.out) / "summary.json", summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""La-LoRA: layer-wise adaptive LoRA ranks during training, with truncated compute and a standard peft export.
+
+Modules, one concept each: :mod:`.allocator` (Eq. 5-10 as pure functions), :mod:`.truncation` (the truncated
+forward), :mod:`.pruned` (the pruned part and its optimizer state kept exactly), :mod:`.callback` (``LaLoRA``),
+:mod:`.history` (``rank_history.json``), :mod:`.export` (peft folder with ``rank_pattern``) and :mod:`.plots`
+(``ranks.png``). Names load on first use, so importing the package does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["LaLoRA", "NonFiniteNormError", "export_adapter", "plot_ranks", "RankHistory", "read_history",
+           "DEFAULT_GAMMA"]
+
+_LAZY = {
+    "LaLoRA": "layerwise.adaptive.callback",
+    "NonFiniteNormError": "layerwise.adaptive.callback",
+    "export_adapter": "layerwise.adaptive.export",
+    "plot_ranks": "layerwise.adaptive.plots",
+    "RankHistory": "layerwise.adaptive.history",
+    "read_history": "layerwise.adaptive.history",
+    "DEFAULT_GAMMA": "layerwise.adaptive.allocator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'layerwise.adaptive' has no attribute {name!r}")
