@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from layerwise.card import LayerCard, metric_entry
-from layerwise.errors import LayerwiseError
+from layerwise.errors import ConfigError, LayerwiseError
 from layerwise.importance import ImportanceMetric, MetricValues, get_metrics
 from layerwise.stability import bootstrap_stability
 
@@ -44,10 +44,13 @@ def profile_layers(
     ``metrics`` is a list or comma string of registered names (default: all but ``weightdelta``).
     ``rank`` and ``targets`` set the adapter the ``cost`` metric prices; ``pooling`` (``first``, ``last``,
     ``mean``) the token CKA compares (default: first for encoders, last real token for decoders).
+
+    Inside a process group (``torchrun``; see ``layerwise.distributed``) pass every rank the same
+    ``batches``: each probes its share and every rank returns the same card as one process would.
     """
     from layerwise.layers import find_layer_stack, unwrap_model
     from layerwise.models.loading import model_fingerprint
-    from layerwise.probe.runner import ProbeResult, run_probe
+    from layerwise.probe.runner import ProbeResult
     from layerwise.probe.stats import ProbeStats
 
     chosen = get_metrics(metrics)
@@ -55,12 +58,14 @@ def profile_layers(
     stack = stack or find_layer_stack(model, layers_path)
     statistics = {s for m in chosen for s in m.statistics}
     if statistics:
-        result = run_probe(model, stack, batches, statistics, pooling, device, max_stat_memory, show_progress)
+        result, ranks_info = _probe_all_ranks(model, stack, batches, statistics, pooling, device, max_stat_memory,
+                                              show_progress)
     else:
+        ranks_info = {}
         stats = ProbeStats(num_blocks=len(stack), hidden=0, wanted=frozenset())
         result = ProbeResult(stats, stack, pooling or "first", 0.0, 0, 0, False)
     options: dict[str, Any] = {"rank": rank, "targets": tuple(targets)}
-    probe_info = _probe_info(result)
+    probe_info = {**_probe_info(result), **ranks_info}
     if any(m.name == "weightdelta" for m in chosen):
         from layerwise.probe.weightdelta import weight_delta
 
@@ -77,6 +82,23 @@ def profile_layers(
         probe=probe_info,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict], statistics: set[str],
+                     pooling: str | None, device: Any, max_stat_memory: int, show_progress: bool) -> tuple[Any, dict]:
+    """The probe pass; in a data-parallel run each rank probes batches i % world == rank and the statistics
+    are reduced over ranks (``layerwise.probe.reduce``), so every rank holds the single-process card."""
+    from layerwise import distributed
+    from layerwise.probe.reduce import reduce_result_
+    from layerwise.probe.runner import run_probe
+
+    world = distributed.world_size()
+    if 1 < world and len(batches) < world:
+        raise ConfigError(f"{len(batches)} calibration batch(es) for {world} processes: every process needs at "
+                          "least one; raise --samples or lower --batch-size")
+    result = run_probe(model, stack, distributed.shard(batches), statistics, pooling, device, max_stat_memory,
+                       show_progress and distributed.is_main())
+    return result, reduce_result_(result)
 
 
 def _entry(metric: ImportanceMetric, result: Any, options: dict, stack: Any, n_boot: int, seed: int) -> dict:

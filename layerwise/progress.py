@@ -14,7 +14,10 @@ T = TypeVar("T")
 
 
 def enabled() -> bool:
-    """Bars are shown on a terminal; ``LAYERWISE_PROGRESS=0/1`` forces them off or on."""
+    """Bars are shown on a terminal; ``LAYERWISE_PROGRESS=0/1`` forces them off or on. In a data-parallel run
+    only rank 0 shows them (the launcher's ``RANK``)."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return False
     forced = os.environ.get("LAYERWISE_PROGRESS")
     if forced is not None:
         return forced not in ("0", "false", "no")

@@ -54,7 +54,12 @@ def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | 
               cache_dir: str | None = None, trust_remote_code: bool = False, layers_path: str | None = None,
               overwrite: bool = False, plots: bool = True, max_stat_memory: int = 2 << 30,
               show_progress: bool = True) -> tuple[Any, dict[str, Path]]:
-    """Profile ``model`` on ``task`` and write the card to ``out`` (``card.json``, ``card.md``, ``card.png``)."""
+    """Profile ``model`` on ``task`` and write the card to ``out`` (``card.json``, ``card.md``, ``card.png``).
+
+    Under ``torchrun``/``accelerate launch`` the calibration batches are split over the processes, every
+    process gets the same card and only rank 0 writes the files (others return no files).
+    """
+    from layerwise import distributed
     from layerwise.importance import get_metrics
     from layerwise.inspection import load_model_for_task, load_task_from_flags
     from layerwise.io import prepare_output_dir
@@ -65,10 +70,11 @@ def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | 
     roles = parse_targets(targets)
     if rank < 1:
         raise ConfigError(f"--rank must be >= 1, got {rank}")
+    dev = resolve_device(device)
     out_dir = prepare_output_dir(out, overwrite) if out is not None else None
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     task_data = load_task_from_flags(task, data, columns, regression)
     loaded = load_model_for_task(model, task_data.task, cache_dir, trust_remote_code)
-    dev = resolve_device(device)
     loaded.model.to(dev)
     stack = find_layer_stack(loaded.model, layers_path)
     batches = calibration_batches(task_data, loaded.tokenizer, calibration)
@@ -77,20 +83,30 @@ def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | 
     card = profile_layers(loaded.model, batches, metrics, name=model, stack=stack, data_info=info, rank=rank,
                           targets=roles, pooling=pooling, device=dev, weightdelta_steps=weightdelta_steps,
                           seed=calibration.seed, max_stat_memory=max_stat_memory, show_progress=show_progress)
-    files = card.save(out_dir, plots=plots) if out_dir is not None else {}
+    files = card.save(out_dir, plots=plots) if out_dir is not None and distributed.is_main() else {}
+    distributed.barrier()  # the card exists for every rank (``layerwise run`` reads it next)
     return card, files
 
 
 def resolve_device(device: str | None) -> Any:
-    """``auto``/None picks CUDA when available; otherwise the named device, checked."""
+    """``auto``/None picks CUDA when available; otherwise the named device, checked.
+
+    Under a launcher (``torchrun``, ``accelerate launch``) a bare ``cuda`` is ``cuda:LOCAL_RANK`` and the
+    process joins the launcher's process group (``layerwise.distributed.init_from_env``).
+    """
     import torch
 
+    from layerwise import distributed
+
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    dev = distributed.device_for_rank(dev)
+    distributed.init_from_env(dev)
     return dev

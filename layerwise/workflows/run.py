@@ -19,15 +19,21 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
                  columns: dict[str, str | None] | None = None, regression: bool = False, cache_dir: str | None = None,
                  trust_remote_code: bool = False, layers_path: str | None = None, device: str | None = None,
                  resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png}. Returns the report."""
+    """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png}. Returns the report.
+
+    Under ``torchrun``/``accelerate launch`` every stage is data parallel and only rank 0 writes.
+    """
+    from layerwise import distributed
     from layerwise.io import prepare_output_dir
     from layerwise.report import collect_run, compare, write_report
-    from layerwise.workflows.card import make_card
+    from layerwise.workflows.card import make_card, resolve_device
     from layerwise.workflows.train import train_job
 
+    resolve_device(device)  # joins the process group under torchrun / accelerate launch
     out_dir = Path(out)
     if not resume:
         prepare_output_dir(out_dir, overwrite)
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     common = dict(columns=columns, regression=regression, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
                   layers_path=layers_path, device=device)
     card_file = out_dir / "card" / "card.json"
@@ -49,7 +55,7 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
     rows = compare([selected, baseline], baseline)
     context = {"model": model, "task": task, "data": data, "selection": _describe(out_dir / "selected"),
                "train_config": train_config.to_dict(), "adapter": adapter.__dict__}
-    files = write_report(out_dir, rows, context)
+    files = write_report(out_dir, rows, context) if distributed.is_main() else {}
     return {"rows": rows, "context": context, "files": {k: str(v) for k, v in files.items()}}
 
 
@@ -65,4 +71,7 @@ def _describe(run_dir: Path) -> str:
 def _stage(text: str) -> None:
     import sys
 
-    print(f"layerwise run: {text}", file=sys.stderr, flush=True)
+    from layerwise import distributed
+
+    if distributed.is_main():
+        print(f"layerwise run: {text}", file=sys.stderr, flush=True)
