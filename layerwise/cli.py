@@ -12,7 +12,7 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = ("models", "inspect", "card", "train", "run", "stability")
+COMMANDS = ("models", "inspect", "card", "train", "run", "stability", "bench")
 """Subcommands, in the order ``--help`` lists them."""
 
 
