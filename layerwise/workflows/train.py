@@ -168,9 +168,22 @@ def train_job(model: str, task: str, data: str | None, out: str | os.PathLike, *
                                ranks=None if adapter.adaptive else adapter.ranks, dropout=adapter.dropout,
                                total_steps=train_config.steps)
     callbacks = [make_lalora(peft_model, stack, chosen.layers, adapter)] if adapter.adaptive else []
+    if adapter.method == "adalora":
+        callbacks.append(AdaLoraAllocation(peft_model))
     result = train(peft_model, loaded.tokenizer, task_data.task, task_data.train, task_data.dev, train_config,
                    out_dir, resume=resume, callbacks=callbacks, show_progress=show_progress)
     return result, chosen
+
+
+class AdaLoraAllocation:
+    """AdaLoRA prunes and reallocates its ranks only when ``update_and_allocate`` is called after each
+    optimizer step, while the gradients are still there (peft's contract); the loop calls this hook then."""
+
+    def __init__(self, peft_model: Any) -> None:
+        self.model = peft_model
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.model.base_model.update_and_allocate(step)
 
 
 def check_adaptive(adapter: AdapterChoice) -> None:

@@ -1,0 +1,46 @@
+"""The jobs behind the commands, on the real bundled MiniLM and real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from layerwise.errors import ConfigError
+from layerwise.train import TrainConfig
+from layerwise.workflows.train import AdapterChoice, SelectionChoice, parse_ranks, train_job
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+
+def test_parse_ranks() -> None:
+    assert parse_ranks("3:16,4:8") == {3: 16, 4: 8}
+    assert parse_ranks(None) is None
+    with pytest.raises(ConfigError, match="--ranks"):
+        parse_ranks("3=16")
+
+
+@pytest.mark.slow
+def test_adalora_really_reallocates_ranks(tmp_path, glue_dir) -> None:
+    result, chosen = train_job("minilm", "sst2", str(glue_dir / "SST-2"), tmp_path / "ada",
+                               train_config=TrainConfig(steps=12, eval_max_examples=16),
+                               adapter=AdapterChoice(method="adalora"), show_progress=False)
+    config = json.loads((tmp_path / "ada" / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "ADALORA"
+    # update_and_allocate ran: peft records the final per-module ranks it allocated
+    assert config["rank_pattern"], "AdaLoRA's budget allocation never ran"
+    assert chosen.layers == tuple(range(6))
+
+
+@pytest.mark.slow
+def test_train_job_with_a_card_policy_refuses_an_existing_folder(tmp_path, glue_dir) -> None:
+    data = str(glue_dir / "SST-2")
+    cfg = TrainConfig(steps=2, eval_max_examples=16)
+    result, chosen = train_job("minilm", "sst2", data, tmp_path / "top2", train_config=cfg,
+                               selection=SelectionChoice("top-k", "gradnorm", {"k": 2}), show_progress=False,
+                               calibration=None)
+    assert len(chosen.layers) == 2 and (tmp_path / "top2" / "card" / "card.json").exists()
+    saved = json.loads((tmp_path / "top2" / "selection.json").read_text())
+    assert saved["selection"]["layers"] == list(chosen.layers)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        train_job("minilm", "sst2", data, tmp_path / "top2", train_config=cfg, show_progress=False)
