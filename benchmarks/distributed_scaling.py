@@ -11,7 +11,7 @@ Reported per mode: the probe pass's examples/s (the slowest rank's pass time) an
 examples/s (rank 0's steps after ``--warmup``), each the median of ``--repeats`` fresh runs, and the speed-up.
 Example (the numbers in docs/DISTRIBUTED.md):
 
-    python benchmarks/distributed_scaling.py --cores 0,1 --samples 256 --card-batch-size 16 \
+    OMP_NUM_THREADS=1 python benchmarks/distributed_scaling.py --cores 1,0 --samples 256 --card-batch-size 16 \
         --global-batch 16 --steps 12 --repeats 2
 
 On GPUs pass ``--device cuda`` (one GPU per process; ``--cores`` still pins the host threads).
@@ -45,13 +45,28 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def card_run(args: argparse.Namespace) -> dict:
-    """The card of ``--samples`` examples; its probe pass's time is the slowest rank's."""
-    from layerwise.workflows.card import CalibrationSpec, make_card
+    """The card of ``--samples`` examples: the probe pass (slowest rank) and the whole ``profile_layers`` call
+    (pass, reduction over ranks and metrics; model loading excluded)."""
+    import time
 
-    spec = CalibrationSpec(args.samples, 0, args.card_batch_size, args.max_length)
-    card, _ = make_card(args.model, args.task, args.data, None, calibration=spec, device=args.device,
-                        show_progress=False)
-    return {"seconds": card.probe["seconds"], "examples_per_s": card.probe["examples"] / card.probe["seconds"]}
+    from layerwise import distributed
+    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.profiling import profile_layers
+    from layerwise.workflows.card import CalibrationSpec, calibration_batches, resolve_device
+
+    device = resolve_device(args.device)  # joins the process group under torchrun
+    task = load_task_from_flags(args.task, args.data)
+    loaded = load_model_for_task(args.model, task.task)
+    loaded.model.to(device)
+    batches = calibration_batches(task, loaded.tokenizer,
+                                  CalibrationSpec(args.samples, 0, args.card_batch_size, args.max_length))
+    distributed.barrier()
+    start = time.perf_counter()
+    card = profile_layers(loaded.model, batches, device=device, show_progress=False)
+    total = time.perf_counter() - start
+    examples = card.probe["examples"]
+    return {"pass_s": card.probe["seconds"], "card_s": total, "examples_per_s": examples / card.probe["seconds"],
+            "card_examples_per_s": examples / total}
 
 
 def train_run(args: argparse.Namespace) -> dict:
@@ -90,6 +105,7 @@ def launch(args: argparse.Namespace, kind: str, nprocs: int, out: str) -> dict:
 
 
 def main() -> None:
+    """Measure (or, with ``--worker``, be one process of a measured run)."""
     args = parse_args()
     if args.worker:
         args.kind = args.worker
@@ -98,7 +114,7 @@ def main() -> None:
     nprocs = len(args.cores.split(","))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("card", "train"):
+        for kind in args.kinds.split(","):
             for n in (1, nprocs):  # interleaved over repeats
                 rows.setdefault((kind, n), [])
             for r in range(args.repeats):
@@ -108,13 +124,21 @@ def main() -> None:
 
 
 def report(rows: dict, nprocs: int, args: argparse.Namespace) -> None:
+    """Medians and speed-ups, then every run's numbers as JSON."""
     print(f"model {args.model}, task {args.task}, max length {args.max_length}, cores {args.cores}, "
           f"median of {args.repeats} run(s)")
     for kind, what in (("card", f"card pass ({args.samples} examples, batches of {args.card_batch_size})"),
                        ("train", f"training step (global batch {args.global_batch})")):
+        if (kind, 1) not in rows:
+            continue
         one = statistics.median(r["examples_per_s"] for r in rows[(kind, 1)])
         many = statistics.median(r["examples_per_s"] for r in rows[(kind, nprocs)])
         print(f"{what}: 1 process {one:.1f} ex/s, {nprocs} processes {many:.1f} ex/s, speed-up {many / one:.2f}x")
+        if kind == "card":
+            one = statistics.median(r["card_examples_per_s"] for r in rows[(kind, 1)])
+            many = statistics.median(r["card_examples_per_s"] for r in rows[(kind, nprocs)])
+            print(f"whole card (pass + reduction + metrics): 1 process {one:.1f} ex/s, {nprocs} processes "
+                  f"{many:.1f} ex/s, speed-up {many / one:.2f}x")
     print(json.dumps({f"{k}-{n}": v for (k, n), v in rows.items()}))
 
 
@@ -131,6 +155,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2, help="training steps left out of the median")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--kinds", default="card,train", help="what to measure: card, train or both")
     p.add_argument("--device", default="cpu")
     p.add_argument("--port", type=int, default=29731)
     p.add_argument("--worker", choices=("card", "train"), default=None, help=argparse.SUPPRESS)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from layerwise import distributed as dist
+from layerwise import distributed
 from layerwise.probe.stats import GradSums, ProbeStats, _Moments
 
 __all__ = ["reduce_", "reduce_result_"]
@@ -37,11 +37,11 @@ def reduce_result_(result: Any) -> dict[str, Any]:
     Returns what the card's ``probe`` section adds in a multi-process run (``world_size`` and per-rank
     seconds and peak memory); ``{}`` in one process.
     """
-    if dist.world_size() == 1:
+    if distributed.world_size() == 1:
         return {}
     local = {"seconds": result.seconds, "peak": result.peak_memory, "start": result.start_memory,
              "chained": dict(result.chained)}
-    parts = dist.all_gather_objects(local)
+    parts = distributed.all_gather_objects(local)
     reduce_(result.stats)
     result.seconds = max(p["seconds"] for p in parts)
     result.peak_memory = max(p["peak"] for p in parts)
@@ -55,12 +55,12 @@ def reduce_result_(result: Any) -> dict[str, Any]:
 
 def reduce_(stats: ProbeStats) -> ProbeStats:
     """Make ``stats`` (this rank's shard) the statistics of all ranks' batches, in place; returns it."""
-    if dist.world_size() == 1:
+    if distributed.world_size() == 1:
         return stats
     _gather_small_(stats)
     for kind in stats.norm_sums:
-        stats.norm_sums[kind] = dist.all_reduce_sum(stats.norm_sums[kind].to(_F64).clone())
-        stats.norm_counts[kind] = dist.all_reduce_sum(stats.norm_counts[kind].to(_F64).clone())
+        stats.norm_sums[kind] = distributed.all_reduce_sum(stats.norm_sums[kind].to(_F64).clone())
+        stats.norm_counts[kind] = distributed.all_reduce_sum(stats.norm_counts[kind].to(_F64).clone())
     groups = {"pooled": (stats.pooled_in, stats.pooled_out, stats.pooled_cross), "input_cov": (stats.input_cov,)}
     for name, lists in groups.items():
         if name in stats.wanted:
@@ -77,16 +77,16 @@ def _gather_small_(stats: ProbeStats) -> None:
              "param_counts": stats.param_counts,
              "norm_batches": {k: [t.cpu() for t in v] for k, v in stats.norm_batches.items()},
              **{name: [t.cpu() for t in getattr(stats, name)] for name in _HISTORIES}}
-    parts = dist.all_gather_objects(local)
+    parts = distributed.all_gather_objects(local)
     stats.batches = sum(p["batches"] for p in parts)
     stats.tokens = sum(p["tokens"] for p in parts)
     stats.examples = sum(p["examples"] for p in parts)
     counts = [p["param_counts"] for p in parts if p["param_counts"] is not None]
     stats.param_counts = counts[0] if counts else None  # the same block sizes on every rank
     for kind in stats.norm_batches:
-        stats.norm_batches[kind] = dist.unshard([p["norm_batches"][kind] for p in parts])
+        stats.norm_batches[kind] = distributed.unshard([p["norm_batches"][kind] for p in parts])
     for name in _HISTORIES:
-        setattr(stats, name, dist.unshard([p[name] for p in parts]))
+        setattr(stats, name, distributed.unshard([p[name] for p in parts]))
 
 
 def _reduce_moments_list_(moments: list[_Moments], hidden: int) -> None:
@@ -99,7 +99,7 @@ def _reduce_moments_list_(moments: list[_Moments], hidden: int) -> None:
             m.cent = torch.zeros(hidden, hidden, dtype=_F64)
         assert m.my is not None and m.mx is not None
         heads.append(torch.cat([torch.tensor([float(m.n)], dtype=_F64), m.n * m.my.cpu(), m.n * m.mx.cpu()]))
-    totals = dist.all_reduce_sum(torch.cat(heads)).split([len(h) for h in heads])  # per block: n, sum y, sum x
+    totals = distributed.all_reduce_sum(torch.cat(heads)).split([len(h) for h in heads])  # per block: n, sum y, sum x
     for m, head in zip(moments, totals):
         n = float(head[0])
         if n == 0:
@@ -110,7 +110,7 @@ def _reduce_moments_list_(moments: list[_Moments], hidden: int) -> None:
         my, mx = (head[1: 1 + dy] / n).to(dev), (head[1 + dy:] / n).to(dev)
         # this rank's centred sum moved to the global means: C_r + n_r (my_r - my)(mx_r - mx)^T, (d_y, d_x)
         local = m.cent + m.n * torch.outer(m.my.to(dev) - my, m.mx.to(dev) - mx)
-        m.cent = dist.all_reduce_sum(local)
+        m.cent = distributed.all_reduce_sum(local)
         m.n, m.my, m.mx = int(round(n)), my, mx
 
 
@@ -118,10 +118,10 @@ def _reduce_grad_sums_(sums: list[GradSums]) -> None:
     """Sum each block's g x^T over ranks (a block no gradient reached on any rank stays empty)."""
     for s in sums:
         s.fold()
-    shapes = dist.all_gather_objects([tuple(s.total.shape) if s.total is not None else None for s in sums])
+    shapes = distributed.all_gather_objects([tuple(s.total.shape) if s.total is not None else None for s in sums])
     for i, s in enumerate(sums):
         shape = next((p[i] for p in shapes if p[i] is not None), None)
         if shape is None:
             continue
         local = s.total.clone() if s.total is not None else torch.zeros(shape, dtype=_F64)
-        s.total = dist.all_reduce_sum(local)
+        s.total = distributed.all_reduce_sum(local)

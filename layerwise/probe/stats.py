@@ -215,10 +215,10 @@ class ProbeStats:
 
     def __post_init__(self) -> None:
         L = self.num_blocks
-        self.pooled_in = [GramSums(self.hidden) for _ in range(L)]
-        self.pooled_out = [GramSums(self.hidden) for _ in range(L)]
+        self.pooled_in = [GramSums(dim=self.hidden) for _ in range(L)]
+        self.pooled_out = [GramSums(dim=self.hidden) for _ in range(L)]
         self.pooled_cross = [CrossSums() for _ in range(L)]
-        self.input_cov = [GramSums(self.hidden) for _ in range(L)]
+        self.input_cov = [GramSums(dim=self.hidden) for _ in range(L)]
         self.out_grad = [GradSums() for _ in range(L)]
         for kind in ("block", "q", "v"):
             self.norm_sums[kind] = torch.zeros(L, dtype=_F64, device=self.device)
