@@ -44,3 +44,39 @@ def test_train_job_with_a_card_policy_refuses_an_existing_folder(tmp_path, glue_
     assert saved["selection"]["layers"] == list(chosen.layers)
     with pytest.raises(ConfigError, match="--overwrite"):
         train_job("minilm", "sst2", data, tmp_path / "top2", train_config=cfg, show_progress=False)
+
+
+def test_frozen_prefix_runs_without_dropout() -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from layerwise.bridge import apply_adapter
+    from layerwise.layers import find_layer_stack
+    from layerwise.train.prefix import quiet_frozen_prefix
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                     vocab_size=100, num_labels=2)
+    model = BertForSequenceClassification(cfg)
+    stack = find_layer_stack(model)
+    peft_model = apply_adapter(model, stack, [2, 3])
+    handles = quiet_frozen_prefix(peft_model, stack, [2, 3])
+    peft_model.train()
+    ids = torch.randint(1, 100, (4, 9))
+    out = []
+    for _ in range(2):
+        with torch.no_grad():
+            peft_model(input_ids=ids)
+        out.append(model.bert.encoder.layer[1].output.dense.weight.sum())  # forward ran
+    assert not model.bert.embeddings.training and not model.bert.encoder.layer[1].training
+    assert model.bert.encoder.layer[2].training and model.bert.encoder.layer[3].training  # adapted: dropout kept
+    # the prefix is deterministic: the input of block 2 is the same in two train-mode passes
+    seen = []
+    h = model.bert.encoder.layer[2].register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    with torch.no_grad():
+        peft_model(input_ids=ids)
+        peft_model(input_ids=ids)
+    h.remove()
+    assert torch.equal(seen[0], seen[1])
+    for handle in handles:
+        handle.remove()

@@ -54,6 +54,9 @@ class TrainConfig:
     """``None`` pads each batch to its longest example; an int pads every batch to that length (benchmarks)."""
     gen_max_new_tokens: int = 256
     """Causal LM evaluation: the most tokens greedy generation may add after a prompt."""
+    prefix_dropout: bool = False
+    """Keep dropout in the frozen blocks below the lowest adapted block (off by default: they get no
+    gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix``)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "steps", 1)

@@ -167,6 +167,10 @@ def train_job(model: str, task: str, data: str | None, out: str | os.PathLike, *
                                targets=adapter.targets, rank=rank, alpha=adapter.alpha,
                                ranks=None if adapter.adaptive else adapter.ranks, dropout=adapter.dropout,
                                total_steps=train_config.steps)
+    if not train_config.prefix_dropout:
+        from layerwise.train.prefix import quiet_frozen_prefix
+
+        quiet_frozen_prefix(peft_model, stack, chosen.layers)
     callbacks = [make_lalora(peft_model, stack, chosen.layers, adapter)] if adapter.adaptive else []
     if adapter.method == "adalora":
         callbacks.append(AdaLoraAllocation(peft_model))
