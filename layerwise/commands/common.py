@@ -126,8 +126,6 @@ def add_training_flags(p: argparse.ArgumentParser, default_steps: int = 150) -> 
     g.add_argument("--train-seed", type=int, default=0, help="seed of adapter init and data order (default 0)")
     g.add_argument("--prefix-dropout", action="store_true",
                    help="keep dropout in the frozen blocks below the lowest adapted block (off by default)")
-    g.add_argument("--prefix-dropout", action="store_true",
-                   help="keep dropout in the frozen blocks below the lowest adapted block (off by default)")
     g.add_argument("--resume", action="store_true", help="continue from --out's checkpoint at its exact step")
     g.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
 
