@@ -105,11 +105,12 @@ def run_probe(
     was_training = model.training
     model.eval()
     flags = _enable_block_grads(model, stack) if backward else None
+    weights = {b.index: _block_weights(model, b) for b in stack.blocks} if backward else {}
     try:
         with hooks, PeakMemory(device) as mem:
             start = time.perf_counter()
             for batch in _iterate(batches, show_progress):
-                _probe_batch(model, hooks, batch, device, backward)
+                _probe_batch(model, hooks, batch, device, weights)
             seconds = time.perf_counter() - start
     finally:
         if flags is not None:
@@ -127,7 +128,10 @@ def _iterate(batches: Sequence[dict], show_progress: bool):
     return progress(batches, desc="probing layers", total=len(batches), unit="batch")
 
 
-def _probe_batch(model: torch.nn.Module, hooks: ProbeHooks, batch: dict, device: Any, backward: bool) -> None:
+def _probe_batch(model: torch.nn.Module, hooks: ProbeHooks, batch: dict, device: Any,
+                 weights: dict[int, list[torch.nn.Parameter]]) -> None:
+    """One batch: forward (and, when ``weights`` are given, backward and the gradient statistics)."""
+    backward = bool(weights)
     batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
     mask = batch.get("attention_mask")
     if mask is None:
@@ -140,7 +144,7 @@ def _probe_batch(model: torch.nn.Module, hooks: ProbeHooks, batch: dict, device:
         out = model(**batch)
         _check_loss(out.loss, hooks.stats.batches)
         out.loss.backward()
-        _collect_param_grads(model, hooks)
+        _collect_param_grads(hooks, weights)
     else:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         with torch.inference_mode():
@@ -167,25 +171,29 @@ def _check_loss(loss: torch.Tensor, index: int) -> None:
                         "would be meaningless (for causal LM, check that each example has answer tokens)")
 
 
-def _collect_param_grads(model: torch.nn.Module, hooks: ProbeHooks) -> None:
+def _collect_param_grads(hooks: ProbeHooks, weights: dict[int, list[torch.nn.Parameter]]) -> None:
+    """Per-block gradient statistics of this batch from the blocks' linear ``weights`` (looked up once per
+    pass, not per batch); the gradients are cleared."""
     stats = hooks.stats
     if "param_grad" not in stats.wanted:
-        _clear_grads(model, hooks.stack)
+        for ws in weights.values():
+            for w in ws:
+                w.grad = None
         return
     L = stats.num_blocks
     sq = torch.zeros(L, dtype=torch.float64, device=stats.device)
     wg = torch.zeros(L, dtype=torch.float64, device=stats.device)
     counts = torch.zeros(L, dtype=torch.float64)
-    for block in hooks.stack.blocks:
-        for w in _block_weights(model, block):
+    for index, ws in weights.items():
+        for w in ws:
             if w.grad is None:
                 continue
             g = w.grad.reshape(-1)
             # dot products: no temporary the size of the weight (float32 accumulation, stored as float64);
             # kept on the device, no host sync
-            sq[block.index] += torch.dot(g, g)
-            wg[block.index] += torch.dot(w.detach().reshape(-1), g)
-            counts[block.index] += g.numel()
+            sq[index] += torch.dot(g, g)
+            wg[index] += torch.dot(w.detach().reshape(-1), g)
+            counts[index] += g.numel()
             w.grad = None
     stats.grad_sq.append(sq)
     stats.grad_wg.append(wg)
@@ -194,12 +202,6 @@ def _collect_param_grads(model: torch.nn.Module, hooks: ProbeHooks) -> None:
 
 def _block_weights(model: torch.nn.Module, block: Any) -> list[torch.nn.Parameter]:
     return [model.get_submodule(lin.name).weight for lin in block.linears]
-
-
-def _clear_grads(model: torch.nn.Module, stack: Any) -> None:
-    for block in stack.blocks:
-        for w in _block_weights(model, block):
-            w.grad = None
 
 
 def _enable_block_grads(model: torch.nn.Module, stack: Any) -> dict[str, bool]:
