@@ -354,7 +354,7 @@ def test_phase_timer_records_time_and_memory_per_phase():
         record = timer.end_step()
         assert record["step"] == step and record["forward_s"] >= 0.03 and record["backward_s"] >= 0.01
         assert record["step_s"] >= record["forward_s"] + record["backward_s"] + record["optimizer_s"]
-        assert record["peak_memory"] == max(record[f"mem_after_{p}"] for p in PHASES) > 0
+        assert record["peak_memory"] >= max(record[f"mem_after_{p}"] for p in PHASES) > 0
     assert timer.steps == 2 and len(timer.records) == 2 and timer.totals["forward"] >= 0.06
     assert timer.means()["optimizer"] == pytest.approx(timer.totals["optimizer"] / 2)
 

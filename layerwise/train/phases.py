@@ -7,7 +7,8 @@
     record = timer.end_step()   # {step, forward_s, ..., mem_after_forward, ..., peak_memory, step_s}
 
 On the CPU a phase is timed with ``time.perf_counter`` and memory is the process RSS; the step's peak is
-the largest RSS read after a phase (a lower bound: spikes inside a phase are not seen).
+the kernel's high-water mark of RSS over the step (exact, see ``layerwise.memory.CpuPeak``), or where that
+is unavailable the largest RSS read after a phase (a lower bound: spikes inside a phase are not seen).
 
 On a GPU the work is asynchronous, so a phase is bracketed by CUDA events (recorded in the stream, no
 host-device sync) and the times are read once, in ``end_step``, after waiting for the step's last event. A
@@ -28,6 +29,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from layerwise.memory import CpuPeak, cpu_peak_tracking_exact
 
 __all__ = ["PhaseTimer", "TRAIN_PHASES"]
 
@@ -78,6 +81,7 @@ class PhaseTimer:
         self._step, self._step_start = 0, 0.0
         self._cuda = torch.cuda if self.cuda else None
         self._process = None if self.cuda else _psutil_process()
+        self._region = CpuPeak() if not self.cuda and cpu_peak_tracking_exact() else None
         self._events: list = []  # CUDA: a pool of timing events, reused every step
         self._spans: list[tuple[str, int]] = []  # CUDA: (phase, index of its start event) this step
         self._stream: Any = None  # CUDA: the model device's current stream, where the events are recorded
@@ -120,6 +124,8 @@ class PhaseTimer:
             self._spans.clear()
             self._stream = self._cuda.current_stream(self.device)
             self._cuda.reset_peak_memory_stats(self.device)
+        elif self._region is not None:
+            self._region.reset()
         self._step, self._step_start = step, time.perf_counter()
 
     def end_step(self) -> dict:
@@ -129,6 +135,8 @@ class PhaseTimer:
             peak = int(self._cuda.max_memory_allocated(self.device))
         else:
             peak = max(self._memory.values(), default=0)
+            if self._region is not None:
+                peak = max(peak, self._region.close())
         step_s = time.perf_counter() - self._step_start
         record: dict = {"step": self._step}
         for name in self.phases:
