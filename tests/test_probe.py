@@ -250,3 +250,24 @@ def test_stability_is_reported_per_metric() -> None:
         s = card.metrics[name]["stability"]
         assert -1 <= s["kendall_tau_mean"] <= 1 and s["n_batches"] == 6
     assert card.metrics["cost"]["stability"] == {"deterministic": True}
+
+
+@pytest.mark.parametrize("dim", [64, 300, 384])
+def test_streamed_gram_equals_direct_covariance(dim: int) -> None:
+    """The triangular blocked update (dims above GRAM_BLOCK) and its mirroring give the exact covariance,
+    also with a large common offset (BERT-like hidden states) and more than FOLD_EVERY batches."""
+    from layerwise.probe.stats import FOLD_EVERY, GramSums
+
+    g = torch.Generator().manual_seed(dim)
+    chunks = [torch.randn(int(torch.randint(3, 40, (1,), generator=g)), dim, generator=g) * 2 + 30.0
+              for _ in range(FOLD_EVERY + 5)]
+    sums = GramSums(dim=dim)
+    with torch.inference_mode():  # the probe fills them under inference mode and folds outside it
+        for c in chunks:
+            sums.add(c)
+    x = torch.cat(chunks).double()
+    xc = x - x.mean(0)
+    expected = xc.T @ xc
+    assert torch.allclose(sums.centred(), expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+    assert torch.allclose(sums.centred(), sums.centred().T)
+    assert torch.allclose(sums.gram, x.T @ x, rtol=1e-6)

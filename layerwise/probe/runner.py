@@ -111,6 +111,7 @@ def run_probe(
             start = time.perf_counter()
             for batch in _iterate(batches, show_progress):
                 _probe_batch(model, hooks, batch, device, weights)
+            hooks.finish()
             seconds = time.perf_counter() - start
     finally:
         if flags is not None:
