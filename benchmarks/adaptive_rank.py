@@ -159,6 +159,19 @@ def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Names
             "runs": {k: {f: v for f, v in r.items() if f not in ("model", "callback")} for k, r in rows.items()}}
 
 
+def report_scores(rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """(c) alone: print and save the adaptive and uniform dev scores of this seed."""
+    from layerwise.io import atomic_write_json
+
+    ad, uni = rows["adaptive"], rows["uniform"]
+    mean_rank = sum(ad["final_ranks"]) / len(ad["final_ranks"])
+    print(f"seed {args.seed}: adaptive (mean rank {mean_rank:.2f}, {ad['lora_params']:,} params) {ad['score']:.4f}; "
+          f"uniform rank {uni['rank']} ({uni['lora_params']:,} params) {uni['score']:.4f}; "
+          f"difference {ad['score'] - uni['score']:+.4f}")
+    runs = {k: {f: v for f, v in r.items() if f not in ("model", "callback")} for k, r in rows.items()}
+    atomic_write_json(Path(args.out) / "scores.json", {"args": vars(args), "runs": runs})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="minilm")
@@ -177,6 +190,9 @@ def main() -> None:
     p.add_argument("--timing-steps", type=int, default=20, help="batches timed per model in (b)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench-adaptive-rank")
+    p.add_argument("--score-only", action="store_true",
+                   help="only (c): the adaptive and same-size uniform runs, no fixed r_max run or step timing "
+                   "(for more seeds, e.g. one process per core with --threads 1)")
     args = p.parse_args()
 
     import torch
@@ -190,6 +206,9 @@ def main() -> None:
     rows = {"adaptive": train_run("adaptive", data, loaded, args, args.r_max, adaptive=True)}
     uniform_rank = max(1, round(sum(rows["adaptive"]["final_ranks"]) / len(rows["adaptive"]["final_ranks"])))
     rows["uniform"] = train_run("uniform", data, loaded, args, uniform_rank, adaptive=False)
+    if args.score_only:
+        report_scores(rows, args)
+        return
     rows["fixed"] = train_run("fixed", data, loaded, args, args.r_max, adaptive=False)
     print("timing steps ...", flush=True)
     timing = time_steps(data, loaded, args, rows["adaptive"])

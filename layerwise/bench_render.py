@@ -118,6 +118,10 @@ def _k_table(rows: Sequence[dict[str, Any]], main: str) -> list[str]:
     return lines + [""]
 
 
+def _full_lr(cfg: dict[str, Any]) -> str:
+    return f" (full fine-tuning {cfg['full_lr']})" if cfg.get("full_lr") is not None else ""
+
+
 def render_bench_md(result: dict[str, Any]) -> str:
     """bench.md: training table (mean ± std over seeds), all dev metrics, inference, ratios to LoRA, k sweep."""
     cfg, rows = result["config"], result["table"]
@@ -125,7 +129,7 @@ def render_bench_md(result: dict[str, Any]) -> str:
     tc = cfg["train_config"]
     lines = [f"# layerwise bench: {cfg['model']} on {cfg['task']}", "",
              f"- {len(cfg['methods'])} methods x seeds {cfg['seeds']}; every cell: {tc['steps']} steps, lr "
-             f"{tc['lr']}, batch {tc['batch_size']}, rank {cfg['rank']} on {cfg['targets']}",
+             f"{tc['lr']}{_full_lr(cfg)}, batch {tc['batch_size']}, rank {cfg['rank']} on {cfg['targets']}",
              "- time is training only (no evaluation); phases summed over steps; mean over seeds",
              f"- memory: {rows[0].get('memory_kind') if rows else 'n/a'} peak per step (on the CPU the process RSS, "
              "which can carry earlier cells' memory: compare memory on a GPU)", "",

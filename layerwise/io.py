@@ -1,14 +1,16 @@
-"""Atomic file writes: every file a user may rely on is written to a temporary file, then renamed."""
+"""Atomic file writes (every file a user may rely on is written to a temporary file, then renamed) and
+folder-safe names."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir"]
+__all__ = ["slug", "atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir"]
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -58,3 +60,8 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, flag: s
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def slug(text: str) -> str:
+    """A folder-name-safe version of a model or task name (its last path part)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip("/").split("/")[-1]).strip("-") or "model"

@@ -32,6 +32,8 @@ from layerwise.train import TrainConfig, train
 from layerwise.train.checkpoint import find_checkpoint
 from layerwise.workflows.train import AdapterChoice, check_adaptive, parse_ranks
 
+from tiny_models import tiny_bert as shared_tiny_bert
+
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 R_MAX, HIDDEN, LAYERS = 4, 32, 4
@@ -47,10 +49,7 @@ def _one_thread():
 
 
 def tiny_bert(vocab_size: int = 100, seed: int = 0) -> transformers.PreTrainedModel:
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-    return transformers.BertForSequenceClassification(config).eval()
+    return shared_tiny_bert(vocab_size, layers=LAYERS, hidden=HIDDEN, seed=seed).eval()
 
 
 def adapted(layers=(0, 1, 2, 3), vocab_size: int = 100, seed: int = 0, dropout: float = 0.0, method: str = "lora",

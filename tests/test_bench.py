@@ -3,6 +3,8 @@ measurement on a tiny decoder, and a small real bench on MiniLM that resumes wit
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 from pathlib import Path
@@ -105,6 +107,8 @@ def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
             pytest.skip(f"{name}: La-LoRA (layerwise.adaptive) is not in this install")
         raise
     assert job.train_config.seed == 3 and job.train_config.steps == 7 and job.train_config.lr == 1e-3
+    with_full_lr = build_cell(_concrete(name), 3, TrainConfig(steps=7, lr=1e-3), replace(settings, full_lr=5e-5))
+    assert with_full_lr.train_config.lr == (5e-5 if name == "full" else 1e-3)  # --full-lr: full fine-tuning only
     if name == "full":
         assert job.full and job.selection is None and job.adapter is None
         return

@@ -6,21 +6,20 @@ import math
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from layerwise.errors import ConfigError, DataError
 from layerwise.importance import IMPORTANCE, get_metrics, ridge_for
 from layerwise.layers import find_layer_stack
 from layerwise.profiling import NonFiniteMetricError, profile_layers
 
+from tiny_models import tiny_bert as shared_tiny_bert
+
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 
 def tiny_bert() -> torch.nn.Module:
-    torch.manual_seed(1)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                     vocab_size=120, max_position_embeddings=64, num_labels=2)
-    return BertForSequenceClassification(cfg).eval()
+    return shared_tiny_bert(120, layers=3, seed=1, max_positions=64).eval()
 
 
 def tiny_llama() -> torch.nn.Module:

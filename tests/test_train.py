@@ -29,6 +29,8 @@ from layerwise.train.data_order import DataOrder, batch_indices, batches_per_epo
 from layerwise.train.log import read_log, step_lines
 from layerwise.train.schedule import lr_lambda, make_scheduler, warmup_steps
 
+from tiny_models import tiny_bert as shared_tiny_bert
+
 # peft touches transformers' deprecated `is_gradient_checkpointing`: third-party noise, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -61,11 +63,7 @@ def rt():
 
 
 def tiny_bert(vocab_size: int, num_labels: int = 2, seed: int = 0) -> transformers.PreTrainedModel:
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-                                     num_labels=num_labels)
-    return transformers.BertForSequenceClassification(config)
+    return shared_tiny_bert(vocab_size, num_labels=num_labels, seed=seed)
 
 
 def tiny_peft(vocab_size: int, num_labels: int = 2, seed: int = 0) -> peft.PeftModel:

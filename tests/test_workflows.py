@@ -48,16 +48,13 @@ def test_train_job_with_a_card_policy_refuses_an_existing_folder(tmp_path, glue_
 
 def test_frozen_prefix_runs_without_dropout() -> None:
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from tiny_models import tiny_bert
 
     from layerwise.bridge import apply_adapter
     from layerwise.layers import find_layer_stack
     from layerwise.train.prefix import quiet_frozen_prefix
 
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-                     vocab_size=100, num_labels=2)
-    model = BertForSequenceClassification(cfg)
+    model = tiny_bert(100, layers=4, max_positions=512)
     stack = find_layer_stack(model)
     peft_model = apply_adapter(model, stack, [2, 3])
     handles = quiet_frozen_prefix(peft_model, stack, [2, 3])

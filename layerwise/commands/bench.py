@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import add_data_flags, add_model_flags, columns_from_args, slug
+from layerwise.commands.common import add_data_flags, add_model_flags, columns_from_args
+from layerwise.io import slug
 
 __all__ = ["add_parser", "run", "parse_int_list", "list_methods"]
 
@@ -26,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--k", default="1,2,3", help="k values of actnorm-top{k} (default 1,2,3)")
     g.add_argument("--steps", type=int, default=150, help="optimizer steps of every cell (default 150)")
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of every cell (default 5e-4)")
+    g.add_argument("--full-lr", type=float, default=None,
+                   help="peak learning rate of full fine-tuning (default: --lr; full fine-tuning usually wants "
+                   "a smaller one than adapters)")
     g.add_argument("--batch-size", type=int, default=16, help="examples per step and inference batch (default 16)")
     g.add_argument("--rank", type=int, default=8, help="adapter rank (La-LoRA: r_max) (default 8)")
     g.add_argument("--targets", default="q,v", help="projections adapted: q,v (default), attn, mlp, all-linear")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                        inference_repeats=args.inference_repeats, inference_new_tokens=args.new_tokens,
                        columns=columns_from_args(args), regression=args.regression, cache_dir=args.cache_dir,
                        trust_remote_code=args.trust_remote_code, layers_path=args.layers_path, device=args.device,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, full_lr=args.full_lr)
     print(render_bench_md(result))
     print("wrote " + ", ".join(result["files"].values()))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = ["add_model_flags", "add_data_flags", "add_selection_flags", "add_adapter_flags", "add_training_flags",
-           "selection_from_args", "adapter_from_args", "train_config_from_args", "columns_from_args", "slug",
+           "selection_from_args", "adapter_from_args", "train_config_from_args", "columns_from_args",
            "DEFAULT_MODEL", "DEFAULT_TASK"]
 
 DEFAULT_MODEL = "minilm"
@@ -143,10 +143,3 @@ def train_config_from_args(args: argparse.Namespace):
 
 def columns_from_args(args: argparse.Namespace) -> dict:
     return {"text_column": args.text_column, "pair_column": args.pair_column, "label_column": args.label_column}
-
-
-def slug(text: str) -> str:
-    """A folder-name-safe version of a model or task name."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip("/").split("/")[-1]).strip("-") or "model"

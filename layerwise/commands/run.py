@@ -7,7 +7,8 @@ import argparse
 from layerwise.commands.card import add_card_flags
 from layerwise.commands.common import (add_adapter_flags, add_data_flags, add_model_flags, add_selection_flags,
                                        add_training_flags, adapter_from_args, columns_from_args,
-                                       selection_from_args, slug, train_config_from_args)
+                                       selection_from_args, train_config_from_args)
+from layerwise.io import slug
 
 __all__ = ["add_parser", "run", "DEFAULT_POLICY"]
 

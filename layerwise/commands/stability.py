@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import add_model_flags, slug
+from layerwise.commands.common import add_model_flags
+from layerwise.io import slug
 
 __all__ = ["add_parser", "run"]
 

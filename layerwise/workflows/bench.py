@@ -57,6 +57,8 @@ class BenchSettings:
     """Projections adapted (``--targets``)."""
     card: str | None = None
     """The shared ``card.json``; card-based methods need it."""
+    full_lr: float | None = None
+    """Peak learning rate of full fine-tuning (``--full-lr``); ``None``: the bench's ``--lr``."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,10 @@ def build_cell(name: str, seed: int, train_config: Any, settings: BenchSettings)
     """The job of cell (``name``, ``seed``): the method's selection and adapter, ``train_config`` at ``seed``."""
     method, k = find_method(name)
     selection, adapter = method.fn(settings, k)
-    return CellJob(name, selection, adapter, replace(train_config, seed=int(seed)))
+    config = replace(train_config, seed=int(seed))
+    if adapter is None and selection is None and settings.full_lr is not None:  # full fine-tuning
+        config = replace(config, lr=settings.full_lr)
+    return CellJob(name, selection, adapter, config)
 
 
 # -- aggregation (pure) ---------------------------------------------------------------------------------
@@ -348,9 +353,13 @@ def run_bench(model: str, task: str, data: str | None, out: str | os.PathLike, *
               targets: str = "q,v", calibration: Any = None, inference_examples: int = 64, inference_repeats: int = 3,
               inference_new_tokens: int = 16, columns: dict[str, str | None] | None = None, regression: bool = False,
               cache_dir: str | None = None, trust_remote_code: bool = False, layers_path: str | None = None,
-              device: str | None = None, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+              device: str | None = None, overwrite: bool = False, show_progress: bool = True,
+              full_lr: float | None = None) -> dict[str, Any]:
     """Train every (method, seed) cell into ``out`` (resuming an existing ``out``), measure each method's
-    inference cost, and write bench.json, bench.md and bench_*.png. Returns the bench.json content."""
+    inference cost, and write bench.json, bench.md and bench_*.png. Returns the bench.json content.
+
+    ``full_lr`` is full fine-tuning's peak learning rate (adapters usually want a larger one than full
+    fine-tuning); ``None`` uses ``train_config.lr`` for every cell."""
     from layerwise.bench_render import write_bench
     from layerwise.workflows.card import CalibrationSpec
 
@@ -360,6 +369,8 @@ def run_bench(model: str, task: str, data: str | None, out: str | os.PathLike, *
         raise ConfigError(f"--k values must be >= 1 (layers adapted), got {list(ks)}")
     if rank < 1:
         raise ConfigError(f"--rank must be >= 1, got {rank}")
+    if full_lr is not None and not full_lr > 0:
+        raise ConfigError(f"--full-lr must be > 0, got {full_lr}")
     parse_targets(targets)  # a bad --targets fails before anything is loaded
     names, seeds = resolve_methods(methods, ks), _check_seeds(seeds)
     if inference_examples < 0:
@@ -367,10 +378,12 @@ def run_bench(model: str, task: str, data: str | None, out: str | os.PathLike, *
     calibration = calibration or CalibrationSpec(max_length=train_config.max_length)
     out_dir = _prepare_out(Path(out), overwrite)
     config = _bench_config(model, task, data, train_config, rank, targets, calibration, columns, regression)
+    if full_lr is not None:  # recorded only when set: benches made before the flag resume unchanged
+        config["full_lr"] = full_lr
     _check_resume(out_dir, config)
     common = dict(columns=columns, regression=regression, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
                   layers_path=layers_path, device=device)
-    bench = _Bench(model, task, data, out_dir, train_config, BenchSettings(rank, targets), common, show_progress)
+    bench = _Bench(model, task, data, out_dir, train_config, BenchSettings(rank, targets, full_lr=full_lr), common, show_progress)
     if any(find_method(n)[0].needs_card for n in names):
         bench.settings = replace(bench.settings, card=str(_ensure_card(bench, calibration)))
     jobs = [build_cell(n, s, train_config, bench.settings) for n in names for s in seeds]  # flags fail here

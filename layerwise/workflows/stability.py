@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from layerwise.io import slug
+
 __all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study"]
 
 
@@ -57,7 +59,7 @@ def _cards_for_task(model: str, task: str, data: str | None, seeds: Sequence[int
 
     cards = []
     for seed in seeds:
-        folder = out / "cards" / f"{_slug(task)}-seed{seed}"
+        folder = out / "cards" / f"{slug(task)}-seed{seed}"
         if (folder / "card.json").exists():
             cards.append(LayerCard.load(folder))
             continue
@@ -67,10 +69,6 @@ def _cards_for_task(model: str, task: str, data: str | None, seeds: Sequence[int
     return cards
 
 
-def _slug(text: str) -> str:
-    from layerwise.commands.common import slug
-
-    return slug(text)
 
 
 def _ablation_scores(model: str, task: str, data: str | None, num_layers: int, train_config: Any, out: Path) -> list[float]:
@@ -81,7 +79,7 @@ def _ablation_scores(model: str, task: str, data: str | None, num_layers: int, t
 
     scores = []
     for i in range(num_layers):
-        folder = out / "ablation" / _slug(task) / f"layer{i}"
+        folder = out / "ablation" / slug(task) / f"layer{i}"
         if not (folder / "metrics.json").exists():
             train_job(model, task, data, folder, train_config=train_config,
                       selection=SelectionChoice("manual", None, {"layers": str(i)}), overwrite=True,
