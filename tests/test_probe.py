@@ -270,3 +270,21 @@ def test_streamed_gram_equals_direct_covariance(dim: int) -> None:
     assert torch.allclose(sums.centred(), expected, rtol=0, atol=1e-4 * expected.abs().max().item())
     assert torch.allclose(sums.centred(), sums.centred().T)
     assert torch.allclose(sums.gram, x.T @ x, rtol=1e-6)
+
+
+def test_per_batch_kernel_cka_of_stacked_blocks_matches_feature_space_formula() -> None:
+    """The batched per-batch CKA (one call for every block) equals the feature-space linear CKA per block,
+    is 0 where a side is constant, and NaN for fewer than 3 examples."""
+    from layerwise.importance import linear_cka
+    from layerwise.probe.hooks import _kernel_cka
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 8, 5, generator=g), torch.randn(3, 8, 5, generator=g)
+    y[1] = 3.0 * x[1] @ torch.linalg.qr(torch.randn(5, 5, generator=g))[0]  # a rotation and scale: CKA 1
+    x[2] = 7.0  # a constant input (the [CLS] embedding of block 0)
+    got = _kernel_cka(x, y)
+    for s in range(2):
+        xc, yc = (x[s] - x[s].mean(0)).double(), (y[s] - y[s].mean(0)).double()
+        assert float(got[s]) == pytest.approx(linear_cka(xc.T @ xc, yc.T @ yc, yc.T @ xc), rel=1e-6)
+    assert float(got[2]) == 0.0 and float(got[1]) == pytest.approx(1.0, abs=1e-6)
+    assert torch.isnan(_kernel_cka(x[:, :2], y[:, :2])).all()
