@@ -383,10 +383,13 @@ def run_bench(model: str, task: str, data: str | None, out: str | os.PathLike, *
     _check_resume(out_dir, config)
     common = dict(columns=columns, regression=regression, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
                   layers_path=layers_path, device=device)
-    bench = _Bench(model, task, data, out_dir, train_config, BenchSettings(rank, targets, full_lr=full_lr), common, show_progress)
+    settings = BenchSettings(rank, targets, full_lr=full_lr)
+    bench = _Bench(model, task, data, out_dir, train_config, settings, common, show_progress)
     if any(find_method(n)[0].needs_card for n in names):
         bench.settings = replace(bench.settings, card=str(_ensure_card(bench, calibration)))
-    jobs = [build_cell(n, s, train_config, bench.settings) for n in names for s in seeds]  # flags fail here
+    # seed-major order: every method's first seed, then every method's second... so that a slow drift of the
+    # machine's speed (other work, heat) falls on all methods alike instead of on the later ones
+    jobs = [build_cell(n, s, train_config, bench.settings) for s in seeds for n in names]  # flags fail here
     _check_selections(jobs)
     model_params = _model_params(bench)
     _run_cells(bench, jobs)
