@@ -3,7 +3,8 @@ and the training step's peak sees spikes inside a phase."""
 
 from __future__ import annotations
 
-import numpy as np
+import mmap
+
 import pytest
 
 from layerwise.memory import CpuPeak, PeakMemory, cpu_peak_tracking_exact
@@ -15,10 +16,15 @@ MIB = 2**20
 
 
 def _spike(mib: int) -> None:
-    """Touch ``mib`` MiB and free it again: invisible to a reading taken afterwards."""
-    a = np.ones(mib * MIB // 8)
-    assert a[-1] == 1.0
-    del a
+    """Touch ``mib`` MiB of fresh pages and unmap them again: invisible to a reading taken afterwards.
+
+    An anonymous mapping, not a numpy array: malloc may reuse pages an earlier test freed but kept
+    resident, which would not raise RSS at all."""
+    size = mib * MIB
+    m = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        m[offset] = 1
+    m.close()
 
 
 def test_peak_memory_sees_a_spike_freed_before_the_region_ends():

@@ -181,8 +181,29 @@ def test_resume_after_a_stop_is_bit_identical(tokenizer, rt, reference, tmp_path
     assert resumed.final_metrics == full.final_metrics
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test, whatever the test process was started with (a background job
+    of a non-interactive shell starts with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    from layerwise.train.interrupt import DeferredInterrupt
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with DeferredInterrupt():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("how", ["raise", "sigint"])
-def test_interrupt_saves_a_checkpoint_that_resumes_identically(tokenizer, rt, reference, tmp_path, how):
+def test_interrupt_saves_a_checkpoint_that_resumes_identically(tokenizer, rt, reference, tmp_path, how,
+                                                               default_sigint):
     with pytest.raises(KeyboardInterrupt):
         run(tokenizer, rt, tmp_path, config(), callbacks=[InterruptAt(3, signal_=how == "sigint")])
     state = json.loads((find_checkpoint(tmp_path) / "state.json").read_text())

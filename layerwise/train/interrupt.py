@@ -15,6 +15,7 @@ class DeferredInterrupt:
     """Context manager; ``requested`` turns True on the first Ctrl-C inside it.
 
     Only the main thread can own signal handlers: elsewhere this does nothing and Ctrl-C raises as usual.
+    A process that ignores SIGINT (started with ``nohup`` or in the background of a script) keeps ignoring it.
     """
 
     def __init__(self) -> None:
@@ -25,7 +26,8 @@ class DeferredInterrupt:
     def __enter__(self) -> "DeferredInterrupt":
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGINT)
-            if previous is not None:  # None: a handler set outside Python, which we could not restore
+            # None: a handler set outside Python, which we could not restore; SIG_IGN: the user's choice
+            if previous is not None and previous is not signal.SIG_IGN:
                 self._previous = previous
                 signal.signal(signal.SIGINT, self._handle)
                 self._installed = True
