@@ -9,6 +9,10 @@ from typing import Any
 __all__ = ["render_stability_md", "render_stability_png", "write_stability"]
 
 
+def _corr(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def render_stability_md(result: dict[str, Any]) -> str:
     """Act-LoRA-style tables: seed stability per metric and task, task agreement, score correlations."""
     lines = [f"# Ranking stability: {result['model']}", "", f"- calibration seeds: {result['seeds']}", ""]
@@ -27,8 +31,11 @@ def render_stability_md(result: dict[str, Any]) -> str:
                       f"(scores: {', '.join(f'{x:.3f}' for x in entry['ablation_scores'])}):", "",
                       "| metric | Pearson | Spearman | Kendall | cosine |", "|---|---:|---:|---:|---:|"]
             for name, c in entry["correlation"].items():
-                lines.append(f"| {name} | {c['pearson']:.3f} | {c['spearman']:.3f} | {c['kendall']:.3f} | "
-                             f"{c['cosine']:.3f} |")
+                lines.append("| " + " | ".join([name] + [_corr(c[k]) for k in ("pearson", "spearman", "kendall",
+                                                                                 "cosine")]) + " |")
+            if len(set(entry["ablation_scores"])) == 1:
+                lines += ["", "Every single-layer run reached the same score, so no correlation is defined: train "
+                          "longer (`--ablation-steps`)."]
         lines.append("")
     if result.get("task_agreement"):
         lines += ["## Agreement across tasks (Kendall tau of seed-averaged importance)", ""]

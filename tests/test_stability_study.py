@@ -37,6 +37,8 @@ def test_task_agreement_and_score_correlation() -> None:
     assert c["pearson"] == pytest.approx(pearsonr(x, y).statistic)
     assert c["spearman"] == pytest.approx(spearmanr(x, y).statistic)
     assert c["cosine"] == pytest.approx(np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y))
+    flat = score_correlation(x, [0.5] * 4)  # every single-layer run at the same score: undefined, not 0
+    assert set(flat.values()) == {None}
 
 
 def test_seed_flag() -> None:

@@ -38,13 +38,16 @@ def task_agreement(per_task: dict[str, Sequence[float]]) -> dict[str, float]:
     return {f"{a} vs {b}": kendall_tau(per_task[a], per_task[b]) for a, b in itertools.combinations(per_task, 2)}
 
 
-def score_correlation(metric_values: Sequence[float], scores: Sequence[float]) -> dict[str, float]:
-    """How a metric's per-layer values track the measured per-layer scores (Act-LoRA Table 11)."""
+def score_correlation(metric_values: Sequence[float], scores: Sequence[float]) -> dict[str, float | None]:
+    """How a metric's per-layer values track the measured per-layer scores (Act-LoRA Table 11).
+
+    ``None`` everywhere when either side is constant (e.g. every single-layer run stayed at the majority
+    class): a correlation is then undefined, not zero."""
     from scipy.stats import kendalltau, pearsonr, spearmanr
 
     x, y = np.asarray(metric_values, float), np.asarray(scores, float)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"pearson": 0.0, "spearman": 0.0, "kendall": 0.0, "cosine": 0.0}
+        return {"pearson": None, "spearman": None, "kendall": None, "cosine": None}
     cos = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
     return {"pearson": float(pearsonr(x, y).statistic), "spearman": float(spearmanr(x, y).statistic),
             "kendall": float(kendalltau(x, y).statistic), "cosine": cos}
