@@ -160,11 +160,12 @@ class ProbeHooks:
             if len(blocks) == L:
                 s.norm_sums[kind] += sums
                 s.norm_counts[kind] += self._n_real
+                s.norm_batches[kind].append(sums / self._n_real)
             else:
                 idx = torch.tensor(blocks, device=sums.device)
                 s.norm_sums[kind].index_add_(0, idx, sums)
                 s.norm_counts[kind].index_add_(0, idx, self._n_real.double().expand(len(blocks)))
-            s.norm_batches[kind].append(self._per_block(dict(zip(blocks, sums / self._n_real))))
+                s.norm_batches[kind].append(self._per_block(dict(zip(blocks, sums / self._n_real))))
 
     def _state_indices(self) -> tuple[dict[int, int], dict[int, int]]:
         """Where block i's pooled input and output sit among the stacked states (fixed after batch 1)."""

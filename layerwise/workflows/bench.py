@@ -130,39 +130,20 @@ def _full(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
     return None, None
 
 
-@register_bench_method("lora", "LoRA on every layer (uniform LoRA, the baseline)")
-def _lora(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("lora", s)
-
-
-@register_bench_method("adalora", "AdaLoRA on every layer (SVD-form LoRA, init rank --rank)")
-def _adalora(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("adalora", s)
-
-
-@register_bench_method("ia3", "IA3 on every layer (learned scaling vectors)")
-def _ia3(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("ia3", s)
-
-
-@register_bench_method("vera", "VeRA on every layer (shared random projections, trained scalings)")
-def _vera(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("vera", s)
-
-
-@register_bench_method("loha", "LoHa on every layer (Hadamard product of low-rank updates)")
-def _loha(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("loha", s)
-
-
-@register_bench_method("lokr", "LoKr on every layer (Kronecker product with a low-rank factor)")
-def _lokr(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("lokr", s)
-
-
-@register_bench_method("dora", "DoRA on every layer (LoRA direction plus learned magnitude)")
-def _dora(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    return _uniform("dora", s)
+_UNIFORM_METHODS = {
+    "lora": "LoRA on every layer (uniform LoRA, the baseline)",
+    "adalora": "AdaLoRA on every layer (SVD-form LoRA, init rank --rank)",
+    "ia3": "IA3 on every layer (learned scaling vectors)",
+    "vera": "VeRA on every layer (shared random projections, trained scalings)",
+    "loha": "LoHa on every layer (Hadamard product of low-rank updates)",
+    "lokr": "LoKr on every layer (Kronecker product with a low-rank factor)",
+    "dora": "DoRA on every layer (LoRA direction plus learned magnitude)",
+}
+"""peft methods benched on every layer, in table order (the bench method's name is the peft method's)."""
+for _method, _description in _UNIFORM_METHODS.items():
+    register_bench_method(_method, _description)(
+        lambda s, k, method=_method: _uniform(method, s))
+del _method, _description
 
 
 @register_bench_method("actnorm-top{k}", "LoRA on the top-k layers by activation norm (Act-LoRA; k from --k)",
@@ -256,10 +237,10 @@ def build_cell(name: str, seed: int, train_config: Any, settings: BenchSettings)
     """The job of cell (``name``, ``seed``): the method's selection and adapter, ``train_config`` at ``seed``."""
     method, k = find_method(name)
     selection, adapter = method.fn(settings, k)
-    config = replace(train_config, seed=int(seed))
-    if adapter is None and selection is None and settings.full_lr is not None:  # full fine-tuning
-        config = replace(config, lr=settings.full_lr)
-    return CellJob(name, selection, adapter, config)
+    job = CellJob(name, selection, adapter, replace(train_config, seed=int(seed)))
+    if job.full and settings.full_lr is not None:
+        job = replace(job, train_config=replace(job.train_config, lr=settings.full_lr))
+    return job
 
 
 # -- aggregation (pure) ---------------------------------------------------------------------------------
