@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import random
+import signal
 import time
 
 import peft
@@ -48,14 +51,15 @@ class Record:
         self.seen.append((self.name, state.step))
 
 
-def train_one(setup, out, seed: int, steps: int, callbacks=()):
+def train_one(setup, out, seed: int, steps: int, callbacks=(), resume: bool = False):
     """A tiny BERT with LoRA (dropout on, so the random state matters) trained for ``steps``."""
     tok, task, train_ex, dev_ex = setup
     model = peft.get_peft_model(tiny_bert(tok.vocab_size, seed=seed),
                                 peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.1,
                                                 target_modules=["query", "value"]))
     cfg = TrainConfig(steps=steps, lr=5e-3, batch_size=8, max_length=48, eval_every=0, seed=seed)
-    return train(model, tok, task, train_ex, dev_ex, cfg, out, show_progress=False, callbacks=list(callbacks))
+    return train(model, tok, task, train_ex, dev_ex, cfg, out, show_progress=False, callbacks=list(callbacks),
+                 resume=resume)
 
 
 def tensors(result) -> dict[str, torch.Tensor]:
@@ -120,3 +124,36 @@ def test_random_state_snapshot_restores_every_generator():
     snap.restore()
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+
+
+class CtrlC:
+    """Callback: a real SIGINT to this process after ``step``; waits until the main thread has handled it."""
+
+    def __init__(self, step: int, group: Lockstep) -> None:
+        self.step, self.group = step, group
+
+    def on_step_end(self, state) -> None:
+        if state.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+            while not self.group.interrupt.requested:
+                time.sleep(0.01)
+
+
+def test_ctrl_c_stops_every_run_at_a_step_boundary_with_a_checkpoint(setup, tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive Python
+    try:
+        group = Lockstep(2)
+        with pytest.raises(KeyboardInterrupt):
+            group.run([lambda turn: train_one(setup, tmp_path / "a", 0, 6, [CtrlC(2, group), turn]),
+                       lambda turn: train_one(setup, tmp_path / "b", 1, 6, [turn])])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # a stops after its step 2; b, which was waiting at the end of its step 1, stops there.
+    steps = {name: json.loads((tmp_path / name / "checkpoint" / "state.json").read_text())["state"]["step"]
+             for name in ("a", "b")}
+    assert steps == {"a": 2, "b": 1}
+    # The checkpoint is exact: b resumed alone ends with the weights of b trained alone.
+    resumed = train_one(setup, tmp_path / "b", 1, 6, resume=True)
+    solo = train_one(setup, tmp_path / "b-alone", 1, 6)
+    for name, tensor in tensors(solo).items():
+        assert torch.equal(tensors(resumed)[name], tensor), name

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from layerwise.train.interrupt import DeferredInterrupt
+
 __all__ = ["Lockstep", "RandomState"]
 
 
@@ -59,6 +61,8 @@ class _Turn:
         self.group._pass(self.index)
         self.group._wait(self.index)
         saved.restore()
+        if self.group.interrupt is not None and self.group.interrupt.requested:
+            raise KeyboardInterrupt  # at this run's step boundary: train() saves an exact checkpoint
 
 
 class Lockstep:
@@ -71,6 +75,7 @@ class Lockstep:
         self._cond = threading.Condition()
         self._turn = 0
         self._live = [True] * n
+        self.interrupt: DeferredInterrupt | None = None
 
     def run(self, jobs: Sequence[Callable[[Any], Any]]) -> list[Any]:
         """Call each ``job(callback)`` in its own thread, in turns; return their results in order.
@@ -78,6 +83,9 @@ class Lockstep:
         A job must pass ``callback`` to its training loop (``train(..., callbacks=[callback])``). Setup
         before the first step and the work after the last one happen within the job's turn. The first
         exception raised by a job is re-raised here after every job has ended.
+
+        Ctrl-C (in the main thread) stops every run at its next step boundary, where ``train()`` saves an exact
+        checkpoint, then ``KeyboardInterrupt`` is raised here; a second Ctrl-C aborts at once.
         """
         if len(jobs) != self.n:
             raise ValueError(f"Lockstep({self.n}) got {len(jobs)} jobs")
@@ -97,10 +105,12 @@ class Lockstep:
 
         threads = [threading.Thread(target=body, args=(i,), name=f"lockstep-{i}", daemon=True)
                    for i in range(self.n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with DeferredInterrupt() as self.interrupt:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.interrupt = None
         for err in errors:
             if err is not None:
                 raise err
