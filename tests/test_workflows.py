@@ -77,3 +77,30 @@ def test_frozen_prefix_runs_without_dropout() -> None:
     assert torch.equal(seen[0], seen[1])
     for handle in handles:
         handle.remove()
+
+
+@pytest.mark.slow
+def test_run_side_by_side_trains_exactly_what_the_sequential_run_trains(tmp_path) -> None:
+    """``layerwise run --side-by-side``: both trainings in lockstep, each ending with the weights it gets when
+    the two run one after the other; the same files and report."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from layerwise.workflows.card import CalibrationSpec
+    from layerwise.workflows.run import run_pipeline
+
+    kwargs = dict(train_config=TrainConfig(steps=3, eval_max_examples=16), selection=SelectionChoice("pareto"),
+                  adapter=AdapterChoice(), calibration=CalibrationSpec(samples=32), show_progress=False)
+    sequential = run_pipeline("minilm", "rotten-tomatoes", None, tmp_path / "seq", **kwargs)
+    (tmp_path / "sbs").mkdir()
+    shutil.copytree(tmp_path / "seq" / "card", tmp_path / "sbs" / "card")  # the same card, not made again
+    together = run_pipeline("minilm", "rotten-tomatoes", None, tmp_path / "sbs", resume=True, side_by_side=True,
+                            **kwargs)
+    for label in ("selected", "uniform"):
+        a = load_file(str(tmp_path / "seq" / label / "adapter" / "adapter_model.safetensors"))
+        b = load_file(str(tmp_path / "sbs" / label / "adapter" / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), label
+    assert [r["score"] for r in together["rows"]] == [r["score"] for r in sequential["rows"]]
+    assert (tmp_path / "sbs" / "report.md").exists()

@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_adapter_flags(p)
     add_training_flags(p)
     p.add_argument("--out", default=None, help="output folder (default: runs/run-<model>-<task>)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="train the selection and uniform LoRA in lockstep, one step of each in turn, so that a "
+                   "drift in machine speed (a busy shared machine) cannot skew the time ratio; holds both "
+                   "models in memory; not with torchrun")
     p.set_defaults(run=run)
 
 
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=CalibrationSpec(args.samples, args.seed, args.batch_size, args.max_length),
         metrics=args.metrics, columns=columns_from_args(args), regression=args.regression,
         cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code, layers_path=args.layers_path,
-        device=args.device, resume=args.resume, overwrite=args.overwrite)
+        device=args.device, resume=args.resume, overwrite=args.overwrite, side_by_side=args.side_by_side)
     from layerwise.report import render_report_md
 
     print(render_report_md(report["rows"], report["context"]))

@@ -18,18 +18,24 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
                  selection: Any, adapter: Any, calibration: Any, metrics: str | None = None,
                  columns: dict[str, str | None] | None = None, regression: bool = False, cache_dir: str | None = None,
                  trust_remote_code: bool = False, layers_path: str | None = None, device: str | None = None,
-                 resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+                 resume: bool = False, overwrite: bool = False, show_progress: bool = True,
+                 side_by_side: bool = False) -> dict[str, Any]:
     """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png}. Returns the report.
 
-    Under ``torchrun``/``accelerate launch`` every stage is data parallel and only rank 0 writes.
+    ``side_by_side`` trains the selection and uniform LoRA in lockstep (one step of each in turn, see
+    :mod:`layerwise.train.lockstep`), so that a drift in machine speed cannot skew the time ratio; both
+    models are then in memory at once. Under ``torchrun``/``accelerate launch`` every stage is data
+    parallel and only rank 0 writes.
     """
     from layerwise import distributed
     from layerwise.io import prepare_output_dir
     from layerwise.report import collect_run, compare, write_report
     from layerwise.workflows.card import make_card, resolve_device
-    from layerwise.workflows.train import train_job
 
     resolve_device(device)  # joins the process group under torchrun / accelerate launch
+    if side_by_side and distributed.world_size() > 1:
+        raise ConfigError("--side-by-side trains two runs in one process; it cannot be combined with "
+                          "torchrun / accelerate launch (drop one of them)")
     out_dir = Path(out)
     if not resume:
         prepare_output_dir(out_dir, overwrite)
@@ -43,12 +49,21 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
                   targets=adapter.targets, overwrite=True, show_progress=show_progress, **common)
     runs = {"selected": replace(selection, card=str(card_file)), "uniform": replace(selection, policy="all",
                                                                                     card=None, options={})}
-    for i, (label, choice) in enumerate(runs.items(), start=2):
+    jobs = {}
+    for label, choice in runs.items():
         if not (out_dir / label / "metrics.json").exists():
-            _stage(f"{i}/4 training {label} ({choice.policy})")
             again = resume and (out_dir / label / "checkpoint").exists()
-            train_job(model, task, data, out_dir / label, train_config=train_config, selection=choice,
-                      adapter=adapter, resume=again, overwrite=True, show_progress=show_progress, **common)
+            jobs[label] = _training(model, task, data, out_dir / label, choice, train_config, adapter, again,
+                                    show_progress, common)
+    if side_by_side and len(jobs) > 1:
+        from layerwise.train.lockstep import Lockstep
+
+        _stage("2-3/4 training " + " and ".join(f"{k} ({runs[k].policy})" for k in jobs) + " side by side")
+        Lockstep(len(jobs)).run([lambda turn, job=job: job([turn]) for job in jobs.values()])
+    else:
+        for i, (label, job) in enumerate(jobs.items(), start=2):
+            _stage(f"{i}/4 training {label} ({runs[label].policy})")
+            job([])
     _stage("4/4 report")
     baseline = collect_run(out_dir / "uniform", "uniform LoRA")
     selected = collect_run(out_dir / "selected", f"{selection.policy}")
@@ -57,6 +72,16 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
                "train_config": train_config.to_dict(), "adapter": adapter.__dict__}
     files = write_report(out_dir, rows, context) if distributed.is_main() else {}
     return {"rows": rows, "context": context, "files": {k: str(v) for k, v in files.items()}}
+
+
+def _training(model: str, task: str, data: str | None, out: Path, choice: Any, train_config: Any, adapter: Any,
+              resume: bool, show_progress: bool, common: dict) -> Any:
+    """``job(callbacks)``: one ``train_job`` of the pipeline, ready to run alone or in lockstep."""
+    from layerwise.workflows.train import train_job
+
+    return lambda callbacks: train_job(model, task, data, out, train_config=train_config, selection=choice,
+                                       adapter=adapter, resume=resume, overwrite=True, show_progress=show_progress,
+                                       callbacks=callbacks, **common)
 
 
 def _describe(run_dir: Path) -> str:
