@@ -339,6 +339,39 @@ def test_data_order_is_a_pure_function_of_seed_and_step():
     assert sorted(batch_indices(0, 7, 5, 8)) == list(range(5))
 
 
+def test_grouping_by_length_cuts_padding_and_stays_a_pure_function(tokenizer, rt):
+    task, train_ex, _ = rt
+    lengths = [len(f["input_ids"]) for f in encode_examples(train_ex, tokenizer, task, 128)]
+    size, bs = len(lengths), 8
+    plain, grouped = DataOrder(0, size, bs), DataOrder(0, size, bs, lengths, window=6)
+    assert DataOrder(0, size, bs, lengths, window=0)(3) == plain(3)  # window 0 is the plain order
+    per_epoch = batches_per_epoch(size, bs)
+    for n in [0, 5, per_epoch + 2, 3]:
+        assert grouped(n) == batch_indices(0, n, size, bs, lengths, 6)
+    epoch = [i for n in range(per_epoch) for i in grouped(n)]
+    plain_epoch = [i for n in range(per_epoch) for i in plain(n)]
+    assert sorted(epoch) == sorted(plain_epoch)  # the same examples, each once
+    assert grouped(0) != grouped(per_epoch)
+
+    def padded(order) -> int:
+        return sum(bs * max(lengths[i] for i in order(n)) for n in range(per_epoch))
+    # rotten-tomatoes sentences vary in length: grouped batches pad far less
+    assert padded(grouped) < 0.8 * padded(plain), (padded(grouped), padded(plain))
+    # the batch order is shuffled: consecutive batches are not sorted by length across windows
+    firsts = [max(lengths[i] for i in grouped(n)) for n in range(per_epoch)]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+
+
+def test_a_run_grouped_by_length_resumes_exactly(tokenizer, rt, tmp_path):
+    cfg = config(group_by_length=3)
+    full = run(tokenizer, rt, tmp_path / "full", cfg)
+    run(tokenizer, rt, tmp_path / "resumed", cfg, callbacks=[StopAt(4)])
+    resumed = run(tokenizer, rt, tmp_path / "resumed", cfg, resume=True)
+    assert_same_adapter(full.adapter_dir, resumed.adapter_dir)
+    with pytest.raises(ConfigError, match="--group-by-length"):
+        run(tokenizer, rt, tmp_path / "resumed", config(group_by_length=5), resume=True)
+
+
 @pytest.mark.parametrize(("kwargs", "flag"), [
     ({"steps": 0}, "--steps"), ({"lr": 0.0}, "--lr"), ({"lr": -1e-3}, "--lr"),
     ({"weight_decay": -0.1}, "--weight-decay"), ({"warmup_ratio": 1.0}, "--warmup-ratio"),
@@ -347,6 +380,7 @@ def test_data_order_is_a_pure_function_of_seed_and_step():
     ({"early_stopping": 2}, "--early-stopping"), ({"seed": -1}, "--seed"), ({"max_grad_norm": -1.0}, "--max-grad-norm"),
     ({"eval_max_examples": 0}, "--eval-max-examples"), ({"pad_to": 16}, "--pad-to"),
     ({"gen_max_new_tokens": 0}, "--gen-max-new-tokens"), ({"steps": 2.5}, "--steps"),
+    ({"group_by_length": -1}, "--group-by-length"),
 ])
 def test_config_errors_name_their_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=f"^{flag} "):

@@ -54,6 +54,9 @@ class TrainConfig:
     """``None`` pads each batch to its longest example; an int pads every batch to that length (benchmarks)."""
     gen_max_new_tokens: int = 256
     """Causal LM evaluation: the most tokens greedy generation may add after a prompt."""
+    group_by_length: int = 0
+    """Group examples of similar length into batches: sort by length within windows of this many batches,
+    then shuffle the batches (0: off). Dynamic padding then pads little (see ``layerwise.train.data_order``)."""
     prefix_dropout: bool = False
     """Keep dropout in the frozen blocks below the lowest adapted block (off by default: they get no
     gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix``)."""
@@ -69,7 +72,7 @@ class TrainConfig:
             raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 2), ("eval_every", 0),
                           ("save_every", 0), ("early_stopping", 0), ("seed", 0), ("max_grad_norm", 0.0),
-                          ("gen_max_new_tokens", 1)):
+                          ("gen_max_new_tokens", 1), ("group_by_length", 0)):
             _at_least(self, name, low)
         if self.eval_max_examples is not None:
             _at_least(self, "eval_max_examples", 1)

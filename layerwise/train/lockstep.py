@@ -82,7 +82,7 @@ class Lockstep:
 
         A job must pass ``callback`` to its training loop (``train(..., callbacks=[callback])``). Setup
         before the first step and the work after the last one happen within the job's turn. The first
-        exception raised by a job is re-raised here after every job has ended.
+        failed job's exception (in job order) is re-raised here after every job has ended.
 
         Ctrl-C (in the main thread) stops every run at its next step boundary, where ``train()`` saves an exact
         checkpoint, then ``KeyboardInterrupt`` is raised here; a second Ctrl-C aborts at once.

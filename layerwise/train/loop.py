@@ -45,7 +45,7 @@ ADAPTER_DIR, BEST_DIR = "adapter", "best"
 
 # Config fields that shape the trajectory: a resumed run must use the values it was trained with.
 _TRAJECTORY = ("lr", "weight_decay", "warmup_ratio", "scheduler", "batch_size", "grad_accum", "max_length",
-               "seed", "max_grad_norm", "pad_to")
+               "seed", "max_grad_norm", "pad_to", "group_by_length")
 
 
 @dataclass
@@ -161,7 +161,8 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     return _Run(model=model, task=task, config=config, out_dir=out_dir, params=params, optimizer=optimizer,
                 scheduler=scheduler, features=features, lengths=lengths, info=info,
                 collate=Collator(tokenizer, task, config.pad_to),
-                order=DataOrder(config.seed, len(features), parallel.global_batch_size(config.batch_size)),
+                order=DataOrder(config.seed, len(features), parallel.global_batch_size(config.batch_size),
+                                lengths, config.group_by_length),
                 evalset=evalset,
                 timer=PhaseTimer(device), state=state,
                 log=parallel.open_log(out_dir / LOG_NAME, keep_through=state.step if resume else None),
