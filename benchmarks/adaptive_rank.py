@@ -46,7 +46,8 @@ def build(loaded, args: argparse.Namespace, rank: int, adaptive: bool):
     stack = find_layer_stack(base)
     torch.manual_seed(args.seed)
     model = apply_adapter(base, stack, list(range(len(stack))), method="lora", targets=args.targets, rank=rank)
-    callback = (LaLoRA(model, stack, r_max=rank, gamma=args.gamma, interval=args.rank_interval, scale=args.rank_scale)
+    callback = (LaLoRA(model, stack, r_max=rank, gamma=args.gamma, interval=args.rank_interval, scale=args.rank_scale,
+                       contribution=args.contribution)
                 if adaptive else None)
     return model, callback
 
@@ -130,7 +131,8 @@ def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Names
     mean_rank = sum(ad["final_ranks"]) / len(ad["final_ranks"])
     lines = [
         f"La-LoRA on {args.task} with {args.model}: {args.steps} steps, batch {args.batch_size}, targets "
-        f"{args.targets}, r_max {args.r_max}, gamma {args.gamma}, scale {args.rank_scale}, seed {args.seed}",
+        f"{args.targets}, r_max {args.r_max}, gamma {args.gamma}, scale {args.rank_scale}, contribution "
+        f"{args.contribution}, seed {args.seed}",
         f"final ranks {ad['final_ranks']} (mean {mean_rank:.2f}), budget {ad['budget']:.2f}",
         "",
         "(a) allocation cost (adaptive training run)",
@@ -182,6 +184,8 @@ def main() -> None:
     p.add_argument("--r-max", type=int, default=8)
     p.add_argument("--gamma", type=float, default=None, help="default: layerwise.adaptive.DEFAULT_GAMMA")
     p.add_argument("--rank-interval", type=int, default=1)
+    p.add_argument("--contribution", choices=("norm", "fisher"), default="norm",
+                   help="La-LoRA contributions: truncated norms (Eq. 10, default) or accumulated Fisher information")
     p.add_argument("--rank-scale", choices=("rmax", "ri"), default="rmax",
                    help="La-LoRA scaling alpha/r_max (the paper's, default) or alpha/r_i")
     p.add_argument("--steps", type=int, default=300)
