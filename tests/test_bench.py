@@ -140,6 +140,20 @@ def test_output_folder_is_resumed_or_cleared_but_never_taken_over(tmp_path) -> N
     assert (bench / "notes.txt").read_text() == "mine"  # only the bench's own outputs are removed
 
 
+def test_a_bench_made_before_a_training_field_existed_resumes_at_its_default(tmp_path) -> None:
+    from layerwise.workflows.bench import _check_resume
+
+    config = {"model": "m", "train_config": TrainConfig(steps=5).to_dict()}
+    older = {"model": "m", "train_config": {k: v for k, v in config["train_config"].items() if k != "group_by_length"}}
+    (tmp_path / "bench_config.json").write_text(json.dumps(older))
+    _check_resume(tmp_path, config)  # the new field at its default: the same training
+    changed = {"model": "m", "train_config": TrainConfig(steps=5, group_by_length=8).to_dict()}
+    with pytest.raises(ConfigError, match="--group-by-length is 8, was None"):
+        _check_resume(tmp_path, changed)
+    with pytest.raises(ConfigError, match="--steps is 6, was 5"):
+        _check_resume(tmp_path, {"model": "m", "train_config": TrainConfig(steps=6).to_dict()})
+
+
 def test_render_synthetic_bench(tmp_path) -> None:
     from layerwise.bench_render import k_sweep, render_bench_md, write_bench
 

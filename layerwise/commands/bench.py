@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="peak learning rate of full fine-tuning (default 1e-4; full fine-tuning wants a far "
                    "smaller one than adapters)")
     g.add_argument("--batch-size", type=int, default=16, help="examples per step and inference batch (default 16)")
+    g.add_argument("--group-by-length", type=int, default=0, metavar="W",
+                   help="batch examples of similar length in every cell (windows of W batches; default 0: off)")
     g.add_argument("--rank", type=int, default=8, help="adapter rank (La-LoRA: r_max) (default 8)")
     g.add_argument("--targets", default="q,v", help="projections adapted: q,v (default), attn, mlp, all-linear")
     g.add_argument("--eval-max-examples", type=int, default=None, help="cap on dev examples per evaluation")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/bench-{slug(args.model)}-{slug(args.task)}"
     config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-                         eval_max_examples=args.eval_max_examples)
+                         eval_max_examples=args.eval_max_examples, group_by_length=args.group_by_length)
     calibration = CalibrationSpec(args.samples, 0, min(16, args.samples), args.max_length)
     result = run_bench(args.model, args.task, args.data, out, methods=args.methods,
                        seeds=parse_int_list(args.seeds, "--seeds"), train_config=config,

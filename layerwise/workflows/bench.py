@@ -454,12 +454,25 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
         return
     before = json.loads(path.read_text())
     flat_new, flat_old = _flatten(config), _flatten(before)
-    changed = sorted(k for k in set(flat_new) | set(flat_old) if flat_new.get(k) != flat_old.get(k))
+    # A training field added after the bench was made is absent from its record; at its default it
+    # changes nothing (an older layerwise trained every cell that way).
+    defaults = _train_defaults()
+    changed = sorted(k for k in set(flat_new) | set(flat_old) if flat_new.get(k) != flat_old.get(k)
+                     and not (k not in flat_old and k in defaults and flat_new[k] == defaults[k]))
     if changed:
         shown = "; ".join(f"{flag_name(k.split('.')[-1])} is {flat_new.get(k)!r}, was {flat_old.get(k)!r}"
                           for k in changed)
         raise ConfigError(f"--out {out} holds a bench made with other settings ({shown}); resume with the same "
                           "flags or pass --overwrite to start fresh")
+
+
+def _train_defaults() -> dict[str, Any]:
+    """``{"train_config.<field>": default}`` for the TrainConfig fields that have one."""
+    from dataclasses import MISSING, fields
+
+    from layerwise.train import TrainConfig
+
+    return {f"train_config.{f.name}": f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
