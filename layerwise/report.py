@@ -58,7 +58,8 @@ def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) ->
     main = rows[0]["main_metric"]
     lines = [f"# layerwise run: {context.get('model')} on {context.get('task')}", "",
              f"- selection: {context.get('selection')}",
-             f"- same steps ({rows[0]['steps']}), seed and data for every row; time is training only (no eval)",
+             f"- same steps ({rows[0]['steps']}), seed and data for every row; time is training only (no eval)"
+             + (f"; trained {context['trained']}" if context.get("trained") else ""),
              f"- memory: {rows[0].get('memory_kind')} peak per step", "",
              f"| run | layers | {main} | trainable params | train s | forward s | backward s | optimizer s | peak MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]

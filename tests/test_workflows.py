@@ -103,4 +103,5 @@ def test_run_side_by_side_trains_exactly_what_the_sequential_run_trains(tmp_path
         b = load_file(str(tmp_path / "sbs" / label / "adapter" / "adapter_model.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), label
     assert [r["score"] for r in together["rows"]] == [r["score"] for r in sequential["rows"]]
-    assert (tmp_path / "sbs" / "report.md").exists()
+    assert "trained side by side, in lockstep" in (tmp_path / "sbs" / "report.md").read_text()
+    assert "trained one after the other" in (tmp_path / "seq" / "report.md").read_text()

@@ -55,21 +55,23 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
             again = resume and (out_dir / label / "checkpoint").exists()
             jobs[label] = _training(model, task, data, out_dir / label, choice, train_config, adapter, again,
                                     show_progress, common)
-    if side_by_side and len(jobs) > 1:
+    lockstep = side_by_side and len(jobs) > 1
+    if lockstep:
         from layerwise.train.lockstep import Lockstep
 
         _stage("2-3/4 training " + " and ".join(f"{k} ({runs[k].policy})" for k in jobs) + " side by side")
         Lockstep(len(jobs)).run([lambda turn, job=job: job([turn]) for job in jobs.values()])
     else:
-        for i, (label, job) in enumerate(jobs.items(), start=2):
-            _stage(f"{i}/4 training {label} ({runs[label].policy})")
+        for label, job in jobs.items():
+            _stage(f"{list(runs).index(label) + 2}/4 training {label} ({runs[label].policy})")
             job([])
     _stage("4/4 report")
     baseline = collect_run(out_dir / "uniform", "uniform LoRA")
     selected = collect_run(out_dir / "selected", f"{selection.policy}")
     rows = compare([selected, baseline], baseline)
     context = {"model": model, "task": task, "data": data, "selection": _describe(out_dir / "selected"),
-               "train_config": train_config.to_dict(), "adapter": adapter.__dict__}
+               "train_config": train_config.to_dict(), "adapter": adapter.__dict__,
+               "trained": _how_trained(jobs, lockstep)}
     files = write_report(out_dir, rows, context) if distributed.is_main() else {}
     return {"rows": rows, "context": context, "files": {k: str(v) for k, v in files.items()}}
 
@@ -82,6 +84,13 @@ def _training(model: str, task: str, data: str | None, out: Path, choice: Any, t
     return lambda callbacks: train_job(model, task, data, out, train_config=train_config, selection=choice,
                                        adapter=adapter, resume=resume, overwrite=True, show_progress=show_progress,
                                        callbacks=callbacks, **common)
+
+
+def _how_trained(jobs: dict, lockstep: bool) -> str | None:
+    """How this call trained the runs, for the report (None: both were finished before it)."""
+    if not jobs:
+        return None
+    return "side by side, in lockstep" if lockstep else "one after the other"
 
 
 def _describe(run_dir: Path) -> str:
