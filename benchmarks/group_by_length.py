@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
+from lockstep_args import lockstep_parser, short_openmp_spin
+
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--task", default="sst2")
-    p.add_argument("--data", default="../shared/data/glue/SST-2")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=16)
+    p = lockstep_parser(__doc__)
     p.add_argument("--window", type=int, default=50, help="--group-by-length of the grouped run (default 50)")
     p.add_argument("--layers", default="all", help="'all' (uniform LoRA) or a list such as 3,4,5")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     return p.parse_args()
 
 
@@ -50,7 +43,7 @@ def padded_tokens(args: argparse.Namespace, window: int) -> tuple[int, int]:
 
 def main() -> None:
     args = parse()
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # see benchmarks/selection_vs_uniform.py
+    short_openmp_spin()
     import torch
 
     from layerwise.train import TrainConfig

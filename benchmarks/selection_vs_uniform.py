@@ -13,29 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from lockstep_args import lockstep_parser, short_openmp_spin
+
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--task", default="sst2")
-    p.add_argument("--data", default="../shared/data/glue/SST-2")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=16)
+    p = lockstep_parser(__doc__)
     p.add_argument("--policy", default="top-k")
     p.add_argument("--metric", default="resnorm")
     p.add_argument("--k", type=int, default=None, help="default: half the layers")
     p.add_argument("--samples", type=int, default=256, help="calibration examples for the card")
     p.add_argument("--timing-steps", type=int, default=60, help="steps per loop in the step-time comparisons")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     return p.parse_args()
 
 
@@ -125,10 +118,7 @@ def step_times_plain(args, layers: list[int]) -> list[float]:
 
 def main() -> None:
     args = parse()
-    # In lockstep the run that waits keeps an OpenMP team whose workers spin (GNU OpenMP's default, 300,000
-    # turns) on the cores the other run needs: that made every lockstep step about 30% slower. A short spin
-    # keeps the wake-ups inside a step quick. Must be set before torch loads libgomp.
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    short_openmp_spin()
     import torch
 
     torch.set_num_threads(args.threads)
