@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from lockstep_args import lockstep_parser, short_openmp_spin
@@ -26,15 +27,20 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def padded_tokens(args: argparse.Namespace, window: int) -> tuple[int, int]:
-    """(padded, real) tokens over the run's steps, from the same data order the loop uses."""
+def train_lengths(args: argparse.Namespace, max_length: int) -> list[int]:
+    """Tokens of every training example, as the loop encodes them."""
     from layerwise.data.collate import encode_examples
     from layerwise.inspection import load_model_for_task, load_task_from_flags
-    from layerwise.train.data_order import DataOrder
 
     task = load_task_from_flags(args.task, args.data)
     tokenizer = load_model_for_task(args.model, task.task).tokenizer
-    lengths = [len(f["input_ids"]) for f in encode_examples(task.train, tokenizer, task.task, 128)]
+    return [len(f["input_ids"]) for f in encode_examples(task.train, tokenizer, task.task, max_length)]
+
+
+def padded_tokens(args: argparse.Namespace, lengths: list[int], window: int) -> tuple[int, int]:
+    """(padded, real) tokens over the run's steps, from the same data order the loop uses."""
+    from layerwise.train.data_order import DataOrder
+
     order = DataOrder(args.seed, len(lengths), args.batch_size, lengths, window)
     batches = [order(n) for n in range(args.steps)]
     return (sum(len(b) * max(lengths[i] for i in b) for b in batches),
@@ -56,16 +62,17 @@ def main() -> None:
                  else SelectionChoice("manual", None, {"layers": args.layers}))
     windows = {"plain": 0, f"grouped W={args.window}": args.window}
 
+    base = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+
     def job(label: str, window: int):
-        config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                             group_by_length=window)
+        config = replace(base, group_by_length=window)
         return lambda turn: train_job(args.model, args.task, args.data, root / f"w{window}", train_config=config,
                                       selection=selection, overwrite=True, show_progress=False, callbacks=[turn])
 
     results = Lockstep(2).run([job(label, w) for label, w in windows.items()])
-    rows = {}
+    rows, lengths = {}, train_lengths(args, base.max_length)
     for (label, window), (result, _) in zip(windows.items(), results):
-        padded, real = padded_tokens(args, window)
+        padded, real = padded_tokens(args, lengths, window)
         metric = next(iter(result.final_metrics))
         rows[label] = {"padded_tokens": padded, "real_tokens": real, "train_s": result.train_seconds,
                        "forward_s": result.phase_totals["forward"], "backward_s": result.phase_totals["backward"],

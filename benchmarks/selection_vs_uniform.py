@@ -1,9 +1,9 @@
 """Benchmark: a Layer-Card selection of half the layers against uniform LoRA, measured side by side.
 
 Targets (issue 4), MiniLM on SST-2, same seeds and steps, the two runs trained in lockstep (one step of
-each in turn, each with its own random state, so machine-speed drift falls on both alike): the selection reaches >= 99% of uniform LoRA's
-dev score in <= 70% of its training time; layerwise's step time for a given adapter is within 3% of peft
-in a plain PyTorch loop on the same layers and batches; and the step-time ratio of dynamic padding to
+each in turn, each with its own random state, so machine-speed drift falls on both alike): the selection
+reaches >= 99% of uniform LoRA's dev score in <= 70% of its training time; layerwise's step time for a
+given adapter is within 3% of peft in a plain PyTorch loop on the same layers and batches; and the step-time ratio of dynamic padding to
 fixed padding at 128 tokens. Everything is measured in this one run:
 
     python benchmarks/selection_vs_uniform.py --data ../shared/data/glue/SST-2 --steps 300

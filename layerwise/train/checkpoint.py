@@ -103,7 +103,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, sche
     from layerwise import distributed
     from layerwise.train.parallel import rank_rng_file
 
-    rng = distributed.all_gather_objects(_torch_rng_states())  # every rank's states, in rank order
+    rng = distributed.all_gather_objects(torch_rng_states())  # every rank's states, in rank order
 
     def write(tmp: Path) -> None:
         import torch
@@ -153,7 +153,7 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
     _load_callbacks(folder, callbacks)
-    _set_torch_rng_states(load_file(str(_rng_file(folder))))
+    set_torch_rng_states(load_file(str(_rng_file(folder))))
     _set_python_rng(meta["python_rng"])
     _set_numpy_rng(meta["numpy_rng"])
     return TrainState.from_dict(meta["state"]), meta["config"]
@@ -231,7 +231,8 @@ def _check_plain(obj: Any, what: str) -> None:
                         "may be saved (a checkpoint must load with weights_only=True)")
 
 
-def _torch_rng_states() -> dict:
+def torch_rng_states() -> dict:
+    """The torch CPU generator state, and each CUDA device's once CUDA is in use: ``{name: state tensor}``."""
     import torch
 
     states = {"torch_cpu": torch.get_rng_state()}
@@ -241,7 +242,8 @@ def _torch_rng_states() -> dict:
     return states
 
 
-def _set_torch_rng_states(states: dict) -> None:
+def set_torch_rng_states(states: dict) -> None:
+    """Restore what :func:`torch_rng_states` returned (CUDA states only for devices this process has)."""
     import torch
 
     torch.set_rng_state(states["torch_cpu"])

@@ -44,7 +44,7 @@ def epoch_order(seed: int, epoch: int, size: int, batch_size: int, lengths: Sequ
         return perm
     if len(lengths) != size:
         raise ValueError(f"{len(lengths)} lengths for {size} examples")
-    used = batches_per_epoch(size, batch_size) * batch_size if size >= batch_size else size
+    used = min(size, batches_per_epoch(size, batch_size) * batch_size)
     perm, rest = perm[:used], perm[used:]
     span, lens = window * batch_size, np.asarray(lengths)
     grouped = np.concatenate([chunk[np.argsort(lens[chunk], kind="stable")]

@@ -21,8 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
+from layerwise.train.checkpoint import set_torch_rng_states, torch_rng_states
 from layerwise.train.interrupt import DeferredInterrupt
 
 __all__ = ["Lockstep", "RandomState"]
@@ -34,8 +33,7 @@ class RandomState:
     def __init__(self) -> None:
         import numpy as np
 
-        self.torch = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.torch = torch_rng_states()  # the checkpoint's capture: CUDA only once it is in use
         self.python = random.getstate()
         self.numpy = np.random.get_state()
 
@@ -43,9 +41,7 @@ class RandomState:
         """Put every generator back to this snapshot."""
         import numpy as np
 
-        torch.set_rng_state(self.torch)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
+        set_torch_rng_states(self.torch)
         random.setstate(self.python)
         np.random.set_state(self.numpy)
 
