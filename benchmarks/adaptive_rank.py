@@ -3,14 +3,17 @@
 Three trainings with the same steps, data order and seed:
 
 1. ``adaptive``: La-LoRA (``--ranks adaptive``), adapter built at ``--r-max``;
-2. ``fixed r_max``: plain LoRA at rank ``--r-max`` everywhere;
+2. ``fixed r_max``: plain LoRA at rank ``--r-max`` everywhere, trained in lockstep with run 1 (one optimizer
+   step of each in turn, each with its own random state), so that a drift in machine speed falls on both;
 3. ``uniform``: plain LoRA at ``round(mean final r_i)`` of run 1, about the same parameter count.
 
 Reported: (a) the allocator's cost (Eq. 5-10, timed inside the callback, apart from the step) and the
-pruned-slice bookkeeping as % of the adaptive run's step time; (b) step time at the final adaptive ranks
-against fixed LoRA at ``r_max``, timed interleaved on the same batches after training (plus the medians of the
-training logs); (c) dev score of the adaptive run against the uniform run with the same parameter count (and the
-fixed ``r_max`` run). With the defaults it takes about 10 minutes on 2 CPU cores::
+pruned-slice bookkeeping as % of the adaptive run's step time; (b) training time and step time of run 1
+against run 2 from their lockstep training logs (whole run, median step, median step of the second half, when
+the ranks have settled), and the step time at the final adaptive ranks against fixed LoRA at ``r_max`` timed
+interleaved on the same batches after training; (c) dev score of the adaptive run against the uniform run with
+the same parameter count (and the fixed ``r_max`` run). With the defaults it takes about 10 minutes on 2 CPU
+cores::
 
     python benchmarks/adaptive_rank.py --data ../shared/data/glue/SST-2
     python benchmarks/adaptive_rank.py --steps 600 --targets all-linear --r-max 16 --gamma 3
@@ -24,6 +27,8 @@ import json
 import statistics
 import time
 from pathlib import Path
+
+from lockstep_args import short_openmp_spin
 
 
 def load(args: argparse.Namespace):
@@ -52,8 +57,9 @@ def build(loaded, args: argparse.Namespace, rank: int, adaptive: bool):
     return model, callback
 
 
-def train_run(name: str, data, loaded, args: argparse.Namespace, rank: int, adaptive: bool) -> dict:
-    """Train one configuration; its dev metrics, timings and (adaptive) final ranks."""
+def train_job(name: str, data, loaded, args: argparse.Namespace, rank: int, adaptive: bool):
+    """A job for :class:`Lockstep` (``job(turn)``) that trains one configuration and returns its row: dev
+    metrics, timings and (adaptive) final ranks."""
     from layerwise.train import TrainConfig, train
     from layerwise.train.log import read_log, step_lines
 
@@ -61,17 +67,32 @@ def train_run(name: str, data, loaded, args: argparse.Namespace, rank: int, adap
     config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
                          seed=args.seed, eval_max_examples=args.eval_max_examples)
     out = Path(args.out) / name
-    print(f"training {name} (rank {rank}{', adaptive' if adaptive else ''}) ...", flush=True)
-    result = train(model, loaded.tokenizer, data.task, data.train, data.dev, config, out,
-                   callbacks=[callback] if callback else [], show_progress=False)
-    steps = [r["step_s"] for r in step_lines(read_log(result.log_path))]
-    row = {"name": name, "rank": rank, "score": result.final_metrics[data.task.main_metric],
-           "train_s": result.train_seconds, "median_step_s": statistics.median(steps),
-           "lora_params": lora_params(model, callback)}
-    if callback is not None:
-        row.update(final_ranks=callback.ranks, budget=callback.budget, allocation_s=callback.allocation_seconds,
-                   bookkeeping_s=callback.bookkeeping_seconds, model=model, callback=callback)
-    return row
+
+    def job(turn) -> dict:
+        print(f"training {name} (rank {rank}{', adaptive' if adaptive else ''}) ...", flush=True)
+        callbacks = [callback, turn] if callback is not None else [turn]
+        result = train(model, loaded.tokenizer, data.task, data.train, data.dev, config, out,
+                       callbacks=callbacks, show_progress=False)
+        steps = [r["step_s"] for r in step_lines(read_log(result.log_path))]
+        row = {"name": name, "rank": rank, "score": result.final_metrics[data.task.main_metric],
+               "train_s": result.train_seconds, "median_step_s": statistics.median(steps),
+               "late_median_step_s": statistics.median(steps[len(steps) // 2:]),
+               "lora_params": lora_params(model, callback)}
+        if callback is not None:
+            row.update(final_ranks=callback.ranks, budget=callback.budget, allocation_s=callback.allocation_seconds,
+                       bookkeeping_s=callback.bookkeeping_seconds, model=model, callback=callback)
+        return row
+
+    return job
+
+
+def train_runs(data, loaded, args: argparse.Namespace, runs: dict[str, tuple[int, bool]]) -> dict[str, dict]:
+    """Train ``{name: (rank, adaptive)}`` in lockstep (one optimizer step of each in turn, each run with its own
+    random state), so that a drift in machine speed falls on every run alike; their rows by name."""
+    from layerwise.train.lockstep import Lockstep
+
+    jobs = [train_job(name, data, loaded, args, rank, adaptive) for name, (rank, adaptive) in runs.items()]
+    return dict(zip(runs, Lockstep(len(jobs)).run(jobs)))
 
 
 def lora_params(model, callback) -> int:
@@ -144,8 +165,14 @@ def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Names
         "(b) step time at the final adaptive ranks vs fixed LoRA at r_max (interleaved, same batches, median)",
         f"    adaptive {1e3 * timing['adaptive']:9.2f} ms   fixed r_max {1e3 * timing['fixed']:9.2f} ms   "
         f"ratio {timing['adaptive'] / timing['fixed']:.3f}",
-        f"    training-log medians: adaptive {1e3 * ad['median_step_s']:.2f} ms, fixed r_max "
-        f"{1e3 * fixed['median_step_s']:.2f} ms, ratio {ad['median_step_s'] / fixed['median_step_s']:.3f}",
+        "    training in lockstep (one step of each in turn), from the training logs:",
+        f"      whole run      adaptive {ad['train_s']:8.1f} s    fixed r_max {fixed['train_s']:8.1f} s    ratio "
+        f"{ad['train_s'] / fixed['train_s']:.3f}",
+        f"      median step    adaptive {1e3 * ad['median_step_s']:8.2f} ms   fixed r_max "
+        f"{1e3 * fixed['median_step_s']:8.2f} ms   ratio {ad['median_step_s'] / fixed['median_step_s']:.3f}",
+        f"      median step, second half   adaptive {1e3 * ad['late_median_step_s']:8.2f} ms   fixed r_max "
+        f"{1e3 * fixed['late_median_step_s']:8.2f} ms   ratio "
+        f"{ad['late_median_step_s'] / fixed['late_median_step_s']:.3f}",
         "",
         "(c) dev score",
         f"    {'run':<14} {'rank':>6} {'LoRA params':>12} {'dev':>8}",
@@ -201,6 +228,7 @@ def main() -> None:
                    help="only (c): the adaptive and same-size uniform runs, no fixed r_max run or step timing "
                    "(for more seeds, e.g. one process per core with --threads 1)")
     args = p.parse_args()
+    short_openmp_spin()
 
     import torch
 
@@ -210,13 +238,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.gamma = DEFAULT_GAMMA if args.gamma is None else args.gamma
     data, loaded = load(args)
-    rows = {"adaptive": train_run("adaptive", data, loaded, args, args.r_max, adaptive=True)}
+    first = {"adaptive": (args.r_max, True)}
+    if not args.score_only:
+        first["fixed"] = (args.r_max, False)  # in lockstep with the adaptive run: (b) from the training logs
+    rows = train_runs(data, loaded, args, first)
     uniform_rank = max(1, round(sum(rows["adaptive"]["final_ranks"]) / len(rows["adaptive"]["final_ranks"])))
-    rows["uniform"] = train_run("uniform", data, loaded, args, uniform_rank, adaptive=False)
+    rows.update(train_runs(data, loaded, args, {"uniform": (uniform_rank, False)}))
     if args.score_only:
         report_scores(rows, args)
         return
-    rows["fixed"] = train_run("fixed", data, loaded, args, args.r_max, adaptive=False)
     print("timing steps ...", flush=True)
     timing = time_steps(data, loaded, args, rows["adaptive"])
     summary = report(rows, timing, args)
