@@ -95,6 +95,11 @@ def train_runs(data, loaded, args: argparse.Namespace, runs: dict[str, tuple[int
     return dict(zip(runs, Lockstep(len(jobs)).run(jobs)))
 
 
+def mean_rank(row: dict) -> float:
+    """Mean of the adaptive run's final per-block ranks."""
+    return sum(row["final_ranks"]) / len(row["final_ranks"])
+
+
 def lora_params(model, callback) -> int:
     """LoRA parameters the exported adapter holds: sum over modules of r * (in + out)."""
     from peft.tuners.lora import LoraLayer
@@ -149,12 +154,12 @@ def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Names
     ad, fixed, uni = rows["adaptive"], rows["fixed"], rows["uniform"]
     step_s = ad["train_s"] / args.steps
     alloc_ms, keep_ms = 1e3 * ad["allocation_s"] / args.steps, 1e3 * ad["bookkeeping_s"] / args.steps
-    mean_rank = sum(ad["final_ranks"]) / len(ad["final_ranks"])
+    ranks_mean = mean_rank(ad)
     lines = [
         f"La-LoRA on {args.task} with {args.model}: {args.steps} steps, batch {args.batch_size}, targets "
         f"{args.targets}, r_max {args.r_max}, gamma {args.gamma}, scale {args.rank_scale}, contribution "
         f"{args.contribution}, seed {args.seed}",
-        f"final ranks {ad['final_ranks']} (mean {mean_rank:.2f}), budget {ad['budget']:.2f}",
+        f"final ranks {ad['final_ranks']} (mean {ranks_mean:.2f}), budget {ad['budget']:.2f}",
         "",
         "(a) allocation cost (adaptive training run)",
         f"    step time                               {1e3 * step_s:9.2f} ms",
@@ -178,7 +183,7 @@ def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Names
         f"    {'run':<14} {'rank':>6} {'LoRA params':>12} {'dev':>8}",
     ]
     for row in (ad, uni, fixed):
-        rank = f"{mean_rank:.2f}" if row is ad else str(row["rank"])
+        rank = f"{ranks_mean:.2f}" if row is ad else str(row["rank"])
         lines.append(f"    {row['name']:<14} {rank:>6} {row['lora_params']:>12,} {row['score']:8.4f}")
     lines.append(f"    adaptive - uniform (same parameter count): {ad['score'] - uni['score']:+.4f}; params ratio "
                  f"{ad['lora_params'] / uni['lora_params']:.3f}")
@@ -194,8 +199,8 @@ def report_scores(rows: dict[str, dict], args: argparse.Namespace) -> None:
     from layerwise.io import atomic_write_json
 
     ad, uni = rows["adaptive"], rows["uniform"]
-    mean_rank = sum(ad["final_ranks"]) / len(ad["final_ranks"])
-    print(f"seed {args.seed}: adaptive (mean rank {mean_rank:.2f}, {ad['lora_params']:,} params) {ad['score']:.4f}; "
+    ranks_mean = mean_rank(ad)
+    print(f"seed {args.seed}: adaptive (mean rank {ranks_mean:.2f}, {ad['lora_params']:,} params) {ad['score']:.4f}; "
           f"uniform rank {uni['rank']} ({uni['lora_params']:,} params) {uni['score']:.4f}; "
           f"difference {ad['score'] - uni['score']:+.4f}")
     runs = {k: {f: v for f, v in r.items() if f not in ("model", "callback")} for k, r in rows.items()}
@@ -242,7 +247,7 @@ def main() -> None:
     if not args.score_only:
         first["fixed"] = (args.r_max, False)  # in lockstep with the adaptive run: (b) from the training logs
     rows = train_runs(data, loaded, args, first)
-    uniform_rank = max(1, round(sum(rows["adaptive"]["final_ranks"]) / len(rows["adaptive"]["final_ranks"])))
+    uniform_rank = max(1, round(mean_rank(rows["adaptive"])))
     rows.update(train_runs(data, loaded, args, {"uniform": (uniform_rank, False)}))
     if args.score_only:
         report_scores(rows, args)
