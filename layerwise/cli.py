@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _quiet_other_ranks()
     try:
+        if getattr(args, "config", None):
+            args = _with_config(parser, args, argv)
         return int(args.run(args) or 0)
     except LayerwiseError as err:
         print(f"layerwise {args.command}: error: {err}", file=sys.stderr)
@@ -50,6 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"layerwise {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse again with the ``--config`` file's settings as the subcommand's defaults (flags given win)."""
+    from layerwise.commands.config_file import config_defaults
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    command = subparsers[args.command]
+    command.set_defaults(**config_defaults(args.config, command, args.command, subparsers))
+    return parser.parse_args(argv)
 
 
 def _quiet_other_ranks() -> None:

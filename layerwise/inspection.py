@@ -5,43 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-__all__ = ["load_task_from_flags", "load_model_for_task", "inspect_model_and_task", "render_inspection"]
+__all__ = ["inspect_model_and_task", "render_inspection"]
 
 
-def load_task_from_flags(task: str, data: str | None, columns: dict[str, str | None] | None = None,
-                         regression: bool = False):
-    """``load_task`` with the CLI's column flags (None values dropped)."""
-    from layerwise.data import load_task
+def inspect_model_and_task(model: Any, data: Any) -> dict[str, Any]:
+    """Load the task and the model (a :class:`~layerwise.settings.ModelSource` and
+    :class:`~layerwise.settings.DataSource`, or their names) and summarise both as JSON-ready data."""
+    from layerwise.workflows.prepare import data_source, prepare
 
-    kwargs = {k: v for k, v in (columns or {}).items() if v is not None}
-    if regression:
-        kwargs["kind"] = "regression"
-    return load_task(task, data, **kwargs)
-
-
-def load_model_for_task(model: str, task_spec, cache_dir: str | None = None, trust_remote_code: bool = False):
-    """Load ``model`` with the head the task needs (k-way classification, regression or causal LM)."""
-    from layerwise.models import load_model
-
-    return load_model(model, head=task_spec.head, num_labels=task_spec.num_labels, cache_dir=cache_dir,
-                      trust_remote_code=trust_remote_code)
-
-
-def inspect_model_and_task(model: str, task: str, data: str | None = None, cache_dir: str | None = None,
-                           trust_remote_code: bool = False, layers_path: str | None = None,
-                           columns: dict[str, str | None] | None = None, regression: bool = False,
-                           max_length: int = 128) -> dict[str, Any]:
-    """Load the task and the model and summarise both as JSON-ready data."""
-    from layerwise.layers import find_layer_stack
-
-    task_data = load_task_from_flags(task, data, columns, regression)
-    loaded = load_model_for_task(model, task_data.task, cache_dir, trust_remote_code)
-    stack = find_layer_stack(loaded.model, layers_path)
+    data = data_source(data)
+    ready = prepare(model, data, "cpu")
+    loaded = ready.loaded
     return {
         "model": {**loaded.fingerprint, "class": type(loaded.model).__name__, "source": loaded.source.path,
                   "head": loaded.head},
-        "layers": _stack_summary(stack),
-        "data": _data_summary(task_data, loaded.tokenizer, max_length),
+        "layers": _stack_summary(ready.stack),
+        "data": _data_summary(ready.task, loaded.tokenizer, data.max_length),
     }
 
 

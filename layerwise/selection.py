@@ -18,12 +18,10 @@ from typing import Any, Callable, Sequence
 from layerwise.card import LayerCard
 from layerwise.cost import selection_cost
 from layerwise.errors import ConfigError
+from layerwise.settings.choices import OBJECTIVES
 
 __all__ = ["Selection", "Pick", "Policy", "POLICIES", "register_policy", "select", "parse_layers",
            "OBJECTIVES"]
-
-OBJECTIVES = ("performance", "balanced", "cost")
-"""``--objective`` choices of the ``pareto`` policy."""
 
 _SHARE_OF_MAX = {"performance": 0.95, "cost": 0.5}
 """Share of the front's maximum importance the ``performance`` and ``cost`` objectives must reach."""

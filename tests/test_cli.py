@@ -62,9 +62,18 @@ def test_card_command_writes_files_and_refuses_overwrite(tmp_path: Path, glue_di
             "--metrics", "actnorm,cka,gradnorm,cost", "--out", str(out))
     proc = layerwise(*args)
     assert "Layer Card for minilm: 6 layers" in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"card.json", "card.md", "card.png"}
+    assert {p.name for p in out.iterdir()} == {"card.json", "card.md", "card.png", "config.yaml"}
     again = layerwise(*args, check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     layerwise(*args, "--overwrite")
     few = layerwise("card", "--samples", "4", "--batch-size", "16", "--out", str(tmp_path / "x"), check=False)
     assert few.returncode == 2 and "--samples" in few.stderr
+    # the resolved settings reproduce the card (and flags given on the command line win)
+    import yaml
+
+    settings = yaml.safe_load((out / "config.yaml").read_text())
+    assert settings["samples"] == 32 and settings["calibration_seed"] == 0 and settings["task"] == "sst2"
+    layerwise("card", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--no-plots")
+    first, second = (json.loads((d / "card.json").read_text()) for d in (out, tmp_path / "again"))
+    assert second["metrics"]["actnorm"]["values"] == first["metrics"]["actnorm"]["values"]
+    assert sorted(second["metrics"]) == sorted(first["metrics"])

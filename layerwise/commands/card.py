@@ -4,45 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import add_data_flags, add_model_flags
+from layerwise.commands.common import DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group, \
+    settings_record
+from layerwise.commands.flags import build
 from layerwise.io import slug
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "GROUPS"]
 
-
-def add_card_flags(p: argparse.ArgumentParser, include_batch_size: bool = True, include_rank: bool = True) -> None:
-    """Calibration and metric flags (shared with ``layerwise run``, which has its own --batch-size/--rank)."""
-    g = p.add_argument_group("calibration")
-    g.add_argument("--samples", type=int, default=256, help="calibration examples drawn from train (default 256)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
-    if include_batch_size:
-        g.add_argument("--batch-size", type=int, default=16, help="examples per probe batch (default 16)")
-    g.add_argument("--metrics", default=None,
-                   help="comma list of metrics, or 'all' (default: every metric but weightdelta); "
-                   "see `layerwise card --list-metrics`")
-    if include_rank:
-        g.add_argument("--rank", type=int, default=8, help="adapter rank the cost metric prices (default 8)")
-        g.add_argument("--targets", default="q,v", help="projections adapted: q,v (default), attn, mlp, "
-                       "all-linear, or a comma list of roles q,k,v,o,qkv,gate,up,down,gate_up")
-    g.add_argument("--pooling", choices=("auto", "first", "last", "mean"), default="auto",
-                   help="token CKA compares: first (encoders), last real token (decoders), or mean over tokens")
-    g.add_argument("--weightdelta-steps", type=int, default=20, help="steps of the uniform-LoRA probe run that "
-                   "the weightdelta metric needs (default 20)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+GROUPS = (MODEL, DATA, calibration_group(), PROBE)
+"""The settings of ``layerwise card``."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("card", help="measure every transformer block and write a Layer Card",
                        description="Profile a model's blocks on N calibration examples in one streaming pass "
-                       "and write card.json (reload with LayerCard.load), card.md and card.png.")
-    add_model_flags(p)
-    add_data_flags(p)
-    add_card_flags(p)
-    p.add_argument("--out", default=None, help="output folder (default: runs/card-<model>-<task>)")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
+                       "and write card.json (reload with LayerCard.load), card.md, card.png and config.yaml.")
+    add_common(p, GROUPS)
+    add_place_flags(p, "output folder (default: runs/card-<model>-<task>)")
     p.add_argument("--no-plots", action="store_true", help="skip card.png")
     p.add_argument("--list-metrics", action="store_true", help="list the metrics and exit")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, parser=p)
 
 
 def list_metrics() -> str:
@@ -59,18 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if args.list_metrics:
         print(list_metrics())
         return 0
-    from layerwise.workflows.card import CalibrationSpec, make_card
+    model, data, calibration, probe = (build(g, args) for g in GROUPS)  # every flag checked before loading
+    from layerwise.workflows.card import make_card
 
-    out = args.out or f"runs/card-{slug(args.model)}-{slug(args.task)}"
-    card, files = make_card(
-        args.model, args.task, args.data, out,
-        calibration=CalibrationSpec(args.samples, args.seed, args.batch_size, args.max_length),
-        metrics=args.metrics, rank=args.rank, targets=args.targets,
-        pooling=None if args.pooling == "auto" else args.pooling, device=args.device,
-        weightdelta_steps=args.weightdelta_steps,
-        columns={"text_column": args.text_column, "pair_column": args.pair_column, "label_column": args.label_column},
-        regression=args.regression, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
-        layers_path=args.layers_path, overwrite=args.overwrite, plots=not args.no_plots)
+    out = args.out or f"runs/card-{slug(model.model)}-{slug(data.task)}"
+    card, files = make_card(model, data, out, calibration=calibration, probe=probe, device=args.device,
+                            overwrite=args.overwrite, plots=not args.no_plots,
+                            settings=settings_record(args.parser, args))
     print(_summary(card))
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.card import add_card_flags
-from layerwise.commands.common import (add_adapter_flags, add_data_flags, add_model_flags, add_selection_flags,
-                                       add_training_flags, adapter_from_args, columns_from_args,
-                                       selection_from_args, train_config_from_args)
+from layerwise.commands.common import (ADAPTER, DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group,
+                                       legacy_ranks, selection_group, settings_record, training_group)
+from layerwise.commands.flags import Group, build
 from layerwise.io import slug
 
-__all__ = ["add_parser", "run", "DEFAULT_POLICY"]
+__all__ = ["add_parser", "run", "DEFAULT_POLICY", "GROUPS"]
 
 DEFAULT_POLICY = "pareto"
+
+GROUPS = (MODEL, DATA, Group(PROBE.cls, PROBE.title, only=("metrics", "pooling", "weightdelta_steps")),
+          selection_group(DEFAULT_POLICY), ADAPTER, training_group(), calibration_group(only=("samples", "seed")))
+"""The settings of ``layerwise run``: the card prices the adapter's ``--rank`` and ``--targets`` and draws
+its batches with training's ``--batch-size`` and ``--max-length``."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,32 +24,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Measure the model's layers on your data (Layer Card), choose layers with a "
                        "policy, train a peft adapter there, train uniform LoRA with the same steps and seed, "
                        "and report score, trainable parameters, time per phase and peak memory as ratios.")
-    add_model_flags(p)
-    add_data_flags(p)
-    add_card_flags(p, include_batch_size=False, include_rank=False)
-    add_selection_flags(p, default_policy=DEFAULT_POLICY)
-    add_adapter_flags(p)
-    add_training_flags(p)
-    p.add_argument("--out", default=None, help="output folder (default: runs/run-<model>-<task>)")
+    add_common(p, GROUPS)
+    add_place_flags(p, "output folder (default: runs/run-<model>-<task>)", resume=True)
     p.add_argument("--side-by-side", action="store_true",
                    help="train the selection and uniform LoRA in lockstep, one step of each in turn, so that a "
                    "drift in machine speed (a busy shared machine) cannot skew the time ratio; holds both "
                    "models in memory; not with torchrun")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerwise.workflows.card import CalibrationSpec
+    legacy_ranks(args)
+    model, data, probe, selection, adapter, train_config = (build(g, args) for g in GROUPS[:6])
+    calibration = build(GROUPS[6], args, batch_size=train_config.batch_size, max_length=train_config.max_length)
     from layerwise.workflows.run import run_pipeline
 
-    out = args.out or f"runs/run-{slug(args.model)}-{slug(args.task)}"
-    report = run_pipeline(
-        args.model, args.task, args.data, out, train_config=train_config_from_args(args),
-        selection=selection_from_args(args), adapter=adapter_from_args(args),
-        calibration=CalibrationSpec(args.samples, args.seed, args.batch_size, args.max_length),
-        metrics=args.metrics, columns=columns_from_args(args), regression=args.regression,
-        cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code, layers_path=args.layers_path,
-        device=args.device, resume=args.resume, overwrite=args.overwrite, side_by_side=args.side_by_side)
+    out = args.out or f"runs/run-{slug(model.model)}-{slug(data.task)}"
+    report = run_pipeline(model, data, out, train_config=train_config, selection=selection, adapter=adapter,
+                          calibration=calibration, probe=probe, device=args.device, resume=args.resume,
+                          overwrite=args.overwrite, side_by_side=args.side_by_side,
+                          settings=settings_record(args.parser, args))
     from layerwise.report import render_report_md
 
     print(render_report_md(report["rows"], report["context"]))

@@ -3,11 +3,50 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import ClassVar
 
-from layerwise.commands.common import add_model_flags
+from layerwise.commands.common import MODEL, add_common, settings_record
+from layerwise.commands.flags import Group, build
+from layerwise.errors import ConfigError
 from layerwise.io import slug
+from layerwise.settings import Calibration
+from layerwise.settings.bench import parse_int_list
+from layerwise.settings.fields import at_least, flag, flag_name
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "StabilityOptions", "GROUPS"]
+
+
+@dataclass(frozen=True)
+class StabilityOptions:
+    """What the stability study compares."""
+
+    calibration_seeds: tuple[int, ...] = flag((0, 1, 2, 3, 4, 5, 6, 7, 8, 9), metavar="0-9",
+                                              parse=lambda s: parse_int_list(s, "--calibration-seeds"))
+    """calibration seeds, one card each, e.g. 0-9 or 0,1,2 (at least two)"""
+    metrics: str | None = None
+    """comma list of metrics (default: all but weightdelta)"""
+    ablation_steps: int = 0
+    """train LoRA on each single layer for this many steps and correlate (0 = skip)"""
+
+    FLAGS: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        seeds = parse_int_list(self.calibration_seeds, flag_name(self, "calibration_seeds"))
+        object.__setattr__(self, "calibration_seeds", seeds)
+        if len(seeds) < 2 or min(seeds) < 0:
+            raise ConfigError(f"{flag_name(self, 'calibration_seeds')} needs at least two seeds >= 0 to compare "
+                              f"rankings, got {list(seeds)}")
+        at_least(self, "ablation_steps", 0)
+        if self.metrics is not None:
+            from layerwise.importance import get_metrics
+
+            get_metrics(self.metrics)
+
+
+GROUPS = (MODEL, Group(StabilityOptions, "stability"),
+          Group(Calibration, "calibration", only=("samples", "batch_size", "max_length")))
+"""The settings of ``layerwise stability`` (the tasks are ``--task`` repeated)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,48 +55,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "tau and top-k Jaccard for every k (Act-LoRA Tables 9-10), agreement across tasks, and "
                        "with --ablation-steps the correlation of each metric with the measured score of adapting "
                        "one layer at a time (Table 11). Finished cards and runs in --out are reused.")
-    add_model_flags(p)
+    add_common(p, GROUPS)
+    from layerwise.commands.flags import add_deprecated
+
+    add_deprecated(p, "--seeds", "--calibration-seeds")
     p.add_argument("--task", action="append", default=None,
                    help="task, optionally with its data as TASK=PATH (repeat for several tasks; default "
                    "rotten-tomatoes)")
-    p.add_argument("--seeds", default="0-9", help="calibration seeds, e.g. 0-9 or 0,1,2 (default 0-9)")
-    p.add_argument("--samples", type=int, default=256, help="calibration examples per card (default 256)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--metrics", default=None, help="comma list of metrics (default: all but weightdelta)")
-    p.add_argument("--ablation-steps", type=int, default=0,
-                   help="train LoRA on each single layer for this many steps and correlate (0 = skip)")
     p.add_argument("--out", default=None, help="output folder (default: runs/stability-<model>)")
-    p.set_defaults(run=run)
-
-
-def parse_seeds(spec: str) -> list[int]:
-    from layerwise.errors import ConfigError
-
-    seeds: list[int] = []
-    try:
-        for part in spec.split(","):
-            a, _, b = part.partition("-")
-            seeds += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError as err:
-        raise ConfigError(f"--seeds takes a list like 0-9 or 0,1,2, got {spec!r}") from err
-    if len(seeds) < 2:
-        raise ConfigError(f"--seeds needs at least two seeds to compare rankings, got {spec!r}")
-    return seeds
+    p.set_defaults(run=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
+    model, options, calibration = (build(g, args) for g in GROUPS)
+    from layerwise.settings import DataSource
     from layerwise.stability_render import render_stability_md, write_stability
     from layerwise.train import TrainConfig
-    from layerwise.workflows.card import CalibrationSpec
     from layerwise.workflows.stability import stability_study
 
-    tasks = [(t.partition("=")[0], t.partition("=")[2] or None) for t in (args.task or ["rotten-tomatoes"])]
-    out = args.out or f"runs/stability-{slug(args.model)}"
-    ablation = TrainConfig(steps=args.ablation_steps, max_length=args.max_length) if args.ablation_steps else None
-    result = stability_study(args.model, tasks, out, seeds=parse_seeds(args.seeds),
-                             calibration=CalibrationSpec(args.samples, 0, args.batch_size, args.max_length),
-                             metrics=args.metrics, ablation_config=ablation)
+    tasks = [DataSource(t.partition("=")[0], t.partition("=")[2] or None, max_length=calibration.max_length)
+             for t in (args.task or ["rotten-tomatoes"])]
+    out = args.out or f"runs/stability-{slug(model.model)}"
+    ablation = (TrainConfig(steps=options.ablation_steps, max_length=calibration.max_length)
+                if options.ablation_steps else None)
+    result = stability_study(model, tasks, out, seeds=options.calibration_seeds, calibration=calibration,
+                             metrics=options.metrics, ablation_config=ablation,
+                             settings=settings_record(args.parser, args))
     files = write_stability(out, result)
     print(render_stability_md(result))
     print("wrote " + ", ".join(str(p) for p in files.values()))

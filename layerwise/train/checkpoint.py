@@ -30,6 +30,7 @@ import numpy as np
 
 from layerwise.errors import ConfigError, ModelError
 from layerwise.io import atomic_write_json
+from layerwise.train.hooks import Stateful
 from layerwise.train.log import json_safe
 from layerwise.train.state import TrainState
 
@@ -174,7 +175,7 @@ def stateful_callbacks(callbacks: Sequence[Any]) -> list[tuple[str, Any]]:
     with ``#2``, ``#3`` ... for later callbacks of the same class."""
     out, seen = [], Counter()
     for cb in callbacks:
-        if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict"):
+        if isinstance(cb, Stateful):
             name = type(cb).__name__
             seen[name] += 1
             out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
+from layerwise.settings.fields import at_least, flag, one_of
+from layerwise.settings.fields import flag_name as _field_flag
 
 __all__ = ["TrainConfig", "SCHEDULERS", "flag_name"]
 
@@ -14,8 +16,8 @@ SCHEDULERS = ("linear", "cosine", "constant")
 
 
 def flag_name(field_name: str) -> str:
-    """The CLI flag of a config field: ``grad_accum`` -> ``--grad-accum``."""
-    return "--" + field_name.replace("_", "-")
+    """The CLI flag of a ``TrainConfig`` field: ``grad_accum`` -> ``--grad-accum``, ``seed`` -> ``--train-seed``."""
+    return _field_flag(TrainConfig, field_name)
 
 
 @dataclass
@@ -30,7 +32,7 @@ class TrainConfig:
     """Decoupled AdamW weight decay on every trainable parameter."""
     warmup_ratio: float = 0.06
     """Fraction of ``steps`` spent ramping the learning rate up linearly from near zero."""
-    scheduler: str = "linear"
+    scheduler: str = flag("linear", choices=SCHEDULERS)
     """Decay after warmup: 'linear' (to zero), 'cosine' (to zero) or 'constant'."""
     batch_size: int = 16
     """Examples per micro-batch (per forward/backward pass)."""
@@ -45,7 +47,8 @@ class TrainConfig:
     early_stopping: int = 0
     """Stop after this many evaluations without a better main metric (patience); 0 turns it off."""
     seed: int = 0
-    """Seeds the data order and torch/python/numpy random state (dropout) of a fresh run."""
+    """Seeds the adapter initialisation, the data order and torch/python/numpy random state (dropout) of a
+    fresh run."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value before each step; 0 turns clipping off."""
     eval_max_examples: int | None = None
@@ -61,26 +64,33 @@ class TrainConfig:
     """Keep dropout in the frozen blocks below the lowest adapted block (off by default: they get no
     gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix``)."""
 
+    FLAGS: ClassVar[dict[str, str]] = {"seed": "train-seed"}
+    """Fields whose flag is not their name with dashes (``seed`` is ``--train-seed``: ``--calibration-seed``
+    is the card's)."""
+
     def __post_init__(self) -> None:
-        _at_least(self, "steps", 1)
+        at_least(self, "steps", 1)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        _at_least(self, "weight_decay", 0.0)
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise ConfigError(f"{flag_name('lr')} must be > 0, got {self.lr}")
+        at_least(self, "weight_decay", 0.0)
+        at_least(self, "warmup_ratio", 0.0)
+        if not self.warmup_ratio < 1.0:
+            raise ConfigError(f"{flag_name('warmup_ratio')} must be in [0, 1), got {self.warmup_ratio}")
+        one_of(self, "scheduler", SCHEDULERS)
         for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 2), ("eval_every", 0),
                           ("save_every", 0), ("early_stopping", 0), ("seed", 0), ("max_grad_norm", 0.0),
                           ("gen_max_new_tokens", 1), ("group_by_length", 0)):
-            _at_least(self, name, low)
+            at_least(self, name, low)
         if self.eval_max_examples is not None:
-            _at_least(self, "eval_max_examples", 1)
-        if self.pad_to is not None and self.pad_to < self.max_length:
-            raise ConfigError(f"--pad-to must be >= --max-length ({self.max_length}) so every example fits, "
-                              f"got {self.pad_to}")
+            at_least(self, "eval_max_examples", 1)
+        if self.pad_to is not None:
+            at_least(self, "pad_to", 1)
+            if self.pad_to < self.max_length:
+                raise ConfigError(f"{flag_name('pad_to')} must be >= {flag_name('max_length')} ({self.max_length}) "
+                                  f"so every example fits, got {self.pad_to}")
         if self.early_stopping and not self.eval_every:
-            raise ConfigError("--early-stopping needs --eval-every > 0 (with 0 there is only the final evaluation)")
+            raise ConfigError(f"{flag_name('early_stopping')} needs {flag_name('eval_every')} > 0 (with 0 there is "
+                              "only the final evaluation)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
@@ -91,13 +101,3 @@ class TrainConfig:
         """Names of every field, in declaration order."""
         return tuple(f.name for f in fields(cls))
 
-
-def _at_least(config: TrainConfig, name: str, low: float) -> None:
-    """``low`` an int: the field must be a whole number >= low; a float: any number >= low."""
-    value = getattr(config, name)
-    kinds = (int,) if isinstance(low, int) else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        what = "a whole number" if isinstance(low, int) else "a number"
-        raise ConfigError(f"{flag_name(name)} must be {what}, got {value!r}")
-    if value < low:
-        raise ConfigError(f"{flag_name(name)} must be >= {low}, got {value!r}")

@@ -32,6 +32,8 @@ from layerwise.train.checkpoint import (SCHEMA_VERSION, load_checkpoint, save_ad
 from layerwise.train.config import TrainConfig, flag_name
 from layerwise.train.data_order import DataOrder
 from layerwise.train.evaluate import EvalSet, prepare_eval, run_eval
+from layerwise.train.hooks import (AfterOptimizerStep, BeforeOptimizerStep, OnEvaluate, OnStepEnd, OnTrainEnd,
+                                   WeightsWriter)
 from layerwise.train.interrupt import DeferredInterrupt
 from layerwise.train.log import TrainLog, json_safe
 from layerwise.train import parallel
@@ -99,6 +101,7 @@ class _Run:
     state: TrainState
     log: TrainLog
     callbacks: Sequence[Any] = ()
+    weights_writer: WeightsWriter | None = None
     higher_is_better: bool = True
     device: Any = None
     mid_step: bool = False
@@ -110,15 +113,18 @@ class _Run:
 
 def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
           dev_examples: Sequence[Example], config: TrainConfig, out_dir: str | Path, resume: bool = False,
-          callbacks: Sequence[Any] = (), show_progress: bool = True) -> TrainResult:
+          callbacks: Sequence[Any] = (), show_progress: bool = True,
+          weights_writer: WeightsWriter | None = None) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` (a peft model) on ``train_examples`` for ``config.steps``.
 
-    ``resume=True`` continues from ``out_dir/checkpoint`` at its exact step. ``callbacks`` are objects with
-    ``on_step_end(state)`` and/or ``on_evaluate(state, metrics)`` and optionally the other hooks of
-    :class:`TrainCallback` (around ``optimizer.step()``, checkpointed state, adapter saving, end of training). A
+    ``resume=True`` continues from ``out_dir/checkpoint`` at its exact step. ``callbacks`` implement any of
+    the hooks in :mod:`layerwise.train.hooks` (step end, evaluation, around ``optimizer.step()``, checkpointed
+    state, end of training). ``weights_writer`` writes the weights folders instead of peft's
+    ``save_pretrained`` (La-LoRA's truncated adapter, full fine-tuning's whole model). A
     ``KeyboardInterrupt`` saves a checkpoint at the last completed step, then propagates.
     """
     run = _setup(model, tokenizer, task, train_examples, dev_examples, config, Path(out_dir), resume, callbacks)
+    run.weights_writer = weights_writer
     try:
         with DeferredInterrupt() as interrupt:
             _run_steps(run, interrupt, show_progress)
@@ -259,11 +265,11 @@ def _optimizer_step(run: _Run) -> None:
     if run.config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
     for callback in run.callbacks:  # e.g. La-LoRA keeps the pruned slices of its factors
-        if hasattr(callback, "before_optimizer_step"):
+        if isinstance(callback, BeforeOptimizerStep):
             callback.before_optimizer_step(run.optimizer)
     run.optimizer.step()
     for callback in run.callbacks:  # e.g. La-LoRA restores them and reallocates ranks
-        if hasattr(callback, "after_optimizer_step"):
+        if isinstance(callback, AfterOptimizerStep):
             callback.after_optimizer_step(run.state.step + 1)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -286,7 +292,7 @@ def _after_step(run: _Run, interrupt: DeferredInterrupt) -> None:
     _maybe_evaluate(run)
     _maybe_save(run)
     for callback in run.callbacks:
-        if hasattr(callback, "on_step_end"):
+        if isinstance(callback, OnStepEnd):
             callback.on_step_end(run.state)
     if distributed.any_rank(interrupt.requested):  # every rank stops at the same step boundary
         raise KeyboardInterrupt
@@ -302,7 +308,7 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
     run.log.write_eval(state.step, metrics)
     _update_best(run, metrics)
     for callback in run.callbacks:
-        if hasattr(callback, "on_evaluate"):
+        if isinstance(callback, OnEvaluate):
             callback.on_evaluate(state, metrics)
 
 
@@ -345,13 +351,12 @@ def _save_on_interrupt(run: _Run) -> None:
 
 
 def _save_adapter(run: _Run, path: Path) -> Path:
-    """The adapter folder: the first callback's ``save_adapter(model, path)`` when one has it (La-LoRA writes
-    its truncated adapter), else peft's ``save_pretrained``."""
-    for callback in run.callbacks:
-        if hasattr(callback, "save_adapter"):
-            if distributed.is_main():
-                callback.save_adapter(run.model, path)
-            return path
+    """The weights folder: written by ``weights_writer`` when there is one (La-LoRA writes its truncated
+    adapter, full fine-tuning the whole model), else by peft's ``save_pretrained``."""
+    if run.weights_writer is not None:
+        if distributed.is_main():
+            run.weights_writer.save_adapter(run.model, path)
+        return path
     return save_adapter(run.model, path)
 
 
@@ -366,7 +371,7 @@ def _write_outputs(run: _Run) -> TrainResult:
         atomic_write_json(out / METRICS_NAME, json_safe(_metrics(run, trainable)))
         plot_training(out / LOG_NAME, out / PLOT_NAME, run.task.main_metric)
         for callback in run.callbacks:  # e.g. La-LoRA's rank_history.json and ranks.png
-            if hasattr(callback, "on_train_end"):
+            if isinstance(callback, OnTrainEnd):
                 callback.on_train_end(state, out)
     distributed.barrier()  # the outputs exist for every rank when train() returns
     best_dir = out / BEST_DIR if state.best_step is not None else None

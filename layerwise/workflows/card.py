@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping
 
+from layerwise.device import resolve_device
 from layerwise.errors import ConfigError
+from layerwise.settings import Calibration, DataSource, ModelSource, ProbeSettings
 
-__all__ = ["CalibrationSpec", "calibration_batches", "make_card"]
+__all__ = ["Calibration", "CalibrationSpec", "calibration_batches", "calibration_info", "make_card", "resolve_device"]
 
 
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """How the calibration sample is drawn and batched."""
-
-    samples: int = 256
-    """Number of training examples drawn (stratified by label where there are labels)."""
-    seed: int = 0
-    """Seed of the draw: the same seed gives the same sample and the same card."""
-    batch_size: int = 16
-    """Examples per probe batch (padding is dynamic: to the longest example of each batch)."""
-    max_length: int = 128
-    """Tokens kept per example."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.samples < self.batch_size:
-            raise ConfigError(f"--samples ({self.samples}) is fewer than one batch (--batch-size {self.batch_size}); "
-                              "draw at least one full batch")
-        if self.max_length < 8:
-            raise ConfigError(f"--max-length must be >= 8, got {self.max_length}")
+CalibrationSpec = Calibration
+"""The former name of :class:`layerwise.settings.Calibration` (kept for scripts)."""
 
 
 def calibration_batches(task_data: Any, tokenizer: Any, spec: CalibrationSpec) -> list[dict]:
@@ -47,66 +29,41 @@ def calibration_batches(task_data: Any, tokenizer: Any, spec: CalibrationSpec) -
                         max_length=spec.max_length)
 
 
-def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | None, *,
-              calibration: CalibrationSpec = CalibrationSpec(), metrics: str | Sequence[str] | None = None,
-              rank: int = 8, targets: str = "q,v", pooling: str | None = None, device: str | None = None,
-              weightdelta_steps: int = 20, columns: dict[str, str | None] | None = None, regression: bool = False,
-              cache_dir: str | None = None, trust_remote_code: bool = False, layers_path: str | None = None,
-              overwrite: bool = False, plots: bool = True, max_stat_memory: int = 2 << 30,
-              show_progress: bool = True) -> tuple[Any, dict[str, Path]]:
-    """Profile ``model`` on ``task`` and write the card to ``out`` (``card.json``, ``card.md``, ``card.png``).
+def calibration_info(task_data: Any, spec: Calibration) -> dict[str, Any]:
+    """What the card records about its calibration sample."""
+    return {"task": task_data.task.name, "source": task_data.source, "samples": spec.samples, "seed": spec.seed,
+            "batch_size": spec.batch_size, "max_length": spec.max_length}
+
+
+def make_card(model: ModelSource | str, data: DataSource | str, out: str | os.PathLike | None, *,
+              calibration: Calibration = Calibration(), probe: ProbeSettings = ProbeSettings(),
+              device: str | None = None, overwrite: bool = False, plots: bool = True, show_progress: bool = True,
+              settings: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Path]]:
+    """Profile ``model`` on ``data`` and write the card to ``out`` (``card.json``, ``card.md``, ``card.png``,
+    and ``config.yaml`` with ``settings``, the command's resolved flags).
 
     Under ``torchrun``/``accelerate launch`` the calibration batches are split over the processes, every
     process gets the same card and only rank 0 writes the files (others return no files).
     """
     from layerwise import distributed
-    from layerwise.importance import get_metrics
-    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.commands.config_file import write_settings
     from layerwise.io import prepare_output_dir
-    from layerwise.layers import find_layer_stack, parse_targets
+    from layerwise.layers import parse_targets
     from layerwise.profiling import profile_layers
+    from layerwise.workflows.prepare import model_source, prepare
 
-    get_metrics(metrics)  # fail on a bad --metrics before loading anything
-    roles = parse_targets(targets)
-    if rank < 1:
-        raise ConfigError(f"--rank must be >= 1, got {rank}")
     dev = resolve_device(device)
     out_dir = prepare_output_dir(out, overwrite) if out is not None else None
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-    task_data = load_task_from_flags(task, data, columns, regression)
-    loaded = load_model_for_task(model, task_data.task, cache_dir, trust_remote_code)
-    loaded.model.to(dev)
-    stack = find_layer_stack(loaded.model, layers_path)
-    batches = calibration_batches(task_data, loaded.tokenizer, calibration)
-    info = {"task": task_data.task.name, "source": task_data.source, "samples": calibration.samples,
-            "seed": calibration.seed, "batch_size": calibration.batch_size, "max_length": calibration.max_length}
-    card = profile_layers(loaded.model, batches, metrics, name=model, stack=stack, data_info=info, rank=rank,
-                          targets=roles, pooling=pooling, device=dev, weightdelta_steps=weightdelta_steps,
-                          seed=calibration.seed, max_stat_memory=max_stat_memory, show_progress=show_progress)
+    if out_dir is not None and distributed.is_main():
+        write_settings(out_dir, settings)
+    ready = prepare(model, data, dev)
+    batches = calibration_batches(ready.task, ready.loaded.tokenizer, calibration)
+    card = profile_layers(ready.loaded.model, batches, probe.metrics, name=model_source(model).model,
+                          stack=ready.stack, data_info=calibration_info(ready.task, calibration), rank=probe.rank,
+                          targets=parse_targets(probe.targets), pooling=probe.pooling_or_none, device=dev,
+                          weightdelta_steps=probe.weightdelta_steps, seed=calibration.seed,
+                          max_stat_memory=probe.max_stat_memory, show_progress=show_progress)
     files = card.save(out_dir, plots=plots) if out_dir is not None and distributed.is_main() else {}
     distributed.barrier()  # the card exists for every rank (``layerwise run`` reads it next)
     return card, files
-
-
-def resolve_device(device: str | None) -> Any:
-    """``auto``/None picks CUDA when available; otherwise the named device, checked.
-
-    Under a launcher (``torchrun``, ``accelerate launch``) a bare ``cuda`` is ``cuda:LOCAL_RANK`` and the
-    process joins the launcher's process group (``layerwise.distributed.init_from_env``).
-    """
-    import torch
-
-    from layerwise import distributed
-
-    if device in (None, "auto"):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as err:
-            raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from err
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    dev = distributed.device_for_rank(dev)
-    distributed.init_from_env(dev)
-    return dev

@@ -7,20 +7,24 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from layerwise.errors import ConfigError
+from layerwise.settings import AdapterChoice, Calibration, DataSource, ModelSource, ProbeSettings, SelectionChoice
 
 __all__ = ["run_pipeline"]
 
 
-def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike, *, train_config: Any,
-                 selection: Any, adapter: Any, calibration: Any, metrics: str | None = None,
-                 columns: dict[str, str | None] | None = None, regression: bool = False, cache_dir: str | None = None,
-                 trust_remote_code: bool = False, layers_path: str | None = None, device: str | None = None,
-                 resume: bool = False, overwrite: bool = False, show_progress: bool = True,
-                 side_by_side: bool = False) -> dict[str, Any]:
-    """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png}. Returns the report.
+def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os.PathLike, *, train_config: Any,
+                 selection: SelectionChoice = SelectionChoice("pareto"), adapter: AdapterChoice = AdapterChoice(),
+                 calibration: Calibration = Calibration(), probe: ProbeSettings | None = None,
+                 device: str | None = None, resume: bool = False, overwrite: bool = False,
+                 show_progress: bool = True, side_by_side: bool = False,
+                 settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png} and config.yaml
+    (with ``settings``, the command's resolved flags). Returns the report.
+
+    The card prices the adapter's rank and targets (``probe``'s are taken from ``adapter``).
 
     ``side_by_side`` trains the selection and uniform LoRA in lockstep (one step of each in turn, see
     :mod:`layerwise.train.lockstep`), so that a drift in machine speed cannot skew the time ratio; both
@@ -28,9 +32,11 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
     parallel and only rank 0 writes.
     """
     from layerwise import distributed
+    from layerwise.commands.config_file import write_settings
     from layerwise.io import prepare_output_dir
     from layerwise.report import collect_run, compare, write_report
     from layerwise.workflows.card import make_card, resolve_device
+    from layerwise.workflows.prepare import data_source, model_source
 
     resolve_device(device)  # joins the process group under torchrun / accelerate launch
     if side_by_side and distributed.world_size() > 1:
@@ -40,21 +46,22 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
     if not resume:
         prepare_output_dir(out_dir, overwrite)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-    common = dict(columns=columns, regression=regression, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
-                  layers_path=layers_path, device=device)
+    if distributed.is_main():
+        write_settings(out_dir, settings)
+    model, data = model_source(model), data_source(data)
+    probe = replace(probe or ProbeSettings(), rank=adapter.rank, targets=adapter.targets)
     card_file = out_dir / "card" / "card.json"
     if not card_file.exists():
         _stage("1/4 Layer Card")
-        make_card(model, task, data, out_dir / "card", calibration=calibration, metrics=metrics, rank=adapter.rank,
-                  targets=adapter.targets, overwrite=True, show_progress=show_progress, **common)
-    runs = {"selected": replace(selection, card=str(card_file)), "uniform": replace(selection, policy="all",
-                                                                                    card=None, options={})}
+        make_card(model, data, out_dir / "card", calibration=calibration, probe=probe, device=device,
+                  overwrite=True, show_progress=show_progress)
+    runs = {"selected": replace(selection, card=str(card_file)), "uniform": selection.uniform()}
     jobs = {}
     for label, choice in runs.items():
         if not (out_dir / label / "metrics.json").exists():
             again = resume and (out_dir / label / "checkpoint").exists()
-            jobs[label] = _training(model, task, data, out_dir / label, choice, train_config, adapter, again,
-                                    show_progress, common)
+            jobs[label] = _training(model, data, out_dir / label, choice, train_config, adapter, again,
+                                    show_progress, device)
     lockstep = side_by_side and len(jobs) > 1
     if lockstep:
         from layerwise.train.lockstep import Lockstep
@@ -69,21 +76,31 @@ def run_pipeline(model: str, task: str, data: str | None, out: str | os.PathLike
     baseline = collect_run(out_dir / "uniform", "uniform LoRA")
     selected = collect_run(out_dir / "selected", f"{selection.policy}")
     rows = compare([selected, baseline], baseline)
-    context = {"model": model, "task": task, "data": data, "selection": _describe(out_dir / "selected"),
-               "train_config": train_config.to_dict(), "adapter": adapter.__dict__,
+    context = {"model": model.model, "task": data.task, "data": data.data,
+               "selection": _describe(out_dir / "selected"), "train_config": train_config.to_dict(),
+               "adapter": _adapter_dict(adapter),
                "trained": _how_trained(jobs, lockstep)}
     files = write_report(out_dir, rows, context) if distributed.is_main() else {}
     return {"rows": rows, "context": context, "files": {k: str(v) for k, v in files.items()}}
 
 
-def _training(model: str, task: str, data: str | None, out: Path, choice: Any, train_config: Any, adapter: Any,
-              resume: bool, show_progress: bool, common: dict) -> Any:
+def _training(model: ModelSource, data: DataSource, out: Path, choice: SelectionChoice, train_config: Any,
+              adapter: AdapterChoice, resume: bool, show_progress: bool, device: str | None) -> Any:
     """``job(callbacks)``: one ``train_job`` of the pipeline, ready to run alone or in lockstep."""
     from layerwise.workflows.train import train_job
 
-    return lambda callbacks: train_job(model, task, data, out, train_config=train_config, selection=choice,
-                                       adapter=adapter, resume=resume, overwrite=True, show_progress=show_progress,
-                                       callbacks=callbacks, **common)
+    return lambda callbacks: train_job(model, data, out, train_config=train_config, selection=choice,
+                                       adapter=adapter, device=device, resume=resume, overwrite=True,
+                                       show_progress=show_progress, callbacks=callbacks)
+
+
+def _adapter_dict(adapter: AdapterChoice) -> dict[str, Any]:
+    """The adapter settings as plain data for the report."""
+    from dataclasses import asdict
+
+    out = asdict(adapter)
+    out["ranks"] = {str(k): v for k, v in (adapter.ranks or {}).items()} or None
+    return out
 
 
 def _how_trained(jobs: dict, lockstep: bool) -> str | None:

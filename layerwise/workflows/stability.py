@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from layerwise.io import slug
+from layerwise.settings import Calibration, DataSource, ModelSource, ProbeSettings, SelectionChoice
 
 __all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study"]
 
@@ -53,8 +54,8 @@ def score_correlation(metric_values: Sequence[float], scores: Sequence[float]) -
             "kendall": float(kendalltau(x, y).statistic), "cosine": cos}
 
 
-def _cards_for_task(model: str, task: str, data: str | None, seeds: Sequence[int], calibration: Any,
-                    metrics: Any, out: Path) -> list[Any]:
+def _cards_for_task(model: ModelSource, data: DataSource, seeds: Sequence[int], calibration: Calibration,
+                    probe: ProbeSettings, out: Path) -> list[Any]:
     from dataclasses import replace
 
     from layerwise.card import LayerCard
@@ -62,11 +63,11 @@ def _cards_for_task(model: str, task: str, data: str | None, seeds: Sequence[int
 
     cards = []
     for seed in seeds:
-        folder = out / "cards" / f"{slug(task)}-seed{seed}"
+        folder = out / "cards" / f"{slug(data.task)}-seed{seed}"
         if (folder / "card.json").exists():
             cards.append(LayerCard.load(folder))
             continue
-        card, _ = make_card(model, task, data, folder, calibration=replace(calibration, seed=seed), metrics=metrics,
+        card, _ = make_card(model, data, folder, calibration=replace(calibration, seed=seed), probe=probe,
                             overwrite=True, plots=False, show_progress=False)
         cards.append(card)
     return cards
@@ -74,36 +75,47 @@ def _cards_for_task(model: str, task: str, data: str | None, seeds: Sequence[int
 
 
 
-def _ablation_scores(model: str, task: str, data: str | None, num_layers: int, train_config: Any, out: Path) -> list[float]:
+def _ablation_scores(model: ModelSource, data: DataSource, num_layers: int, train_config: Any,
+                     out: Path) -> list[float]:
     """Dev score of LoRA on each single layer (same steps and seed for every layer)."""
     import json
 
-    from layerwise.workflows.train import SelectionChoice, train_job
+    from layerwise.workflows.train import train_job
 
     scores = []
     for i in range(num_layers):
-        folder = out / "ablation" / slug(task) / f"layer{i}"
+        folder = out / "ablation" / slug(data.task) / f"layer{i}"
         if not (folder / "metrics.json").exists():
-            train_job(model, task, data, folder, train_config=train_config,
-                      selection=SelectionChoice("manual", None, {"layers": str(i)}), overwrite=True,
-                      show_progress=False)
+            train_job(model, data, folder, train_config=train_config,
+                      selection=SelectionChoice("manual", layers=str(i)), overwrite=True, show_progress=False)
         m = json.loads((folder / "metrics.json").read_text())
         scores.append(float(m["final"][m["main_metric"]]))
     return scores
 
 
-def stability_study(model: str, tasks: Sequence[tuple[str, str | None]], out: str | os.PathLike, *,
-                    seeds: Sequence[int] = range(10), calibration: Any = None, metrics: Any = None,
-                    ablation_config: Any = None) -> dict[str, Any]:
-    """Run the study into ``out`` (cards/, ablation/, stability.json/md/png) and return its results."""
-    from layerwise.workflows.card import CalibrationSpec
+def stability_study(model: ModelSource | str, tasks: Sequence[DataSource | tuple[str, str | None]],
+                    out: str | os.PathLike, *, seeds: Sequence[int] = range(10), calibration: Calibration | None = None,
+                    metrics: str | None = None, ablation_config: Any = None,
+                    settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the study into ``out`` (cards/, ablation/, stability.json/md/png, config.yaml with ``settings``)
+    and return its results. ``tasks`` are data sources, or (task, data) pairs."""
+    from layerwise.commands.config_file import write_settings
+    from layerwise.workflows.prepare import model_source
 
     out_dir = Path(out)
-    calibration = calibration or CalibrationSpec()
-    result: dict[str, Any] = {"schema_version": 1, "model": model, "seeds": list(seeds), "tasks": {}}
+    model = model_source(model)
+    calibration = calibration or Calibration()
+    sources = [t if isinstance(t, DataSource) else DataSource(t[0], t[1], max_length=calibration.max_length)
+               for t in tasks]
+    if settings is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_settings(out_dir, settings)
+    probe = ProbeSettings(metrics=metrics)
+    result: dict[str, Any] = {"schema_version": 1, "model": model.model, "seeds": list(seeds), "tasks": {}}
     means: dict[str, dict[str, list[float]]] = {}
-    for task, data in tasks:
-        cards = _cards_for_task(model, task, data, seeds, calibration, metrics, out_dir)
+    for data in sources:
+        task = data.task
+        cards = _cards_for_task(model, data, seeds, calibration, probe, out_dir)
         per_metric = {}
         for name in cards[0].metric_names:
             values = [c.importance(name) for c in cards]
@@ -111,7 +123,7 @@ def stability_study(model: str, tasks: Sequence[tuple[str, str | None]], out: st
             means.setdefault(name, {})[task] = np.mean(values, 0).tolist()
         entry: dict[str, Any] = {"layers": cards[0].num_layers, "metrics": per_metric}
         if ablation_config is not None:
-            scores = _ablation_scores(model, task, data, cards[0].num_layers, ablation_config, out_dir)
+            scores = _ablation_scores(model, data, cards[0].num_layers, ablation_config, out_dir)
             entry["ablation_scores"] = scores
             entry["correlation"] = {n: score_correlation(means[n][task], scores) for n in per_metric}
         result["tasks"][task] = entry

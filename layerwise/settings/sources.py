@@ -1,0 +1,87 @@
+"""Where the model and the data come from: the settings every command that loads them shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from layerwise.errors import ConfigError
+from layerwise.settings.fields import flag, flag_name
+
+__all__ = ["ModelSource", "DataSource", "DEFAULT_MODEL", "DEFAULT_TASK", "KINDS"]
+
+DEFAULT_MODEL = "minilm"
+"""The bundled default model (works offline)."""
+DEFAULT_TASK = "rotten-tomatoes"
+"""The embedded default task (works anywhere, no --data needed)."""
+KINDS = ("classification", "regression", "causal-lm")
+"""Task kinds a CSV/JSONL file can be read as."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which model to load, and how."""
+
+    model: str = DEFAULT_MODEL
+    """local directory, .gguf file, bundled alias (see `layerwise models`) or hub id org/name"""
+    cache_dir: str | None = None
+    """where converted GGUF models are kept (default: $LAYERWISE_CACHE or ~/.cache/layerwise)"""
+    trust_remote_code: bool = False
+    """allow a hub model's own Python code to run (off by default)"""
+    layers_path: str | None = None
+    """dotted path to the ModuleList of transformer blocks, for architectures layerwise does not recognise
+    (e.g. model.decoder.layers)"""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError(f"{flag_name(self, 'model')} must name a model (a folder, .gguf file, alias or "
+                              f"hub id), got {self.model!r}")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which task and data to load, and how its rows are read."""
+
+    task: str = DEFAULT_TASK
+    """cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli, gsm8k, rotten-tomatoes (embedded), csv,
+    jsonl or hf:<name>[:<config>]"""
+    data: str | None = None
+    """folder with the task's files (GLUE tsv, GSM8K jsonl) or a CSV/JSONL file"""
+    text_column: str | None = None
+    """CSV/JSONL column holding the text"""
+    pair_column: str | None = None
+    """CSV/JSONL column holding the second text of a pair task"""
+    label_column: str | None = None
+    """CSV/JSONL column holding the label"""
+    kind: str | None = flag(None, choices=KINDS)
+    """what a CSV/JSONL file's labels are (default: integer labels are classes)"""
+    dev_fraction: float = 0.1
+    """share of the rows held out as dev set when the data has no dev split, in (0, 1)"""
+    max_length: int = 128
+    """truncate examples to this many tokens"""
+
+    FLAGS: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ConfigError(f"{flag_name(self, 'kind')} must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if isinstance(self.dev_fraction, bool) or not isinstance(self.dev_fraction, (int, float)) \
+                or not 0.0 < self.dev_fraction < 1.0:
+            raise ConfigError(f"{flag_name(self, 'dev_fraction')} must be between 0 and 1 (exclusive), "
+                              f"got {self.dev_fraction!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ConfigError(f"{flag_name(self, 'max_length')} must be a whole number >= 8, got {self.max_length!r}")
+
+    @property
+    def columns(self) -> dict[str, str | None]:
+        """The column flags as ``load_task`` keyword arguments."""
+        return {"text_column": self.text_column, "pair_column": self.pair_column, "label_column": self.label_column}
+
+    def load(self) -> Any:
+        """Read the task (:func:`layerwise.data.load_task`) with these settings."""
+        from layerwise.data import load_task
+
+        kwargs: dict[str, Any] = {k: v for k, v in self.columns.items() if v is not None}
+        if self.kind is not None:
+            kwargs["kind"] = self.kind
+        return load_task(self.task, self.data, dev_fraction=self.dev_fraction, **kwargs)

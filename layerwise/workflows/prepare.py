@@ -1,0 +1,50 @@
+"""The setup every workflow shares: load the task, load the model with the head it needs, move it to the
+device and find its layer stack, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from layerwise.settings import DataSource, ModelSource
+
+__all__ = ["Prepared", "prepare", "model_source", "data_source"]
+
+
+@dataclass
+class Prepared:
+    """A task and a model ready for a workflow."""
+
+    task: Any
+    """The loaded task (:class:`layerwise.data.TaskData`: spec, train and dev examples)."""
+    loaded: Any
+    """The loaded model (:class:`layerwise.models.LoadedModel`: model, tokenizer, fingerprint, source)."""
+    stack: Any
+    """The model's transformer blocks (:class:`layerwise.layers.LayerStack`)."""
+    device: Any
+    """The ``torch.device`` the model is on."""
+
+
+def model_source(model: ModelSource | str) -> ModelSource:
+    """A :class:`ModelSource` from itself or a model name (alias, folder, .gguf or hub id)."""
+    return model if isinstance(model, ModelSource) else ModelSource(model)
+
+
+def data_source(data: DataSource | str) -> DataSource:
+    """A :class:`DataSource` from itself or a task name (for tasks that need no ``--data``)."""
+    return data if isinstance(data, DataSource) else DataSource(data)
+
+
+def prepare(model: ModelSource | str, data: DataSource | str, device: Any, task: Any = None) -> Prepared:
+    """Load ``data`` (or use the already loaded ``task``) and ``model`` with the task's head, put the model
+    on ``device`` (resolved with :func:`layerwise.device.resolve_device`) and find its layer stack."""
+    from layerwise.layers import find_layer_stack
+    from layerwise.models import load_model
+
+    model, data = model_source(model), data_source(data)
+    task_data = task if task is not None else data.load()
+    spec = task_data.task
+    loaded = load_model(model.model, head=spec.head, num_labels=spec.num_labels, cache_dir=model.cache_dir,
+                        trust_remote_code=model.trust_remote_code)
+    loaded.model.to(device)
+    return Prepared(task_data, loaded, find_layer_stack(loaded.model, model.layers_path), device)
