@@ -33,10 +33,11 @@ from lockstep_args import short_openmp_spin
 
 def load(args: argparse.Namespace):
     """(task data, loaded model) once for every run."""
-    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.settings import DataSource
+    from layerwise.workflows.prepare import prepare
 
-    data = load_task_from_flags(args.task, args.data)
-    return data, load_model_for_task(args.model, data.task)
+    ready = prepare(args.model, DataSource(args.task, args.data), "cpu")
+    return ready.task, ready.loaded
 
 
 def build(loaded, args: argparse.Namespace, rank: int, adaptive: bool):
@@ -72,7 +73,7 @@ def train_job(name: str, data, loaded, args: argparse.Namespace, rank: int, adap
         print(f"training {name} (rank {rank}{', adaptive' if adaptive else ''}) ...", flush=True)
         callbacks = [callback, turn] if callback is not None else [turn]
         result = train(model, loaded.tokenizer, data.task, data.train, data.dev, config, out,
-                       callbacks=callbacks, show_progress=False)
+                       callbacks=callbacks, show_progress=False, weights_writer=callback)
         steps = [r["step_s"] for r in step_lines(read_log(result.log_path))]
         row = {"name": name, "rank": rank, "score": result.final_metrics[data.task.main_metric],
                "train_s": result.train_seconds, "median_step_s": statistics.median(steps),

@@ -30,18 +30,18 @@ def worker(args: argparse.Namespace) -> dict:
     """Run one mode once (after a warm-up batch) and report seconds and peak memory."""
     import torch
 
-    from layerwise.inspection import load_task_from_flags
+    from layerwise.device import resolve_device
     from layerwise.memory import PeakMemory
     from layerwise.profiling import profile_layers
-    from layerwise.workflows.card import CalibrationSpec, calibration_batches, resolve_device
+    from layerwise.settings import Calibration, DataSource
+    from layerwise.workflows.card import calibration_batches
 
     torch.set_num_threads(args.threads)
-    task = load_task_from_flags(args.task, args.data)
+    task = DataSource(args.task, args.data).load()
     model, tokenizer = _random_model(args.model, task.task) if args.random_weights else _pretrained(args, task)
     device = resolve_device(args.device)
     model = model.to(device)
-    batches = calibration_batches(task, tokenizer, CalibrationSpec(args.samples, 0, args.batch_size,
-                                                                   args.max_length))
+    batches = calibration_batches(task, tokenizer, Calibration(args.samples, 0, args.batch_size, args.max_length))
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     run = _mode_fn(args.mode, model, batches, device, profile_layers)
     run(batches[:1])  # warm-up: allocator, kernels, lazy inits
@@ -59,9 +59,10 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def _pretrained(args: argparse.Namespace, task):
-    from layerwise.inspection import load_model_for_task
+    from layerwise.settings import DataSource
+    from layerwise.workflows.prepare import prepare
 
-    loaded = load_model_for_task(args.model, task.task)
+    loaded = prepare(args.model, DataSource(args.task, args.data), "cpu", task=task).loaded
     return loaded.model, loaded.tokenizer
 
 

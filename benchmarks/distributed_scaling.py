@@ -50,16 +50,17 @@ def card_run(args: argparse.Namespace) -> dict:
     import time
 
     from layerwise import distributed
-    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.device import resolve_device
     from layerwise.profiling import profile_layers
-    from layerwise.workflows.card import CalibrationSpec, calibration_batches, resolve_device
+    from layerwise.settings import Calibration, DataSource
+    from layerwise.workflows.card import calibration_batches
+    from layerwise.workflows.prepare import prepare
 
     device = resolve_device(args.device)  # joins the process group under torchrun
-    task = load_task_from_flags(args.task, args.data)
-    loaded = load_model_for_task(args.model, task.task)
-    loaded.model.to(device)
+    ready = prepare(args.model, DataSource(args.task, args.data), device)
+    task, loaded = ready.task, ready.loaded
     batches = calibration_batches(task, loaded.tokenizer,
-                                  CalibrationSpec(args.samples, 0, args.card_batch_size, args.max_length))
+                                  Calibration(args.samples, 0, args.card_batch_size, args.max_length))
     distributed.barrier()
     start = time.perf_counter()
     card = profile_layers(loaded.model, batches, device=device, show_progress=False)
@@ -79,7 +80,9 @@ def train_run(args: argparse.Namespace) -> dict:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = TrainConfig(steps=args.steps, batch_size=args.global_batch // world, max_length=args.max_length,
                       pad_to=args.max_length, eval_max_examples=8)
-    train_job(args.model, args.task, args.data, args.out, train_config=cfg, device=args.device,
+    from layerwise.settings import DataSource
+
+    train_job(args.model, DataSource(args.task, args.data), args.out, train_config=cfg, device=args.device,
               overwrite=True, show_progress=False)
     if not distributed.is_main():
         return {}

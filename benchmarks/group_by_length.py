@@ -30,10 +30,11 @@ def parse() -> argparse.Namespace:
 def train_lengths(args: argparse.Namespace, max_length: int) -> list[int]:
     """Tokens of every training example, as the loop encodes them."""
     from layerwise.data.collate import encode_examples
-    from layerwise.inspection import load_model_for_task, load_task_from_flags
+    from layerwise.settings import DataSource
+    from layerwise.workflows.prepare import prepare
 
-    task = load_task_from_flags(args.task, args.data)
-    tokenizer = load_model_for_task(args.model, task.task).tokenizer
+    ready = prepare(args.model, DataSource(args.task, args.data), "cpu")
+    task, tokenizer = ready.task, ready.loaded.tokenizer
     return [len(f["input_ids"]) for f in encode_examples(task.train, tokenizer, task.task, max_length)]
 
 
@@ -54,19 +55,20 @@ def main() -> None:
 
     from layerwise.train import TrainConfig
     from layerwise.train.lockstep import Lockstep
+    from layerwise.settings import DataSource
     from layerwise.workflows.train import SelectionChoice, train_job
 
     torch.set_num_threads(args.threads)
     root = Path(args.out or tempfile.mkdtemp(prefix="layerwise-group-"))
     selection = (SelectionChoice("all") if args.layers == "all"
-                 else SelectionChoice("manual", None, {"layers": args.layers}))
+                 else SelectionChoice("manual", layers=args.layers))
     windows = {"plain": 0, f"grouped W={args.window}": args.window}
 
     base = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
 
     def job(label: str, window: int):
         config = replace(base, group_by_length=window)
-        return lambda turn: train_job(args.model, args.task, args.data, root / f"w{window}", train_config=config,
+        return lambda turn: train_job(args.model, DataSource(args.task, args.data), root / f"w{window}", train_config=config,
                                       selection=selection, overwrite=True, show_progress=False, callbacks=[turn])
 
     results = Lockstep(2).run([job(label, w) for label, w in windows.items()])

@@ -42,16 +42,17 @@ def train_config(args: argparse.Namespace, steps: int, pad_to: int | None = None
 def full_runs(args: argparse.Namespace, root: Path, card_dir: Path) -> dict[str, dict]:
     """Train the selection and uniform LoRA with the same steps and seed, in lockstep (one step each in
     turn, so that a drift in machine speed falls on both alike); read their results."""
+    from layerwise.settings import DataSource
     from layerwise.train.lockstep import Lockstep
     from layerwise.workflows.train import AdapterChoice, SelectionChoice, train_job
 
     k = args.k or _num_layers(card_dir) // 2
-    choices = {"selected": SelectionChoice(args.policy, args.metric, {"k": k} if args.policy == "top-k" else {},
-                                           str(card_dir)),
+    options = {"k": k} if args.policy == "top-k" else {}
+    choices = {"selected": SelectionChoice(args.policy, args.metric, str(card_dir), **options),
                "uniform": SelectionChoice("all")}
 
     def job(label: str, choice: SelectionChoice):
-        return lambda turn: train_job(args.model, args.task, args.data, root / label,
+        return lambda turn: train_job(args.model, DataSource(args.task, args.data), root / label,
                                       train_config=train_config(args, args.steps), selection=choice,
                                       adapter=AdapterChoice(), overwrite=True, show_progress=False,
                                       callbacks=[turn])
@@ -73,12 +74,14 @@ def _num_layers(card_dir: Path) -> int:
 
 def step_times_ours(args, layers: list[int], root: Path, pad_to: int | None = None) -> list[float]:
     """Per-step wall times of layerwise's loop (from its train_log.jsonl), first 5 steps dropped."""
+    from layerwise.settings import DataSource
     from layerwise.workflows.train import AdapterChoice, SelectionChoice, train_job
 
     spec = ",".join(map(str, layers))
     out = root / f"ours-{spec}-{pad_to}-{time.monotonic_ns()}"
-    train_job(args.model, args.task, args.data, out, train_config=train_config(args, args.timing_steps, pad_to),
-              selection=SelectionChoice("manual", None, {"layers": spec}), adapter=AdapterChoice(),
+    train_job(args.model, DataSource(args.task, args.data), out,
+              train_config=train_config(args, args.timing_steps, pad_to),
+              selection=SelectionChoice("manual", layers=spec), adapter=AdapterChoice(),
               overwrite=True, show_progress=False)
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return [r["step_s"] for r in rows if "step_s" in r][5:]
@@ -90,14 +93,14 @@ def step_times_plain(args, layers: list[int]) -> list[float]:
 
     from layerwise.bridge import apply_adapter
     from layerwise.data.collate import Collator, encode_examples
-    from layerwise.inspection import load_model_for_task, load_task_from_flags
-    from layerwise.layers import find_layer_stack
+    from layerwise.settings import DataSource
     from layerwise.train.data_order import DataOrder
+    from layerwise.workflows.prepare import prepare
 
-    task = load_task_from_flags(args.task, args.data)
-    lm = load_model_for_task(args.model, task.task)
+    ready = prepare(args.model, DataSource(args.task, args.data), "cpu")
+    task, lm = ready.task, ready.loaded
     torch.manual_seed(0)
-    model = apply_adapter(lm.model, find_layer_stack(lm.model), layers, method="lora", targets="q,v", rank=8)
+    model = apply_adapter(lm.model, ready.stack, layers, method="lora", targets="q,v", rank=8)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     features = encode_examples(task.train, lm.tokenizer, task.task, 128)
@@ -122,10 +125,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from layerwise.workflows.card import CalibrationSpec, make_card
+    from layerwise.settings import Calibration, DataSource
+    from layerwise.workflows.card import make_card
 
     root = Path(args.out or tempfile.mkdtemp(prefix="layerwise-bench-"))
-    make_card(args.model, args.task, args.data, root / "card", calibration=CalibrationSpec(args.samples),
+    make_card(args.model, DataSource(args.task, args.data), root / "card", calibration=Calibration(args.samples),
               overwrite=True, show_progress=False)
     runs = full_runs(args, root, root / "card")
     sel, uni = runs["selected"], runs["uniform"]

@@ -29,7 +29,7 @@ from layerwise.errors import ConfigError
 from layerwise.layers import find_layer_stack
 from layerwise.train import TrainConfig, train
 from layerwise.train.checkpoint import find_checkpoint
-from layerwise.workflows.train import AdapterChoice, check_adaptive, parse_ranks
+from layerwise.workflows.train import AdapterChoice, AdaptiveRanks, check_adaptive, parse_ranks
 
 from tiny_models import tiny_bert as shared_tiny_bert
 
@@ -289,7 +289,7 @@ def run_lalora(tok, rt, out: Path, cfg: TrainConfig, layers=(0, 1, 2, 3), resume
     cb = LaLoRA(model, stack, R_MAX, **{"gamma": 8.0, **lalora})
     task, train_ex, dev_ex = rt
     result = train(model, tok, task, train_ex, dev_ex, cfg, out, resume=resume, callbacks=[cb, *extra],
-                   show_progress=False)
+                   show_progress=False, weights_writer=cb)
     return result, cb, model
 
 
@@ -383,11 +383,13 @@ def test_lalora_and_workflow_flag_errors():
     dora, dora_stack, _ = adapted(method="dora")
     with pytest.raises(ConfigError, match="--method lora"):
         LaLoRA(dora, dora_stack, R_MAX)
-    assert parse_ranks("adaptive") == "adaptive" and parse_ranks("1:4") == {1: 4}
+    assert parse_ranks("1:4") == {1: 4} and AdapterChoice(ranks="adaptive").adaptive == AdaptiveRanks()
     with pytest.raises(ConfigError, match="--method"):
-        check_adaptive(AdapterChoice(method="dora", ranks="adaptive"))
+        AdapterChoice(method="dora", adaptive=AdaptiveRanks())
     with pytest.raises(ConfigError, match="--r-max"):
-        check_adaptive(AdapterChoice(ranks="adaptive", r_max=0))
+        AdaptiveRanks(r_max=0)
+    with pytest.raises(ConfigError, match="--adaptive-ranks"):
+        check_adaptive(AdapterChoice())
 
 
 @pytest.mark.parametrize("flags, flag", [(["--gamma", "0"], "--gamma"), (["--r-max", "0"], "--r-max"),
@@ -410,8 +412,8 @@ def test_real_minilm_adaptive_run_writes_ranks_and_a_reloadable_adapter(minilm, 
     from layerwise.workflows.train import train_job
 
     cfg = TrainConfig(steps=20, lr=2e-3, batch_size=16, max_length=48, eval_max_examples=64)
-    result, chosen = train_job("minilm", "rotten-tomatoes", None, tmp_path, train_config=cfg,
-                               adapter=AdapterChoice(ranks="adaptive", rank=8, gamma=4.0), show_progress=False)
+    result, chosen = train_job("minilm", "rotten-tomatoes", tmp_path, train_config=cfg,
+                               adapter=AdapterChoice(rank=8, adaptive=AdaptiveRanks(gamma=4.0)), show_progress=False)
     assert result.steps == 20 and list(chosen.layers) == list(range(6))
     assert (tmp_path / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = read_history(tmp_path / "rank_history.json")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.commands.bench import parse_int_list
+from layerwise.settings import parse_int_list
 from layerwise.errors import ConfigError
 from layerwise.train import TrainConfig
-from layerwise.workflows.bench import (BENCH_METHODS, BenchSettings, aggregate, build_cell, find_method,
+from layerwise.bench import (BENCH_METHODS, BenchSettings, aggregate, build_cell, find_method,
                                        relative_to, resolve_methods, summarize)
 
 
@@ -74,9 +74,9 @@ def test_method_names_resolve_with_k_and_unknown_ones_list_the_registry() -> Non
 
 
 def test_int_lists() -> None:
-    assert parse_int_list("0-2,5", "--seeds") == [0, 1, 2, 5]
-    with pytest.raises(ConfigError, match="--k takes integers"):
-        parse_int_list("a", "--k")
+    assert parse_int_list("0-2,5", "--train-seeds") == (0, 1, 2, 5)
+    with pytest.raises(ConfigError, match="--ks takes integers"):
+        parse_int_list("a", "--ks")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
         return
     assert isinstance(job.selection, SelectionChoice) and isinstance(job.adapter, AdapterChoice) and not job.full
     assert (job.selection.card == settings.card) == method.needs_card
-    rank = job.adapter.r_max if job.adapter.adaptive else job.adapter.rank
+    rank = job.adapter.r_max
     build_peft_config(tiny_bert_stack, [0, 1], method=job.adapter.method, targets=job.adapter.targets, rank=rank,
                       total_steps=job.train_config.steps)  # the adapter is one peft accepts
     if method.needs_card:
@@ -123,7 +123,7 @@ def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
 
 
 def test_output_folder_is_resumed_or_cleared_but_never_taken_over(tmp_path) -> None:
-    from layerwise.workflows.bench import _prepare_out
+    from layerwise.bench.cells import prepare_out as _prepare_out
 
     other = tmp_path / "other"
     other.mkdir()
@@ -141,7 +141,7 @@ def test_output_folder_is_resumed_or_cleared_but_never_taken_over(tmp_path) -> N
 
 
 def test_a_bench_made_before_a_training_field_existed_resumes_at_its_default(tmp_path) -> None:
-    from layerwise.workflows.bench import _check_resume
+    from layerwise.bench.cells import check_resume as _check_resume
 
     config = {"model": "m", "train_config": TrainConfig(steps=5).to_dict()}
     older = {"model": "m", "train_config": {k: v for k, v in config["train_config"].items() if k != "group_by_length"}}
@@ -155,7 +155,7 @@ def test_a_bench_made_before_a_training_field_existed_resumes_at_its_default(tmp
 
 
 def test_render_synthetic_bench(tmp_path) -> None:
-    from layerwise.bench_render import k_sweep, render_bench_md, write_bench
+    from layerwise.bench.render import k_sweep, render_bench_md, write_bench
 
     cells = [_cell(m, s, 0.7 + 0.01 * s, p, t, 900) for m, p, t in (("lora", 100, 10.0), ("actnorm-top2", 30, 5.0),
                                                                     ("actnorm-top1", 15, 4.0)) for s in (0, 1)]
@@ -225,7 +225,7 @@ def test_small_real_bench_resumes_without_retraining(tmp_path, small_sst2, capsy
 
     out = tmp_path / "bench"
     argv = ["bench", "--model", "minilm", "--task", "sst2", "--data", str(small_sst2), "--methods",
-            "lora,actnorm-top2,ia3", "--seeds", "0,1", "--steps", "3", "--eval-max-examples", "32",
+            "lora,actnorm-top2,ia3", "--train-seeds", "0,1", "--steps", "3", "--eval-max-examples", "32",
             "--inference-examples", "8", "--inference-repeats", "1", "--samples", "32", "--out", str(out)]
     assert main(argv) == 0
     for name in ("bench.json", "bench.md", "bench_score.png", "bench_phases.png", "bench_memory.png", "bench_k.png",

@@ -227,9 +227,10 @@ def test_helpers_and_moment_merge_in_two_processes(tmp_path):
 @pytest.fixture(scope="module")
 def single_card(tmp_path_factory):
     """The card one process makes from the 5 calibration batches of CARD_ARGS."""
-    from layerwise.workflows.card import CalibrationSpec, make_card
+    from layerwise.settings import Calibration as CalibrationSpec
+    from layerwise.workflows.card import make_card
 
-    card, _ = make_card("minilm", "rotten-tomatoes", None, tmp_path_factory.mktemp("one") / "card",
+    card, _ = make_card("minilm", "rotten-tomatoes", tmp_path_factory.mktemp("one") / "card",
                         calibration=CalibrationSpec(40, 0, 8, 64), plots=False, show_progress=False)
     return card
 

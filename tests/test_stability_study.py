@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
-from layerwise.commands.stability import parse_seeds
+from layerwise.commands.stability import StabilityOptions
 from layerwise.errors import ConfigError
 from layerwise.workflows.stability import score_correlation, seed_agreement, task_agreement
 
@@ -42,11 +42,11 @@ def test_task_agreement_and_score_correlation() -> None:
 
 
 def test_seed_flag() -> None:
-    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
-    with pytest.raises(ConfigError, match="--seeds"):
-        parse_seeds("x")
+    assert StabilityOptions(calibration_seeds="0-3,7").calibration_seeds == (0, 1, 2, 3, 7)
+    with pytest.raises(ConfigError, match="--calibration-seeds"):
+        StabilityOptions(calibration_seeds="x")
     with pytest.raises(ConfigError, match="at least two"):
-        parse_seeds("3")
+        StabilityOptions(calibration_seeds="3")
 
 
 @pytest.mark.slow
@@ -54,7 +54,7 @@ def test_seed_flag() -> None:
 def test_small_real_study_with_ablation(tmp_path, glue_dir) -> None:
     from layerwise.stability_render import write_stability
     from layerwise.train import TrainConfig
-    from layerwise.workflows.card import CalibrationSpec
+    from layerwise.settings import Calibration as CalibrationSpec
     from layerwise.workflows.stability import stability_study
 
     tasks = [("sst2", str(glue_dir / "SST-2")), ("cola", str(glue_dir / "CoLA"))]

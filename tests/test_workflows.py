@@ -8,6 +8,7 @@ import pytest
 
 from layerwise.errors import ConfigError
 from layerwise.train import TrainConfig
+from layerwise.settings import DataSource
 from layerwise.workflows.train import AdapterChoice, SelectionChoice, parse_ranks, train_job
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -22,7 +23,7 @@ def test_parse_ranks() -> None:
 
 @pytest.mark.slow
 def test_adalora_really_reallocates_ranks(tmp_path, glue_dir) -> None:
-    result, chosen = train_job("minilm", "sst2", str(glue_dir / "SST-2"), tmp_path / "ada",
+    result, chosen = train_job("minilm", DataSource("sst2", str(glue_dir / "SST-2")), tmp_path / "ada",
                                train_config=TrainConfig(steps=12, eval_max_examples=16),
                                adapter=AdapterChoice(method="adalora"), show_progress=False)
     config = json.loads((tmp_path / "ada" / "adapter" / "adapter_config.json").read_text())
@@ -36,14 +37,14 @@ def test_adalora_really_reallocates_ranks(tmp_path, glue_dir) -> None:
 def test_train_job_with_a_card_policy_refuses_an_existing_folder(tmp_path, glue_dir) -> None:
     data = str(glue_dir / "SST-2")
     cfg = TrainConfig(steps=2, eval_max_examples=16)
-    result, chosen = train_job("minilm", "sst2", data, tmp_path / "top2", train_config=cfg,
-                               selection=SelectionChoice("top-k", "gradnorm", {"k": 2}), show_progress=False,
+    result, chosen = train_job("minilm", DataSource("sst2", data), tmp_path / "top2", train_config=cfg,
+                               selection=SelectionChoice("top-k", "gradnorm", k=2), show_progress=False,
                                calibration=None)
     assert len(chosen.layers) == 2 and (tmp_path / "top2" / "card" / "card.json").exists()
     saved = json.loads((tmp_path / "top2" / "selection.json").read_text())
     assert saved["selection"]["layers"] == list(chosen.layers)
     with pytest.raises(ConfigError, match="--overwrite"):
-        train_job("minilm", "sst2", data, tmp_path / "top2", train_config=cfg, show_progress=False)
+        train_job("minilm", DataSource("sst2", data), tmp_path / "top2", train_config=cfg, show_progress=False)
 
 
 def test_frozen_prefix_runs_without_dropout() -> None:
@@ -88,15 +89,15 @@ def test_run_side_by_side_trains_exactly_what_the_sequential_run_trains(tmp_path
     import torch
     from safetensors.torch import load_file
 
-    from layerwise.workflows.card import CalibrationSpec
+    from layerwise.settings import Calibration as CalibrationSpec
     from layerwise.workflows.run import run_pipeline
 
     kwargs = dict(train_config=TrainConfig(steps=3, eval_max_examples=16), selection=SelectionChoice("pareto"),
                   adapter=AdapterChoice(), calibration=CalibrationSpec(samples=32), show_progress=False)
-    sequential = run_pipeline("minilm", "rotten-tomatoes", None, tmp_path / "seq", **kwargs)
+    sequential = run_pipeline("minilm", "rotten-tomatoes", tmp_path / "seq", **kwargs)
     (tmp_path / "sbs").mkdir()
     shutil.copytree(tmp_path / "seq" / "card", tmp_path / "sbs" / "card")  # the same card, not made again
-    together = run_pipeline("minilm", "rotten-tomatoes", None, tmp_path / "sbs", resume=True, side_by_side=True,
+    together = run_pipeline("minilm", "rotten-tomatoes", tmp_path / "sbs", resume=True, side_by_side=True,
                             **kwargs)
     for label in ("selected", "uniform"):
         a = load_file(str(tmp_path / "seq" / label / "adapter" / "adapter_model.safetensors"))

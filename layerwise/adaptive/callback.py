@@ -1,8 +1,8 @@
 """``LaLoRA``: layer-wise adaptive LoRA ranks during training, as a callback around ``optimizer.step()``.
 
-In :func:`layerwise.train.train` pass it in ``callbacks``; the loop calls its hooks, checkpoints its state,
-saves the final and best adapters through :meth:`LaLoRA.save_adapter` and writes ``rank_history.json`` and
-``ranks.png`` at the end. In your own loop::
+In :func:`layerwise.train.train` pass it in ``callbacks`` and as ``weights_writer``; the loop calls its hooks,
+checkpoints its state, saves the final and best adapters through :meth:`LaLoRA.save_adapter` (the truncated
+adapter with ``rank_pattern``) and writes ``rank_history.json`` and ``ranks.png`` at the end. In your own loop::
 
     model = layerwise.bridge.apply_adapter(base, stack, layers, method="lora", rank=8)   # r_max = 8
     lalora = LaLoRA(model, stack, r_max=8, alpha=16, gamma=1.0, interval=1)

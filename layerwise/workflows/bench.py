@@ -112,13 +112,18 @@ def _check_selections(jobs: list[CellJob]) -> None:
     from layerwise.card import LayerCard
     from layerwise.selection import select
 
+    from layerwise.errors import ConfigError
+
     cards: dict[str, Any] = {}
     for job in jobs:
         sel = job.selection
         if sel is not None and sel.card is not None:
             if sel.card not in cards:
                 cards[sel.card] = LayerCard.load(sel.card)
-            select(cards[sel.card], sel.policy, metric=sel.metric, **sel.options)
+            try:
+                select(cards[sel.card], sel.policy, metric=sel.metric, **sel.options)
+            except ConfigError as err:  # the policy names its own option (--k); the bench's flags made it
+                raise ConfigError(f"--methods {job.method} (with --ks): {err}") from err
 
 
 def _model_params(job: _Job) -> int:

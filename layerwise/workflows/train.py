@@ -68,7 +68,7 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
 
 def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.PathLike, *, train_config: Any,
               selection: SelectionChoice = SelectionChoice(), adapter: AdapterChoice | None = AdapterChoice(),
-              calibration: Calibration = Calibration(), device: str | None = None, resume: bool = False,
+              calibration: Calibration | None = None, device: str | None = None, resume: bool = False,
               overwrite: bool = False, show_progress: bool = True, callbacks: Sequence[Any] = (),
               settings: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     """Select layers, build the adapter, train; returns (TrainResult, Selection). Writes into ``out``
@@ -97,7 +97,7 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     ready = prepare(model, data, dev)
     if adapter is None:  # full fine-tuning: every parameter of the model with its task head
         return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
-    card = load_or_make_card(selection, ready, calibration, out_dir, ready.loaded.source.name)
+    card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name)
     chosen = choose_layers(card, len(ready.stack), selection)
     _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint)
     torch.manual_seed(train_config.seed)  # adapter initialisation
