@@ -360,7 +360,7 @@ def test_a_run_grouped_by_length_resumes_exactly(tokenizer, rt, tmp_path):
     ({"weight_decay": -0.1}, "--weight-decay"), ({"warmup_ratio": 1.0}, "--warmup-ratio"),
     ({"scheduler": "step"}, "--scheduler"), ({"batch_size": 0}, "--batch-size"), ({"grad_accum": 0}, "--grad-accum"),
     ({"max_length": 1}, "--max-length"), ({"eval_every": -1}, "--eval-every"), ({"save_every": -2}, "--save-every"),
-    ({"early_stopping": 2}, "--early-stopping"), ({"seed": -1}, "--seed"), ({"max_grad_norm": -1.0}, "--max-grad-norm"),
+    ({"early_stopping": 2}, "--early-stopping"), ({"seed": -1}, "--train-seed"), ({"max_grad_norm": -1.0}, "--max-grad-norm"),
     ({"eval_max_examples": 0}, "--eval-max-examples"), ({"pad_to": 16}, "--pad-to"),
     ({"gen_max_new_tokens": 0}, "--gen-max-new-tokens"), ({"steps": 2.5}, "--steps"),
     ({"group_by_length": -1}, "--group-by-length"),
