@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -642,7 +642,10 @@ def _measure_cell(bench: _Bench, cell: Path, full: bool, examples: int, repeats:
     else:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(cell / "adapter"))
+        from layerwise.quiet import peft_wrapping
+
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(cell / "adapter"))
     sample = (task_data.dev or task_data.train)[:examples]
     return measure_adapter_inference(model, loaded.tokenizer, task_data.task, sample, cfg.batch_size, repeats,
                                      max_length=cfg.max_length, new_tokens=new_tokens)
@@ -669,4 +672,4 @@ def _say(text: str) -> None:
     from layerwise import distributed
 
     if distributed.is_main():
-        print(f"layerwise bench: {text}", file=sys.stderr, flush=True)
+        logging.getLogger(__name__).info(text)
