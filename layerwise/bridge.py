@@ -33,6 +33,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from layerwise.errors import ConfigError, LayerwiseError
 from layerwise.layers import DEFAULT_TARGETS, OTHER, ROLES, TARGET_GROUPS, LayerStack, parse_targets, unwrap_model
+from layerwise.quiet import peft_wrapping
 
 __all__ = [
     "METHODS",
@@ -425,7 +426,8 @@ def apply_adapter(model: torch.nn.Module, stack: LayerStack, layers: Sequence[in
     targets = kwargs.get("targets", DEFAULT_TARGETS)
     expected = expected_adapter_modules(stack, layers, targets)
     try:
-        wrapped = peft.get_peft_model(model, config)
+        with peft_wrapping():
+            wrapped = peft.get_peft_model(model, config)
     except (TypeError, ValueError) as err:
         method = kwargs.get("method", "lora")
         raise ConfigError(

@@ -87,17 +87,12 @@ def normalised_matrix(card: Any) -> tuple[list[str], list[list[float]]]:
 
 def render_png(card: Any, path: str | os.PathLike) -> Path:
     """Heatmap of normalised metrics per layer, and cumulative-importance curves, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from layerwise.io import atomic_write_with
+    from layerwise.figures import new_figure, save_png
 
     names, rows = normalised_matrix(card)
     L = card.num_layers
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(10, 0.35 * L + 6), 0.45 * len(names) + 2.5),
-                                   gridspec_kw={"width_ratios": [max(L, 6), 6]})
+    fig = new_figure((max(10, 0.35 * L + 6), 0.45 * len(names) + 2.5))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(L, 6), 6]})
     im = ax1.imshow(rows, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax1.set_yticks(range(len(names)), names)
     ax1.set_xticks(range(L), [str(i) for i in range(L)], fontsize=7 if L > 16 else 9)
@@ -118,7 +113,4 @@ def render_png(card: Any, path: str | os.PathLike) -> Path:
     ax2.set_ylabel("share of total importance")
     ax2.set_title("cumulative importance")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)

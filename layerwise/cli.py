@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -45,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "config", None):
             args = _with_config(parser, args, argv)
-        return int(args.run(args) or 0)
+        with _diagnostics_to_stderr(args.command):
+            code = int(args.run(args) or 0)
+            sys.stdout.flush()  # here, where a closed pipe (`| head`) is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except LayerwiseError as err:
         print(f"layerwise {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -72,3 +80,29 @@ def _quiet_other_ranks() -> None:
 
     if os.environ.get("RANK", "0") not in ("", "0"):
         sys.stdout = open(os.devnull, "w", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _diagnostics_to_stderr(command: str) -> Iterator[None]:
+    """While the command runs, the library's log records (loggers under ``layerwise``, INFO and up) are
+    printed on stderr as ``layerwise <command>: ...``; afterwards the logger is as it was, so ``main`` may run
+    inside a process that has its own logging."""
+    logger = logging.getLogger("layerwise")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"layerwise {command}: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``layerwise models --json | head -1``): as the Python docs advise for
+    SIGPIPE, point stdout at /dev/null so the flush at exit cannot fail again, and exit with status 1."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1

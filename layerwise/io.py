@@ -1,24 +1,53 @@
 """Atomic file writes (every file a user may rely on is written to a temporary file, then renamed) and
-folder-safe names."""
+folder-safe names.
+
+Temporary files and folders are created with mode 0o666 / 0o777 and the kernel applies the user's umask, so a
+renamed result has the permissions any new file of the user's gets (``tempfile.mkstemp`` and ``mkdtemp`` make
+them 0o600 / 0o700, private to the user whatever the umask says)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["slug", "atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir"]
+__all__ = ["slug", "atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir",
+           "temp_file_beside", "temp_dir_beside"]
+
+
+def _create_beside(path: Path, create: Callable[[str], None]) -> str:
+    """A new, uniquely named ``.<name>.<random>.tmp`` entry next to ``path``, made by ``create(name)``."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            create(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def temp_file_beside(path: str | os.PathLike) -> str:
+    """An empty temporary file in ``path``'s folder (created), readable as the user's umask allows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _create_beside(path, lambda tmp: os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """An empty temporary folder in ``path``'s folder (created), with the permissions of the user's umask."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(_create_beside(path, lambda tmp: os.mkdir(tmp, 0o777)))
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically rename the temporary file onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file_beside(path)
     try:
         write(tmp)
         os.replace(tmp, path)

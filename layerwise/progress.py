@@ -1,14 +1,18 @@
-"""Progress display for long work: tqdm bars that stay quiet when output is not a terminal or in CI."""
+"""Progress display for long work: tqdm bars that stay quiet when output is not a terminal or in CI, and
+status lines for work without a progress unit (logged: the ``layerwise`` command shows them on stderr)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
 
 __all__ = ["progress", "status", "enabled"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -33,8 +37,8 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
 
 @contextlib.contextmanager
 def status(message: str) -> Iterator[None]:
-    """Print a one-line status for work that has no natural progress unit, and how long it took."""
+    """Log (at INFO) a one-line status for work that has no natural progress unit, and how long it took."""
     start = time.perf_counter()
-    print(f"layerwise: {message} ...", file=sys.stderr, flush=True)
+    log.info("%s ...", message)
     yield
-    print(f"layerwise: done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    log.info("done in %.1fs", time.perf_counter() - start)

@@ -83,15 +83,11 @@ def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) ->
 
 def render_report_png(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Score, trainable parameters and stacked phase times per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from layerwise.io import atomic_write_with
+    from layerwise.figures import new_figure, save_png
 
     labels = [r["label"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig = new_figure((12, 3.6))
+    axes = fig.subplots(1, 3)
     axes[0].bar(labels, [r["score"] or 0 for r in rows], color="tab:green")
     axes[0].set_title(f"dev {rows[0]['main_metric']}")
     axes[1].bar(labels, [r["trainable_params"] for r in rows], color="tab:purple")
@@ -106,10 +102,7 @@ def render_report_png(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -
     axes[2].legend(fontsize=8)
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def write_report(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> dict[str, Path]:

@@ -46,15 +46,11 @@ def render_stability_md(result: dict[str, Any]) -> str:
 
 def render_stability_png(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Top-k Jaccard against k for every metric, one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from layerwise.io import atomic_write_with
+    from layerwise.figures import new_figure, save_png
 
     tasks = list(result["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    fig = new_figure((5 * len(tasks), 3.6))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for name, s in result["tasks"][task]["metrics"].items():
             ks = sorted(int(k) for k in s["top_k_jaccard"])
@@ -63,10 +59,7 @@ def render_stability_png(result: dict[str, Any], path: str | os.PathLike) -> Pat
         ax.set_xlabel("k")
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def write_stability(out_dir: str | os.PathLike, result: dict[str, Any]) -> dict[str, Path]:

@@ -45,7 +45,10 @@ def _measure(ready: Any, cell: Path, full: bool, cfg: Any, examples: int, repeat
     else:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(cell / "adapter"))
+        from layerwise.quiet import peft_wrapping
+
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(cell / "adapter"))
     sample = (ready.task.dev or ready.task.train)[:examples]
     return measure_adapter_inference(model, ready.loaded.tokenizer, ready.task.task, sample, cfg.batch_size, repeats,
                                      max_length=cfg.max_length, new_tokens=new_tokens)

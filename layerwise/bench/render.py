@@ -145,23 +145,16 @@ def render_bench_md(result: dict[str, Any]) -> str:
 
 # -- plots ------------------------------------------------------------------------------------------------
 def _figure(ncols: int = 1, width: float = 6.0) -> tuple[Any, Any]:
-    import matplotlib
+    from layerwise.figures import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=(width, 3.8), squeeze=False)
+    fig = new_figure((width, 3.8))
+    return fig, fig.subplots(1, ncols, squeeze=False)
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
+    from layerwise.figures import save_png
 
-    from layerwise.io import atomic_write_with
-
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_score_vs_params(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:

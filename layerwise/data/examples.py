@@ -1,10 +1,13 @@
-"""The unit of data every task is read into: one text (or text pair) with its label or target."""
+"""The unit of data every task is read into (one text or text pair with its label or target), and a task's
+examples split into train and dev."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Example"]
+from layerwise.data.tasks import TaskSpec
+
+__all__ = ["Example", "TaskData"]
 
 
 @dataclass(frozen=True)
@@ -19,3 +22,19 @@ class Example:
     """Class index (``int``, into ``TaskSpec.label_names``) or regression target (``float``)."""
     target: str | None = None
     """Causal LM: the answer text that follows the prompt; the loss covers these tokens only."""
+
+
+@dataclass
+class TaskData:
+    """A task's examples, split into train and dev."""
+
+    task: TaskSpec
+    """The task; for csv/jsonl files its labels, kind and pair-ness come from the file."""
+    train: list[Example]
+    """Training examples, in file order."""
+    dev: list[Example]
+    """Held-out examples used for evaluation and checkpoint selection."""
+    source: str
+    """Where the data came from (paths or a description)."""
+    skipped: dict[str, int]
+    """Reason -> number of rows skipped for it (also reported with a warning)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from layerwise.errors import ConfigError, ModelError
 from layerwise.models.resolve import ModelSource, resolve_model
+from layerwise.quiet import transformers_errors_only
 
 __all__ = ["HEADS", "LoadedModel", "load_model", "load_tokenizer", "model_fingerprint"]
 
@@ -105,10 +106,9 @@ def load_model(
     if source.kind != "hub" and any(Path(source.path).glob("*.safetensors")):
         kwargs["use_safetensors"] = True
     auto, extra = _auto_class(transformers, head, num_labels)
-    # The load report (e.g. "classifier.weight MISSING" for a fresh head) is expected, not news.
-    transformers.logging.set_verbosity_error()
     try:
-        with torch.random.fork_rng(devices=[]):
+        # The load report (e.g. "classifier.weight MISSING" for a fresh head) is expected, not news.
+        with transformers_errors_only(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = auto.from_pretrained(source.path, **kwargs, **extra)
     except (OSError, ValueError, KeyError) as err:

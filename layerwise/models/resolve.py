@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerwise.errors import ModelError
+from layerwise.io import temp_dir_beside
 from layerwise.models.aliases import BUNDLED_MODELS, BundledModel
 
 __all__ = ["ModelSource", "resolve_model", "default_cache_dir"]
@@ -105,8 +106,7 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
 
 
 def _save_atomically(model, tokenizer, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
         from safetensors.torch import save_model
 

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
+from layerwise.quiet import peft_wrapping
+
 __all__ = ["weight_delta"]
 
 
@@ -35,7 +37,8 @@ def weight_delta(model: torch.nn.Module, stack: Any, batches: Sequence[dict], st
     names = stack.target_names(range(len(stack)), targets)
     config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=names,
                              task_type=_task_type(model))
-    wrapped = peft.get_peft_model(work, config)
+    with peft_wrapping():
+        wrapped = peft.get_peft_model(work, config)
     wrapped.train()
     params = [p for p in wrapped.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)

@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from layerwise.errors import ConfigError, ModelError
-from layerwise.io import atomic_write_json
+from layerwise.io import atomic_write_json, temp_dir_beside
 from layerwise.train.hooks import Stateful
 from layerwise.train.log import json_safe
 from layerwise.train.state import TrainState
@@ -54,11 +53,9 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)``, then swap ``tmp_dir`` in for ``path`` (the old one is kept as ``path.old``
     until the new one is in place, so a crash leaves one complete copy)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir_beside(path)
     try:
         write(tmp)
-        os.chmod(tmp, 0o755)
         old = path.with_name(path.name + ".old")
         if old.exists():
             shutil.rmtree(old)

@@ -3,12 +3,14 @@ boundary (where a checkpoint is exact); a second one interrupts at once."""
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 from typing import Any
 
 __all__ = ["DeferredInterrupt"]
+
+log = logging.getLogger(__name__)
 
 
 class DeferredInterrupt:
@@ -37,8 +39,7 @@ class DeferredInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nlayerwise: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
-              file=sys.stderr, flush=True)
+        log.warning("stopping after this step and saving a checkpoint (Ctrl-C again to abort now)")
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:

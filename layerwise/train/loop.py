@@ -12,8 +12,8 @@ main metric), ``checkpoint/`` (resumable) and ``plots.png``.
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +41,8 @@ from layerwise.train.phases import TRAIN_PHASES, PhaseTimer
 from layerwise.train.state import TrainState
 
 __all__ = ["TrainResult", "train", "LOG_NAME", "METRICS_NAME", "ADAPTER_DIR", "BEST_DIR", "PLOT_NAME"]
+
+log = logging.getLogger(__name__)
 
 LOG_NAME, METRICS_NAME, PLOT_NAME = "train_log.jsonl", "metrics.json", "plots.png"
 ADAPTER_DIR, BEST_DIR = "adapter", "best"
@@ -342,12 +344,12 @@ def _save(run: _Run) -> None:
 def _save_on_interrupt(run: _Run) -> None:
     """At a step boundary the checkpoint is exact; inside a step (a second Ctrl-C) the last one is kept."""
     if run.mid_step:
-        print(f"layerwise: interrupted inside step {run.state.step + 1}; the last checkpoint (step "
-              f"{max(run.saved_step, 0)}) is kept", file=sys.stderr, flush=True)
+        log.warning("interrupted inside step %d; the last checkpoint (step %d) is kept", run.state.step + 1,
+                    max(run.saved_step, 0))
         return
     _save(run)
-    print(f"layerwise: interrupted; checkpoint of step {run.state.step} saved in {run.out_dir / 'checkpoint'} "
-          "(continue with --resume)", file=sys.stderr, flush=True)
+    log.warning("interrupted; checkpoint of step %d saved in %s (continue with --resume)", run.state.step,
+                run.out_dir / "checkpoint")
 
 
 def _save_adapter(run: _Run, path: Path) -> Path:

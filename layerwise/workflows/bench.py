@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -168,4 +168,4 @@ def _say(text: str) -> None:
     from layerwise import distributed
 
     if distributed.is_main():
-        print(f"layerwise bench: {text}", file=sys.stderr, flush=True)
+        logging.getLogger(__name__).info(text)

@@ -120,9 +120,9 @@ def _describe(run_dir: Path) -> str:
 
 
 def _stage(text: str) -> None:
-    import sys
+    import logging
 
     from layerwise import distributed
 
     if distributed.is_main():
-        print(f"layerwise run: {text}", file=sys.stderr, flush=True)
+        logging.getLogger(__name__).info(text)
