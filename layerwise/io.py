@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["slug", "atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir",
-           "temp_file_beside", "temp_dir_beside"]
+           "temp_file_beside", "temp_dir_beside", "write_settings", "SETTINGS_NAME"]
+
+SETTINGS_NAME = "config.yaml"
+"""The resolved settings a run writes into its output folder (``--config`` it to run again)."""
 
 
 def _create_beside(path: Path, create: Callable[[str], None]) -> str:
@@ -94,3 +97,14 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False, flag: s
 def slug(text: str) -> str:
     """A folder-name-safe version of a model or task name (its last path part)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip("/").split("/")[-1]).strip("-") or "model"
+
+
+def write_settings(out_dir: str | os.PathLike, settings: Any) -> Path | None:
+    """Write ``settings`` (a mapping of flag names to values) as ``out_dir/config.yaml``, atomically; None
+    writes nothing."""
+    if settings is None:
+        return None
+    import yaml
+
+    header = "# layerwise settings of this run; `--config` this file to run it again (flags given win)\n"
+    return atomic_write_text(Path(out_dir) / SETTINGS_NAME, header + yaml.safe_dump(dict(settings), sort_keys=False))

@@ -187,3 +187,25 @@ def test_shipped_example_configs_parse_for_their_command() -> None:
         args = _parse([command, "--config", str(path)])
         for group in COMMANDS[command]:
             build(group, args)
+
+
+def test_imports_go_commands_then_workflows_then_components() -> None:
+    """The layering the file layout promises: only the CLI imports commands; only commands and workflows
+    import workflows; a workflow module stays short."""
+    import ast
+
+    root = Path(__file__).parent.parent / "layerwise"
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        if not (rel.startswith("commands/") or rel == "cli.py"):
+            assert not any(m.startswith("layerwise.commands") for m in imported), rel
+        if not (rel.startswith(("commands/", "workflows/")) or rel == "cli.py"):
+            assert not any(m.startswith("layerwise.workflows") for m in imported), rel
+        if rel.startswith("workflows/"):
+            assert len(path.read_text().splitlines()) <= 300, rel

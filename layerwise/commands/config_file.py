@@ -16,10 +16,7 @@ from typing import Any, Mapping
 
 from layerwise.errors import ConfigError
 
-__all__ = ["read_config", "config_defaults", "write_settings", "CONFIG_NAME"]
-
-CONFIG_NAME = "config.yaml"
-"""The resolved settings a run writes into its output folder."""
+__all__ = ["read_config", "config_defaults"]
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -122,17 +119,3 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str,
                               f"allowed: {', '.join(sorted(actions))}")
         out[key] = _checked(path, str(raw_key), value, actions[key])
     return out
-
-
-def write_settings(out_dir: str | Path, settings: Mapping[str, Any] | None) -> Path | None:
-    """Write ``settings`` as ``out_dir/config.yaml`` (atomically); None writes nothing."""
-    if settings is None:
-        return None
-    import yaml
-
-    from layerwise.io import atomic_write_text
-
-    path = Path(out_dir) / CONFIG_NAME
-    header = "# layerwise settings of this run; `--config` this file to run it again (flags given win)\n"
-    atomic_write_text(path, header + yaml.safe_dump(dict(settings), sort_keys=False))
-    return path

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from layerwise.inspection import inspect_model_and_task, render_inspection
+    from layerwise.workflows.inspect import inspect_model_and_task, render_inspection
 
     report = inspect_model_and_task(build(MODEL, args), build(DATA, args))
     print(json.dumps(report, indent=2) if args.json else render_inspection(report))

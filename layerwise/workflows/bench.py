@@ -37,7 +37,7 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     bench.json content. Every adapter cell uses ``adapter``'s rank and targets and ``train_config``; full
     fine-tuning uses ``bench.full_lr``."""
     from layerwise.bench.render import write_bench
-    from layerwise.commands.config_file import write_settings
+    from layerwise.io import write_settings
     from layerwise.workflows.prepare import data_source, model_source
 
     model, data = model_source(model), data_source(data)

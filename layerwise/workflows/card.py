@@ -46,7 +46,7 @@ def make_card(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     process gets the same card and only rank 0 writes the files (others return no files).
     """
     from layerwise import distributed
-    from layerwise.commands.config_file import write_settings
+    from layerwise.io import write_settings
     from layerwise.io import prepare_output_dir
     from layerwise.layers import parse_targets
     from layerwise.profiling import profile_layers

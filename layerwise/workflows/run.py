@@ -32,7 +32,7 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
     parallel and only rank 0 writes.
     """
     from layerwise import distributed
-    from layerwise.commands.config_file import write_settings
+    from layerwise.io import write_settings
     from layerwise.io import prepare_output_dir
     from layerwise.report import collect_run, compare, write_report
     from layerwise.workflows.card import make_card, resolve_device

@@ -99,7 +99,7 @@ def stability_study(model: ModelSource | str, tasks: Sequence[DataSource | tuple
                     settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run the study into ``out`` (cards/, ablation/, stability.json/md/png, config.yaml with ``settings``)
     and return its results. ``tasks`` are data sources, or (task, data) pairs."""
-    from layerwise.commands.config_file import write_settings
+    from layerwise.io import write_settings
     from layerwise.workflows.prepare import model_source
 
     out_dir = Path(out)

@@ -84,7 +84,7 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
 
     from layerwise import distributed
     from layerwise.bridge import apply_adapter
-    from layerwise.commands.config_file import write_settings
+    from layerwise.io import write_settings
     from layerwise.device import resolve_device
     from layerwise.train import train
     from layerwise.workflows.prepare import model_source, prepare

@@ -1,4 +1,4 @@
-"""What ``layerwise inspect`` reports: model fingerprint, layer stack and data summary, as plain data."""
+"""The ``layerwise inspect`` job: the model's fingerprint, its layer stack and a data summary, as plain data."""
 
 from __future__ import annotations
 
