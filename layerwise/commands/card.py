@@ -18,8 +18,8 @@ def add_card_flags(p: argparse.ArgumentParser, include_batch_size: bool = True, 
     if include_batch_size:
         g.add_argument("--batch-size", type=int, default=16, help="examples per probe batch (default 16)")
     g.add_argument("--metrics", default=None,
-                   help="comma list of metrics, or 'all' (default: every metric but weightdelta); "
-                   "see `layerwise card --list-metrics`")
+                   help="comma list of metrics or groups: all, default, weights (the data-free snr, alpha_hill, "
+                   "kappa) (default: every metric but weightdelta); see --list-metrics")
     if include_rank:
         g.add_argument("--rank", type=int, default=8, help="adapter rank the cost metric prices (default 8)")
         g.add_argument("--targets", default="q,v", help="projections adapted: q,v (default), attn, mlp, "
@@ -34,7 +34,8 @@ def add_card_flags(p: argparse.ArgumentParser, include_batch_size: bool = True, 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("card", help="measure every transformer block and write a Layer Card",
                        description="Profile a model's blocks on N calibration examples in one streaming pass "
-                       "and write card.json (reload with LayerCard.load), card.md and card.png.")
+                       "and write card.json (reload with LayerCard.load), card.md and card.png. With --metrics weights "
+                       "(data-free) --task is optional and no data is read.")
     add_model_flags(p)
     add_data_flags(p)
     add_card_flags(p)
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
     p.add_argument("--no-plots", action="store_true", help="skip card.png")
     p.add_argument("--list-metrics", action="store_true", help="list the metrics and exit")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, task=None)  # --task is optional with data-free metrics (--metrics weights)
 
 
 def list_metrics() -> str:
@@ -59,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list_metrics:
         print(list_metrics())
         return 0
+    from layerwise.commands.common import DEFAULT_TASK
+    from layerwise.importance import is_data_free
     from layerwise.workflows.card import CalibrationSpec, make_card
 
-    out = args.out or f"runs/card-{slug(args.model)}-{slug(args.task)}"
+    task = args.task or (None if is_data_free(args.metrics) else DEFAULT_TASK)  # data-free: no task needed
+    out = args.out or f"runs/card-{slug(args.model)}-{slug(task or 'weights')}"
     card, files = make_card(
-        args.model, args.task, args.data, out,
+        args.model, task, args.data, out,
         calibration=CalibrationSpec(args.samples, args.seed, args.batch_size, args.max_length),
         metrics=args.metrics, rank=args.rank, targets=args.targets,
         pooling=None if args.pooling == "auto" else args.pooling, device=args.device,
@@ -77,8 +81,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(card) -> str:
-    lines = [f"Layer Card for {card.model['name']}: {card.num_layers} layers, {card.data['samples']} samples of "
-             f"{card.data['task']}, probe {card.probe['seconds']:.1f} s, peak {card.probe['peak_memory'] / 2**20:.0f} MiB"]
+    data = (f"{card.data['samples']} samples of {card.data['task']}" if card.data.get("task") is not None
+            else "no data")
+    lines = [f"Layer Card for {card.model['name']}: {card.num_layers} layers, {data}, probe "
+             f"{card.probe['seconds']:.1f} s, peak {card.probe['peak_memory'] / 2**20:.0f} MiB"
+             + (f", weight spectra {card.probe['weights_seconds']:.1f} s" if "weights_seconds" in card.probe else "")]
     for name in card.metric_names:
         e = card.metrics[name]
         top = ", ".join(str(i) for i in card.order(name)[: min(5, card.num_layers)])

@@ -47,7 +47,7 @@ def calibration_batches(task_data: Any, tokenizer: Any, spec: CalibrationSpec) -
                         max_length=spec.max_length)
 
 
-def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | None, *,
+def make_card(model: str, task: str | None, data: str | None, out: str | os.PathLike | None, *,
               calibration: CalibrationSpec = CalibrationSpec(), metrics: str | Sequence[str] | None = None,
               rank: int = 8, targets: str = "q,v", pooling: str | None = None, device: str | None = None,
               weightdelta_steps: int = 20, columns: dict[str, str | None] | None = None, regression: bool = False,
@@ -58,8 +58,11 @@ def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | 
 
     Under ``torchrun``/``accelerate launch`` the calibration batches are split over the processes, every
     process gets the same card and only rank 0 writes the files (others return no files).
+
+    ``task`` may be None when every metric is data-free (``--metrics weights``): the model is then loaded
+    without a task head and no data is read (``layerwise.weight_card``).
     """
-    from layerwise import distributed
+    from layerwise import distributed, weight_card
     from layerwise.importance import get_metrics
     from layerwise.inspection import load_model_for_task, load_task_from_flags
     from layerwise.io import prepare_output_dir
@@ -70,16 +73,21 @@ def make_card(model: str, task: str, data: str | None, out: str | os.PathLike | 
     roles = parse_targets(targets)
     if rank < 1:
         raise ConfigError(f"--rank must be >= 1, got {rank}")
+    data_free = weight_card.check_task(task, metrics)
     dev = resolve_device(device)
     out_dir = prepare_output_dir(out, overwrite) if out is not None else None
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-    task_data = load_task_from_flags(task, data, columns, regression)
-    loaded = load_model_for_task(model, task_data.task, cache_dir, trust_remote_code)
+    if task is None:  # data-free card (weight metrics only): no task, no head, no batches
+        loaded, batches, info = weight_card.load_without_task(model, cache_dir, trust_remote_code)
+    else:
+        task_data = load_task_from_flags(task, data, columns, regression)
+        loaded = load_model_for_task(model, task_data.task, cache_dir, trust_remote_code)
+        batches = [] if data_free else calibration_batches(task_data, loaded.tokenizer, calibration)
+        info = {"task": task_data.task.name, "source": task_data.source,
+                "samples": 0 if data_free else calibration.samples,
+                "seed": calibration.seed, "batch_size": calibration.batch_size, "max_length": calibration.max_length}
     loaded.model.to(dev)
     stack = find_layer_stack(loaded.model, layers_path)
-    batches = calibration_batches(task_data, loaded.tokenizer, calibration)
-    info = {"task": task_data.task.name, "source": task_data.source, "samples": calibration.samples,
-            "seed": calibration.seed, "batch_size": calibration.batch_size, "max_length": calibration.max_length}
     card = profile_layers(loaded.model, batches, metrics, name=model, stack=stack, data_info=info, rank=rank,
                           targets=roles, pooling=pooling, device=dev, weightdelta_steps=weightdelta_steps,
                           seed=calibration.seed, max_stat_memory=max_stat_memory, show_progress=show_progress)

@@ -14,7 +14,11 @@ import numpy as np
 
 from layerwise.io import slug
 
-__all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study"]
+__all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study", "STUDY_METRICS"]
+
+STUDY_METRICS = "default,weights"
+"""The study's metrics unless told otherwise: the card's defaults and the data-free weight metrics (which agree
+across seeds and tasks by construction, so the tables show what the data-driven metrics add)."""
 
 
 def seed_agreement(rankings: Sequence[Sequence[float]], higher_is_better: bool = True) -> dict[str, Any]:
@@ -100,12 +104,14 @@ def stability_study(model: str, tasks: Sequence[tuple[str, str | None]], out: st
 
     out_dir = Path(out)
     calibration = calibration or CalibrationSpec()
+    metrics = metrics or STUDY_METRICS
     result: dict[str, Any] = {"schema_version": 1, "model": model, "seeds": list(seeds), "tasks": {}}
     means: dict[str, dict[str, list[float]]] = {}
     for task, data in tasks:
         cards = _cards_for_task(model, task, data, seeds, calibration, metrics, out_dir)
         per_metric = {}
         for name in cards[0].metric_names:
+            result.setdefault("needs", {})[name] = cards[0].metrics[name]["needs"]
             values = [c.importance(name) for c in cards]
             per_metric[name] = seed_agreement(values)
             means.setdefault(name, {})[task] = np.mean(values, 0).tolist()
