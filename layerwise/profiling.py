@@ -38,12 +38,16 @@ def profile_layers(
     seed: int = 0,
     max_stat_memory: int = 2 << 30,
     show_progress: bool = True,
+    spectrum_threads: int | None = 1,
 ) -> LayerCard:
     """Measure every requested metric of every block of ``model`` in one streaming pass over ``batches``.
 
     ``metrics`` is a list or comma string of registered names (default: all but ``weightdelta``).
     ``rank`` and ``targets`` set the adapter the ``cost`` metric prices; ``pooling`` (``first``, ``last``,
     ``mean``) the token CKA compares (default: first for encoders, last real token for decoders).
+
+    ``spectrum_threads``: torch threads for the weight metrics' CPU SVDs (None: the process's setting; see
+    ``layerwise.probe.spectrum.SpectrumCache``).
 
     Inside a process group (``torchrun``; see ``layerwise.distributed``) pass every rank the same
     ``batches``: each probes its share and every rank returns the same card as one process would.
@@ -65,6 +69,10 @@ def profile_layers(
         stats = ProbeStats(num_blocks=len(stack), hidden=0, wanted=frozenset())
         result = ProbeResult(stats, stack, pooling or "first", 0.0, 0, 0, False)
     options: dict[str, Any] = {"rank": rank, "targets": tuple(targets)}
+    if any(m.needs == "weights" for m in chosen):
+        from layerwise.probe.spectrum import SpectrumCache
+
+        options["spectra"] = SpectrumCache(spectrum_threads)  # one SVD per module for all weight metrics
     probe_info = {**_probe_info(result), **ranks_info}
     if any(m.name == "weightdelta" for m in chosen):
         from layerwise.probe.weightdelta import weight_delta

@@ -132,8 +132,11 @@ def test_block_values_are_means_over_targeted_projections_from_one_svd_each(monk
     model = tiny_bert(hidden=32)
     calls = []
     svdvals = torch.linalg.svdvals
-    monkeypatch.setattr(torch.linalg, "svdvals", lambda x: calls.append(x.shape) or svdvals(x))
+    monkeypatch.setattr(torch.linalg, "svdvals",
+                        lambda x: calls.append((x.shape, torch.get_num_threads())) or svdvals(x))
+    torch.set_num_threads(2)  # the SVDs run on one thread; the process's setting is restored (one_thread resets)
     card = profile_layers(model, [], "weights", targets=("q", "v", "up"), show_progress=False)
+    assert torch.get_num_threads() == 2 and {threads for _, threads in calls} == {1}
     assert len(calls) == 2 * 3 == card.probe["weights_modules"]  # 3 modules x 2 blocks, once for 3 metrics
     assert card.values("snr") == pytest.approx(block_direct(model, ("q", "v", "up"), snr_direct), rel=1e-9)
     assert card.values("alpha_hill") == pytest.approx(block_direct(model, ("q", "v", "up"), alpha_direct), rel=1e-6)

@@ -86,10 +86,18 @@ class Estimate:
 
 
 class SpectrumCache:
-    """Singular values per module name, computed on first use; one instance per card run."""
+    """Singular values per module name, computed on first use; one instance per card run.
 
-    def __init__(self) -> None:
+    CPU SVDs run with ``threads`` torch threads (default 1), the process's count restored after each: LAPACK's
+    SVD of matrices this size gains little from threads, and on a busy machine OpenMP threads waiting on each
+    other made SmolLM2's q,v spectra take 38 s with 2 threads against 1.3 s with 1 (2026-11-29, 2 shared cores,
+    ``benchmarks/weight_spectra.py``).
+    """
+
+    def __init__(self, threads: int | None = 1) -> None:
         self._spectra: dict[str, ModuleSpectrum] = {}
+        self.threads = threads
+        """Torch threads for CPU SVDs; None keeps the process's setting."""
         self.seconds = 0.0
         """Time spent in SVDs so far."""
 
@@ -101,11 +109,22 @@ class SpectrumCache:
         if name not in self._spectra:
             start = time.perf_counter()
             w = weight.detach()
-            values = torch.linalg.svdvals(w.to(torch.float64)).cpu().numpy()  # descending, (min(m, n),)
+            values = self._svdvals(w.to(torch.float64)).cpu().numpy()  # descending, (min(m, n),)
             eps = float(torch.finfo(w.dtype).eps) if w.dtype.is_floating_point else float(np.finfo(np.float32).eps)
             self._spectra[name] = ModuleSpectrum(name, (int(w.shape[0]), int(w.shape[1])), values, eps)
             self.seconds += time.perf_counter() - start
         return self._spectra[name]
+
+
+    def _svdvals(self, w: torch.Tensor) -> torch.Tensor:
+        if w.device.type != "cpu" or self.threads is None:
+            return torch.linalg.svdvals(w)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return torch.linalg.svdvals(w)
+        finally:
+            torch.set_num_threads(before)
 
 
 def module_weight(block: Any, linear: Any) -> torch.Tensor:
