@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=256, help="calibration examples per card (default 256)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--metrics", default=None, help="comma list of metrics (default: all but weightdelta)")
+    p.add_argument("--metrics", default=None, help="comma list of metrics or groups (default: default,weights: "
+                   "the card's defaults and the data-free snr, alpha_hill, kappa)")
     p.add_argument("--ablation-steps", type=int, default=0,
                    help="train LoRA on each single layer for this many steps and correlate (0 = skip)")
     p.add_argument("--out", default=None, help="output folder (default: runs/stability-<model>)")
