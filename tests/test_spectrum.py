@@ -195,6 +195,14 @@ def test_metric_groups_and_data_free_check() -> None:
         get_metrics("weightz")
 
 
+def test_list_metrics_shows_the_weight_metrics() -> None:
+    from layerwise.commands.card import list_metrics
+
+    rows = {line.split()[0]: line.split() for line in list_metrics().splitlines()[1:-1]}
+    assert rows["snr"][1:3] == ["weights", "higher"] and rows["kappa"][1:3] == ["weights", "lower"]
+    assert rows["alpha_hill"][1:3] == ["weights", "higher"]
+
+
 def test_data_free_card_needs_no_task_and_fits_the_task_model(tmp_path, minilm) -> None:
     from layerwise.workflows.card import make_card
 
