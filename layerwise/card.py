@@ -24,6 +24,7 @@ def cumulative_table(values: list[float], levels: tuple[int, ...] = CUMULATIVE_L
 
     Importance must be non-negative; a level is reached when the cumulative share is within 1e-9 of it.
     """
+    values = [0.0 if v is None else v for v in values]
     total = sum(values)
     if total <= 0:
         return {str(p): len(values) for p in levels}
@@ -43,6 +44,8 @@ class LayerCard:
 
     ``metrics[name]`` holds ``values`` (one per block), ``ranks`` (1 = most important), ``higher_is_better``,
     ``needs``, ``description``, ``cumulative`` (for higher-is-better metrics), ``stability`` and ``extras``.
+    A value is None where the metric is undefined at that block (the card's ``notes`` say why); such a block
+    ranks last and counts as the least important.
     """
 
     model: dict[str, Any]
@@ -85,14 +88,18 @@ class LayerCard:
         return order_of(m["values"], m["higher_is_better"])
 
     def importance(self, name: str) -> list[float]:
-        """Non-negative scores where higher means more important (lower-is-better metrics are flipped)."""
+        """Non-negative scores where higher means more important (lower-is-better metrics are flipped); an
+        undefined value (None) scores 0, no more than the least important defined layer."""
         m = self.metric(name)
-        v = [float(x) for x in m["values"]]
+        v = [float(x) for x in m["values"] if x is not None]
+        if not v:
+            return [0.0] * len(m["values"])
         if m["higher_is_better"]:
             low = min(v)
-            return [x - low if low < 0 else x for x in v]
+            shift = low if low < 0 else 0.0
+            return [0.0 if x is None else float(x) - shift for x in m["values"]]
         high = max(v)
-        return [high - x for x in v]
+        return [0.0 if x is None else high - float(x) for x in m["values"]]
 
     # -- identity ---------------------------------------------------------------------------------
     def check_model(self, fingerprint: dict[str, Any]) -> None:
@@ -147,7 +154,12 @@ def metric_entry(values: list[float], info: dict[str, Any], stability: dict | No
                  extras: dict[str, Any]) -> dict[str, Any]:
     """The card's entry for one metric: values, ranks, cumulative table (higher-is-better only)."""
     hib = info["higher_is_better"]
-    entry = {**info, "values": [float(v) for v in values], "ranks": ranks_of(values, hib),
-             "cumulative": cumulative_table([max(float(v), 0.0) for v in values]) if hib else None,
+    values = [None if v is None else float(v) for v in values]  # None: undefined at that layer, ranked last
+    entry = {**info, "values": values, "ranks": ranks_of([_nan_if_none(v) for v in values], hib),
+             "cumulative": cumulative_table([0.0 if v is None else max(v, 0.0) for v in values]) if hib else None,
              "stability": stability, "extras": extras}
     return entry
+
+
+def _nan_if_none(v: float | None) -> float:
+    return float("nan") if v is None else v

@@ -9,7 +9,9 @@ from typing import Any
 __all__ = ["render_markdown", "render_png", "normalised_matrix"]
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "undefined"
     a = abs(v)
     if a == 0:
         return "0"
@@ -25,10 +27,11 @@ def render_markdown(card: Any) -> str:
         f"# Layer Card: {m.get('name')}", "",
         f"- model: {m.get('name')} ({m.get('model_type')}, {m.get('parameters', 0) / 1e6:.1f}M parameters, "
         f"config {m.get('config_hash')})",
-        f"- data: {d.get('task')} from {d.get('source')}; {d.get('samples')} samples, seed {d.get('seed')}, "
-        f"batch {d.get('batch_size')}, max length {d.get('max_length')}, pooling {d.get('pooling')}",
+        _data_line(d),
         f"- probe: {p.get('seconds', 0):.1f} s, peak memory {p.get('peak_memory', 0) / 2**20:.0f} MiB, "
-        f"{p.get('batches')} batches, {p.get('tokens')} tokens",
+        f"{p.get('batches')} batches, {p.get('tokens')} tokens"
+        + (f"; weight spectra {p['weights_seconds']:.1f} s ({p.get('weights_modules')} SVDs)"
+           if "weights_seconds" in p else ""),
         f"- schema {card.schema_version}, created {card.created}", "",
         "## Per-layer values (rank: 1 = most important)", "",
     ]
@@ -49,6 +52,13 @@ def render_markdown(card: Any) -> str:
     for note in card.notes:
         lines.append(f"- note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _data_line(d: dict) -> str:
+    if d.get("task") is None:
+        return "- data: none (data-free metrics only: they read the weights)"
+    return (f"- data: {d.get('task')} from {d.get('source')}; {d.get('samples')} samples, seed {d.get('seed')}, "
+            f"batch {d.get('batch_size')}, max length {d.get('max_length')}, pooling {d.get('pooling')}")
 
 
 def _stability_text(s: dict | None) -> str:

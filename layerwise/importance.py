@@ -15,21 +15,29 @@ import torch
 
 from layerwise.errors import ConfigError
 
-__all__ = ["MetricValues", "ImportanceMetric", "IMPORTANCE", "register_importance", "get_metrics",
-           "linear_cka", "ridge_for", "DEFAULT_METRICS"]
+__all__ = ["MetricValues", "ImportanceMetric", "IMPORTANCE", "register_importance", "get_metrics", "is_data_free",
+           "linear_cka", "ridge_for", "DEFAULT_METRICS", "METRIC_GROUPS", "DATA_FREE"]
 
-NEEDS = ("static", "forward", "backward", "training")
+NEEDS = ("static", "weights", "forward", "backward", "training")
+DATA_FREE = ("static", "weights")
+"""Needs that read no calibration data: a card of only these metrics needs no task."""
 COND_FLOOR = 1e-7
 """Smallest eigenvalue, relative to the largest, that the float32 statistics resolve."""
 
 
 @dataclass
 class MetricValues:
-    """Per-layer values of one metric, optional per-batch values (n_batches, L) and extra tables."""
+    """Per-layer values of one metric, optional per-batch values (n_batches, L) and extra tables.
 
-    values: list[float]
+    A layer where the metric is undefined has value None and a reason in ``undefined``; ``notes`` are lines the
+    card shows (e.g. a module too small for an estimator).
+    """
+
+    values: list[float | None]
     per_batch: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    undefined: dict[int, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class ImportanceMetric:
     name: str
     compute: Callable[[Any, dict], MetricValues]
     needs: str
-    """``static`` (shapes only), ``forward``, ``backward`` or ``training``."""
+    """``static`` (shapes only), ``weights`` (the weights, no data), ``forward``, ``backward`` or ``training``."""
     statistics: tuple[str, ...]
     """Probe statistics it reads (see ``layerwise.probe.stats``)."""
     higher_is_better: bool
@@ -54,6 +62,9 @@ IMPORTANCE: dict[str, ImportanceMetric] = {}
 DEFAULT_METRICS = ("actnorm", "gradnorm", "fisher", "taylor", "cka", "resnorm", "act_energy", "coupling", "cost")
 """What ``layerwise card`` measures unless ``--metrics`` says otherwise (``weightdelta`` costs training)."""
 
+METRIC_GROUPS = ("all", "default", "weights")
+"""Names ``--metrics`` expands: every metric, :data:`DEFAULT_METRICS`, or the data-free weight metrics."""
+
 
 def register_importance(name: str, *, needs: str, statistics: tuple[str, ...] = (), higher_is_better: bool = True,
                         description: str = "", paper: str = "") -> Callable:
@@ -68,18 +79,36 @@ def register_importance(name: str, *, needs: str, statistics: tuple[str, ...] = 
     return wrap
 
 
+def _expand_group(name: str) -> list[str]:
+    if name == "all":
+        return list(IMPORTANCE)
+    if name == "default":
+        return list(DEFAULT_METRICS)
+    if name == "weights":
+        return [m.name for m in IMPORTANCE.values() if m.needs == "weights"]
+    return [name]
+
+
 def get_metrics(names: str | list[str] | tuple[str, ...] | None) -> list[ImportanceMetric]:
-    """Metrics by name (a comma list or ``all``); unknown names raise an error listing the known ones."""
+    """Metrics by name: a comma list whose items may be groups (``all``, ``default``, ``weights``; e.g.
+    ``default,weights``); unknown names raise an error listing the known ones."""
     if names is None:
         names = list(DEFAULT_METRICS)
     if isinstance(names, str):
-        names = list(IMPORTANCE) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = [m for n in names for m in _expand_group(n)]
     unknown = [n for n in names if n not in IMPORTANCE]
     if unknown:
-        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(IMPORTANCE)}")
+        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(IMPORTANCE)} "
+                          f"and the groups {', '.join(METRIC_GROUPS)}")
     if not names:
         raise ConfigError(f"--metrics is empty; choose from: {', '.join(IMPORTANCE)}")
     return [IMPORTANCE[n] for n in dict.fromkeys(names)]
+
+
+def is_data_free(names: str | list[str] | tuple[str, ...] | None) -> bool:
+    """Whether every metric of ``names`` reads no calibration data (needs ``static`` or ``weights``)."""
+    return all(m.needs in DATA_FREE for m in get_metrics(names))
 
 
 def _stack(rows: list[torch.Tensor]) -> np.ndarray | None:
@@ -223,3 +252,39 @@ def weightdelta(result: Any, options: dict) -> MetricValues:
         raise ConfigError("weightdelta needs a probe training run: use profile_layers(..., metrics=[..., "
                           "'weightdelta']) or `layerwise card --metrics ...,weightdelta`")
     return MetricValues(list(values), None, {"steps": options.get("weightdelta_steps")})
+
+
+# -- weights: data-free spectral signals (layerwise.probe.spectrum) ---------------------------------------
+def _spectral(result: Any, options: dict, estimator_name: str, metric: str) -> MetricValues:
+    from layerwise.probe import spectrum
+
+    cache = options.setdefault("spectra", spectrum.SpectrumCache())  # one SVD per module for the whole card
+    targets = options.get("targets", ("q", "v"))
+    values, extras, undefined, notes = spectrum.block_metric(result.stack, targets, cache,
+                                                             getattr(spectrum, estimator_name), metric)
+    return MetricValues(values, None, {**extras, "targets": list(targets)}, undefined, notes)
+
+
+@register_importance("snr", needs="weights", paper="Spectrum",
+                     description="Spectrum's signal-to-noise ratio of the singular values (above the "
+                     "Marchenko-Pastur edge over below it, over the largest), mean over the targeted projections")
+def snr(result: Any, options: dict) -> MetricValues:
+    return _spectral(result, options, "spectral_snr", "snr")
+
+
+@register_importance("alpha_hill", needs="weights", paper="AlphaLoRA / HT-SR",
+                     description="PL_Alpha_Hill: Hill estimate of the power-law exponent of W^T W's eigenvalues "
+                     "(top half as the tail), mean over the targeted projections; higher = less trained, so more "
+                     "adapter (AlphaLoRA)")
+def alpha_hill(result: Any, options: dict) -> MetricValues:
+    return _spectral(result, options, "alpha_hill", "alpha_hill")
+
+
+@register_importance("kappa", needs="weights", higher_is_better=False, paper="KappaTune",
+                     description="condition number s_max/s_min of the weights, mean over the targeted projections; "
+                     "lower = more adaptable (KappaTune)")
+def kappa(result: Any, options: dict) -> MetricValues:
+    mv = _spectral(result, options, "condition_number", "kappa")
+    details = mv.extras.get("module_details", {})
+    mv.extras["singular"] = [name for name, d in details.items() if d.get("singular")]
+    return mv

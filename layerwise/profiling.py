@@ -38,12 +38,16 @@ def profile_layers(
     seed: int = 0,
     max_stat_memory: int = 2 << 30,
     show_progress: bool = True,
+    spectrum_threads: int | None = 1,
 ) -> LayerCard:
     """Measure every requested metric of every block of ``model`` in one streaming pass over ``batches``.
 
     ``metrics`` is a list or comma string of registered names (default: all but ``weightdelta``).
     ``rank`` and ``targets`` set the adapter the ``cost`` metric prices; ``pooling`` (``first``, ``last``,
     ``mean``) the token CKA compares (default: first for encoders, last real token for decoders).
+
+    ``spectrum_threads``: torch threads for the weight metrics' CPU SVDs (None: the process's setting; see
+    ``layerwise.probe.spectrum.SpectrumCache``).
 
     Inside a process group (``torchrun``; see ``layerwise.distributed``) pass every rank the same
     ``batches``: each probes its share and every rank returns the same card as one process would.
@@ -65,6 +69,10 @@ def profile_layers(
         stats = ProbeStats(num_blocks=len(stack), hidden=0, wanted=frozenset())
         result = ProbeResult(stats, stack, pooling or "first", 0.0, 0, 0, False)
     options: dict[str, Any] = {"rank": rank, "targets": tuple(targets)}
+    if any(m.needs == "weights" for m in chosen):
+        from layerwise.probe.spectrum import SpectrumCache
+
+        options["spectra"] = SpectrumCache(spectrum_threads)  # one SVD per module for all weight metrics
     probe_info = {**_probe_info(result), **ranks_info}
     if any(m.name == "weightdelta" for m in chosen):
         from layerwise.probe.weightdelta import weight_delta
@@ -72,7 +80,11 @@ def profile_layers(
         values, seconds = weight_delta(model, stack, batches, weightdelta_steps, rank, targets, seed=seed)
         options.update(weightdelta_values=values, weightdelta_steps=weightdelta_steps)
         probe_info["weightdelta_seconds"] = seconds
-    entries = {m.name: _entry(m, result, options, stack, n_boot, seed) for m in chosen}
+    notes: list[str] = []
+    entries = {m.name: _entry(m, result, options, stack, n_boot, seed, notes) for m in chosen}
+    if "spectra" in options:  # the weight metrics' SVDs, run once per module (layerwise.probe.spectrum)
+        probe_info["weights_seconds"] = options["spectra"].seconds
+        probe_info["weights_modules"] = len(options["spectra"])
     fingerprint = model_fingerprint(model, name or getattr(model.config, "_name_or_path", "") or type(model).__name__)
     return LayerCard(
         model=fingerprint,
@@ -81,6 +93,7 @@ def profile_layers(
         metrics=entries,
         probe=probe_info,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        notes=notes,
     )
 
 
@@ -101,13 +114,15 @@ def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
     return result, reduce_result_(result)
 
 
-def _entry(metric: ImportanceMetric, result: Any, options: dict, stack: Any, n_boot: int, seed: int) -> dict:
+def _entry(metric: ImportanceMetric, result: Any, options: dict, stack: Any, n_boot: int, seed: int,
+           notes: list[str]) -> dict:
     mv: MetricValues = metric.compute(result, options)
-    _check_finite(metric.name, mv.values, stack)
+    _check_finite(metric.name, mv.values, stack, mv.undefined)
+    notes.extend(mv.notes + list(mv.undefined.values()))
     if mv.per_batch is not None:
         stability = bootstrap_stability(mv.per_batch, metric.higher_is_better, n_boot=n_boot, seed=seed)
         stability["basis"] = "per-batch values" if metric.name in _EXACT_PER_BATCH else "per-batch estimates"
-    elif metric.needs == "static":
+    elif metric.needs in ("static", "weights"):
         stability = {"deterministic": True}
     else:
         stability = None
@@ -117,9 +132,12 @@ def _entry(metric: ImportanceMetric, result: Any, options: dict, stack: Any, n_b
 _EXACT_PER_BATCH = {"actnorm", "gradnorm", "fisher", "taylor"}
 
 
-def _check_finite(name: str, values: Sequence[float], stack: Any) -> None:
+def _check_finite(name: str, values: Sequence[float | None], stack: Any, undefined: dict[int, str]) -> None:
+    """Refuse a NaN or infinite value, and a None the metric did not explain in ``undefined``."""
     for i, v in enumerate(values):
-        if not math.isfinite(v):
+        if i in undefined and v is None:
+            continue
+        if v is None or not math.isfinite(v):
             raise NonFiniteMetricError(
                 f"metric {name!r} is {v} at layer {i} ({stack.blocks[i].name}); the probe statistics are not "
                 "finite (overflow in half precision, or degenerate inputs): no ranking was made")

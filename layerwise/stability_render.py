@@ -38,10 +38,22 @@ def render_stability_md(result: dict[str, Any]) -> str:
                           "longer (`--ablation-steps`)."]
         lines.append("")
     if result.get("task_agreement"):
-        lines += ["## Agreement across tasks (Kendall tau of seed-averaged importance)", ""]
-        for name, pairs in result["task_agreement"].items():
-            lines.append(f"- {name}: " + ", ".join(f"{p} {v:.2f}" for p, v in pairs.items()))
+        lines += _task_agreement_lines(result["task_agreement"], result.get("needs", {}))
     return "\n".join(lines) + "\n"
+
+
+def _task_agreement_lines(agreement: dict[str, dict[str, float]], needs: dict[str, str]) -> list[str]:
+    """One row per metric: what it reads and its Kendall tau for every pair of tasks. Data-free metrics
+    (``needs: weights``/``static``) agree by construction (1.00): the gap to them is what the data buys."""
+    pairs = list(next(iter(agreement.values())))
+    out = ["## Agreement across tasks (Kendall tau of seed-averaged importance)", "",
+           "| metric | reads | " + " | ".join(pairs) + " |", "|---|---|" + "---:|" * len(pairs)]
+    for name, values in agreement.items():
+        need = needs.get(name, "?")
+        reads = {"weights": "weights only", "static": "shapes only"}.get(need, f"data ({need})")
+        out.append(f"| {name} | {reads} | " + " | ".join(f"{values[p]:.2f}" for p in pairs) + " |")
+    return out + ["", "Metrics that read only the weights or shapes ignore the data, so they agree across tasks "
+                  "by construction (1.00)."]
 
 
 def render_stability_png(result: dict[str, Any], path: str | os.PathLike) -> Path:

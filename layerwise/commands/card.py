@@ -6,19 +6,21 @@ import argparse
 
 from layerwise.commands.common import DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group, \
     settings_record
-from layerwise.commands.flags import build
+from layerwise.commands.flags import Group, build
 from layerwise.io import slug
 
 __all__ = ["add_parser", "run", "GROUPS"]
 
-GROUPS = (MODEL, DATA, calibration_group(), PROBE)
-"""The settings of ``layerwise card``."""
+GROUPS = (MODEL, Group(DATA.cls, DATA.title, defaults={"task": None}), calibration_group(), PROBE)
+"""The settings of ``layerwise card`` (``--task`` defaults to rotten-tomatoes, and is not needed with
+data-free metrics: ``--metrics weights``)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("card", help="measure every transformer block and write a Layer Card",
                        description="Profile a model's blocks on N calibration examples in one streaming pass "
-                       "and write card.json (reload with LayerCard.load), card.md, card.png and config.yaml.")
+                       "and write card.json (reload with LayerCard.load), card.md, card.png and config.yaml. With "
+                       "--metrics weights (data-free) --task is optional and no data is read.")
     add_common(p, GROUPS)
     add_place_flags(p, "output folder (default: runs/card-<model>-<task>)")
     p.add_argument("--no-plots", action="store_true", help="skip card.png")
@@ -41,9 +43,15 @@ def run(args: argparse.Namespace) -> int:
         print(list_metrics())
         return 0
     model, data, calibration, probe = (build(g, args) for g in GROUPS)  # every flag checked before loading
+    from dataclasses import replace
+
+    from layerwise.importance import is_data_free
+    from layerwise.settings import DEFAULT_TASK
     from layerwise.workflows.card import make_card
 
-    out = args.out or f"runs/card-{slug(model.model)}-{slug(data.task)}"
+    if data.task is None:  # data-free metrics need no task; the others read the default one
+        data = None if is_data_free(probe.metrics) else replace(data, task=DEFAULT_TASK)
+    out = args.out or f"runs/card-{slug(model.model)}-{slug(data.task if data else 'weights')}"
     card, files = make_card(model, data, out, calibration=calibration, probe=probe, device=args.device,
                             overwrite=args.overwrite, plots=not args.no_plots,
                             settings=settings_record(args.parser, args))
@@ -53,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(card) -> str:
-    lines = [f"Layer Card for {card.model['name']}: {card.num_layers} layers, {card.data['samples']} samples of "
-             f"{card.data['task']}, probe {card.probe['seconds']:.1f} s, peak {card.probe['peak_memory'] / 2**20:.0f} MiB"]
+    data = (f"{card.data['samples']} samples of {card.data['task']}" if card.data.get("task") is not None
+            else "no data")
+    lines = [f"Layer Card for {card.model['name']}: {card.num_layers} layers, {data}, probe "
+             f"{card.probe['seconds']:.1f} s, peak {card.probe['peak_memory'] / 2**20:.0f} MiB"
+             + (f", weight spectra {card.probe['weights_seconds']:.1f} s" if "weights_seconds" in card.probe else "")]
     for name in card.metric_names:
         e = card.metrics[name]
         top = ", ".join(str(i) for i in card.order(name)[: min(5, card.num_layers)])

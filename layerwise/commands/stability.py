@@ -25,7 +25,8 @@ class StabilityOptions:
                                               parse=lambda s: parse_int_list(s, "--calibration-seeds"))
     """calibration seeds, one card each, e.g. 0-9 or 0,1,2 (at least two)"""
     metrics: str | None = None
-    """comma list of metrics (default: all but weightdelta)"""
+    """comma list of metrics or groups (default: default,weights: the card's defaults and the data-free snr,
+    alpha_hill, kappa)"""
     ablation_steps: int = 0
     """train LoRA on each single layer for this many steps and correlate (0 = skip)"""
 

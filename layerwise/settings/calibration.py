@@ -42,8 +42,8 @@ class ProbeSettings:
     """What the card measures, beyond the sample."""
 
     metrics: str | None = None
-    """comma list of metrics, or 'all' (default: every metric but weightdelta); see `layerwise card
-    --list-metrics`"""
+    """comma list of metrics or groups: all, default, weights (the data-free snr, alpha_hill, kappa) (default:
+    every metric but weightdelta); see `layerwise card --list-metrics`"""
     pooling: str = flag("auto", choices=POOLINGS)
     """token CKA compares: first (encoders), last real token (decoders), or mean over tokens"""
     weightdelta_steps: int = 20

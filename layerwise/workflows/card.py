@@ -35,7 +35,7 @@ def calibration_info(task_data: Any, spec: Calibration) -> dict[str, Any]:
             "batch_size": spec.batch_size, "max_length": spec.max_length}
 
 
-def make_card(model: ModelSource | str, data: DataSource | str, out: str | os.PathLike | None, *,
+def make_card(model: ModelSource | str, data: DataSource | str | None, out: str | os.PathLike | None, *,
               calibration: Calibration = Calibration(), probe: ProbeSettings = ProbeSettings(),
               device: str | None = None, overwrite: bool = False, plots: bool = True, show_progress: bool = True,
               settings: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Path]]:
@@ -44,25 +44,35 @@ def make_card(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
 
     Under ``torchrun``/``accelerate launch`` the calibration batches are split over the processes, every
     process gets the same card and only rank 0 writes the files (others return no files).
-    """
-    from layerwise import distributed
-    from layerwise.io import write_settings
-    from layerwise.io import prepare_output_dir
-    from layerwise.layers import parse_targets
-    from layerwise.profiling import profile_layers
-    from layerwise.workflows.prepare import model_source, prepare
 
+    ``data`` may be None when every metric is data-free (``--metrics weights``): the model is then loaded
+    without a task head and no data is read (``layerwise.weight_card``).
+    """
+    from layerwise import distributed, weight_card
+    from layerwise.io import prepare_output_dir, write_settings
+    from layerwise.layers import find_layer_stack, parse_targets
+    from layerwise.profiling import profile_layers
+    from layerwise.workflows.prepare import data_source, model_source, prepare
+
+    model = model_source(model)
+    data_free = weight_card.check_task(None if data is None else data_source(data).task, probe.metrics)
     dev = resolve_device(device)
     out_dir = prepare_output_dir(out, overwrite) if out is not None else None
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if out_dir is not None and distributed.is_main():
         write_settings(out_dir, settings)
-    ready = prepare(model, data, dev)
-    batches = calibration_batches(ready.task, ready.loaded.tokenizer, calibration)
-    card = profile_layers(ready.loaded.model, batches, probe.metrics, name=model_source(model).model,
-                          stack=ready.stack, data_info=calibration_info(ready.task, calibration), rank=probe.rank,
-                          targets=parse_targets(probe.targets), pooling=probe.pooling_or_none, device=dev,
-                          weightdelta_steps=probe.weightdelta_steps, seed=calibration.seed,
+    if data is None:  # data-free card (weight metrics only): no task, no head, no batches
+        loaded, batches, info = weight_card.load_without_task(model.model, model.cache_dir, model.trust_remote_code)
+        loaded.model.to(dev)
+        stack = find_layer_stack(loaded.model, model.layers_path)
+    else:
+        ready = prepare(model, data, dev)
+        loaded, stack = ready.loaded, ready.stack
+        batches = [] if data_free else calibration_batches(ready.task, loaded.tokenizer, calibration)
+        info = {**calibration_info(ready.task, calibration), **({"samples": 0} if data_free else {})}
+    card = profile_layers(loaded.model, batches, probe.metrics, name=model.model, stack=stack, data_info=info,
+                          rank=probe.rank, targets=parse_targets(probe.targets), pooling=probe.pooling_or_none,
+                          device=dev, weightdelta_steps=probe.weightdelta_steps, seed=calibration.seed,
                           max_stat_memory=probe.max_stat_memory, show_progress=show_progress)
     files = card.save(out_dir, plots=plots) if out_dir is not None and distributed.is_main() else {}
     distributed.barrier()  # the card exists for every rank (``layerwise run`` reads it next)

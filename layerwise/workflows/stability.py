@@ -15,7 +15,11 @@ import numpy as np
 from layerwise.io import slug
 from layerwise.settings import Calibration, DataSource, ModelSource, ProbeSettings, SelectionChoice
 
-__all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study"]
+__all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study", "STUDY_METRICS"]
+
+STUDY_METRICS = "default,weights"
+"""The study's metrics unless told otherwise: the card's defaults and the data-free weight metrics (which agree
+across seeds and tasks by construction, so the tables show what the data-driven metrics add)."""
 
 
 def seed_agreement(rankings: Sequence[Sequence[float]], higher_is_better: bool = True) -> dict[str, Any]:
@@ -110,7 +114,7 @@ def stability_study(model: ModelSource | str, tasks: Sequence[DataSource | tuple
     if settings is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_settings(out_dir, settings)
-    probe = ProbeSettings(metrics=metrics)
+    probe = ProbeSettings(metrics=metrics or STUDY_METRICS)
     result: dict[str, Any] = {"schema_version": 1, "model": model.model, "seeds": list(seeds), "tasks": {}}
     means: dict[str, dict[str, list[float]]] = {}
     for data in sources:
@@ -118,6 +122,7 @@ def stability_study(model: ModelSource | str, tasks: Sequence[DataSource | tuple
         cards = _cards_for_task(model, data, seeds, calibration, probe, out_dir)
         per_metric = {}
         for name in cards[0].metric_names:
+            result.setdefault("needs", {})[name] = cards[0].metrics[name]["needs"]
             values = [c.importance(name) for c in cards]
             per_metric[name] = seed_agreement(values)
             means.setdefault(name, {})[task] = np.mean(values, 0).tolist()
