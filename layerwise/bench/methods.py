@@ -125,6 +125,14 @@ def _actnorm_top(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
     return _from_card(s, "top-k", {"k": k}, "actnorm"), AdapterChoice("lora", s.targets, s.rank)
 
 
+@register_bench_method("snr-top{k}", "LoRA on the top-k layers by Spectrum's weight SNR (data-free; k from --ks)",
+                       card_metrics=("snr",))
+def _snr_top(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    if k is None:
+        raise ConfigError("snr-top{k} needs k: name it snr-top2 or give --ks")
+    return _from_card(s, "top-k", {"k": k}, "snr"), AdapterChoice("lora", s.targets, s.rank)
+
+
 @register_bench_method("cka", "LoRA on the half of the layers ranked first by CKA (ratio 0.5)", card_metrics=("cka",))
 def _cka(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
     return _from_card(s, "ratio", {"ratio": 0.5}, "cka"), AdapterChoice("lora", s.targets, s.rank)
