@@ -267,8 +267,8 @@ def test_torchrun_layerwise_run_card_equals_the_single_process_card(single_card,
     proc = _launch(launcher, ["run", *CARD_ARGS, "--steps", "2", "--eval-max-examples", "16", "--out", str(out)])
     _assert_same_card(single_card, LayerCard.load(out / "card" / "card.json"))
     assert sorted(os.listdir(out / "card")) == ["card.json", "card.md", "card.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["card", "report.json", "report.md", "report.png", "selected",
-                                                     "uniform"]
+    assert sorted(p.name for p in out.iterdir()) == ["card", "config.yaml", "report.json", "report.md", "report.png",
+                                                     "selected", "uniform"]
     for label in ("selected", "uniform"):
         assert sorted(p.name for p in (out / label).iterdir()) == [
             "adapter", "best", "checkpoint", "metrics.json", "plots.png", "selection.json", "train_log.jsonl"]

@@ -36,7 +36,7 @@ def test_loading_a_model_and_saving_a_card_leave_global_state_alone(tmp_path):
         warnings.filterwarnings("ignore", message="user's own filter")
         filters = list(warnings.filters)
 
-        import layerwise.bridge, layerwise.card_render, layerwise.report, layerwise.bench_render
+        import layerwise.bridge, layerwise.card_render, layerwise.report, layerwise.bench.render
         import layerwise.stability_render
         from layerwise.data import Example, make_batches
         from layerwise.data.tasks import get_task
