@@ -129,6 +129,13 @@ def add_training_flags(p: argparse.ArgumentParser, default_steps: int = 150) -> 
                    "shuffle the batches; less padding, faster steps (default 0: off; e.g. 50)")
     g.add_argument("--prefix-dropout", action="store_true",
                    help="keep dropout in the frozen blocks below the lowest adapted block (off by default)")
+    g.add_argument("--prefix-cache", choices=("off", "memory", "disk", "auto"), default="auto",
+                   help="compute the frozen blocks below the lowest adapter once per example and train only the "
+                   "blocks above (default auto: when the run makes more than one pass and the cache fits)")
+    g.add_argument("--prefix-cache-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="storage dtype of the prefix cache (float32 exact; 16-bit halves it)")
+    g.add_argument("--prefix-cache-dir", default=None,
+                   help="folder of the disk prefix cache, reusable by runs over the same prefix (default: OUT/prefix_cache)")
     g.add_argument("--resume", action="store_true", help="continue from --out's checkpoint at its exact step")
     g.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
 
@@ -141,7 +148,9 @@ def train_config_from_args(args: argparse.Namespace):
                        max_length=args.max_length, eval_every=args.eval_every, save_every=args.save_every,
                        early_stopping=args.early_stopping, seed=args.train_seed, max_grad_norm=args.max_grad_norm,
                        eval_max_examples=args.eval_max_examples, gen_max_new_tokens=args.gen_max_new_tokens,
-                       group_by_length=args.group_by_length, prefix_dropout=args.prefix_dropout)
+                       group_by_length=args.group_by_length, prefix_dropout=args.prefix_dropout,
+                       prefix_cache=args.prefix_cache, prefix_cache_dtype=args.prefix_cache_dtype,
+                       prefix_cache_dir=args.prefix_cache_dir)
 
 
 def columns_from_args(args: argparse.Namespace) -> dict:

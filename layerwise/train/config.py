@@ -7,10 +7,14 @@ from typing import Any
 
 from layerwise.errors import ConfigError
 
-__all__ = ["TrainConfig", "SCHEDULERS", "flag_name"]
+__all__ = ["TrainConfig", "SCHEDULERS", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
 
 SCHEDULERS = ("linear", "cosine", "constant")
 """Learning-rate decay shapes after warmup (see :mod:`layerwise.train.schedule`)."""
+PREFIX_CACHE_MODES = ("off", "memory", "disk", "auto")
+"""Where the frozen-prefix cache lives (see :mod:`layerwise.train.prefix_cache`); ``auto`` decides per run."""
+PREFIX_CACHE_DTYPES = ("float32", "bfloat16", "float16")
+"""Storage dtypes of the frozen-prefix cache (float32 is exact; the 16-bit ones halve its size)."""
 
 
 def flag_name(field_name: str) -> str:
@@ -60,6 +64,15 @@ class TrainConfig:
     prefix_dropout: bool = False
     """Keep dropout in the frozen blocks below the lowest adapted block (off by default: they get no
     gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix``)."""
+    prefix_cache: str = "auto"
+    """Frozen-prefix cache: compute the hidden states entering the lowest adapted block once per example and
+    train only the blocks above ('off', 'memory', 'disk'; 'auto' caches when the run makes more than one pass
+    and the cache fits; see ``layerwise.train.prefix_cache``)."""
+    prefix_cache_dtype: str = "float32"
+    """Storage dtype of the prefix cache: 'float32' (exact), 'bfloat16' or 'float16' (half the size)."""
+    prefix_cache_dir: str | None = None
+    """Folder of the disk prefix cache, shared by runs over the same model prefix and data (default: the run's
+    ``prefix_cache/`` folder)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "steps", 1)
@@ -79,6 +92,12 @@ class TrainConfig:
         if self.pad_to is not None and self.pad_to < self.max_length:
             raise ConfigError(f"--pad-to must be >= --max-length ({self.max_length}) so every example fits, "
                               f"got {self.pad_to}")
+        for name, allowed in (("prefix_cache", PREFIX_CACHE_MODES), ("prefix_cache_dtype", PREFIX_CACHE_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{flag_name(name)} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.prefix_cache_dir is not None and not str(self.prefix_cache_dir).strip():
+            raise ConfigError("--prefix-cache-dir must be a folder path, got an empty string")
         if self.early_stopping and not self.eval_every:
             raise ConfigError("--early-stopping needs --eval-every > 0 (with 0 there is only the final evaluation)")
 

@@ -1,0 +1,280 @@
+"""The frozen-prefix cache: a run that feeds block l from cached hidden states matches the same run that
+recomputes the prefix (losses and adapter weights to 1e-6 relative), on tiny encoders and decoders and once
+on MiniLM; resume with a cache, rebuild on mismatch, and the cases where it must be off."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from layerwise.bridge import apply_adapter
+from layerwise.data.load import load_task
+from layerwise.errors import ConfigError
+from layerwise.layers import find_layer_stack
+from layerwise.train import TrainConfig, train
+from layerwise.train.prefix import quiet_frozen_prefix
+from layerwise.train.prefix_cache import PrefixStore
+
+from tiny_models import tiny_bert
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
+
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def rt():
+    data = load_task("rotten-tomatoes")
+    rng = random.Random(0)
+    return data.task, rng.sample(data.train, 48), rng.sample(data.dev, 16)
+
+
+@pytest.fixture(scope="module")
+def gsm(gsm8k_dir):
+    from layerwise.models import resolve_model
+    from layerwise.models.loading import load_tokenizer
+
+    data = load_task("gsm8k", gsm8k_dir)
+    return load_tokenizer(resolve_model("smollm2-135m")), data.task, data.train[:12], data.dev[:4]
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(steps=9, lr=5e-3, batch_size=8, max_length=40, eval_every=4, warmup_ratio=0.2, seed=3)
+    return TrainConfig(**{**base, **overrides})
+
+
+def _adapted(make, layers, targets="q,v"):
+    model = make()
+    stack = find_layer_stack(model)
+    torch.manual_seed(0)
+    peft_model = apply_adapter(model, stack, layers, method="lora", targets=targets, rank=4)
+    quiet_frozen_prefix(peft_model, stack, layers)  # what `layerwise train` does by default
+    return peft_model
+
+
+def _run(make, layers, tok, task, train_ex, dev_ex, out: Path, **overrides):
+    model = _adapted(make, layers)
+    result = train(model, tok, task, train_ex, dev_ex, _config(**overrides), out, show_progress=False)
+    return result, model
+
+
+def _losses(result) -> np.ndarray:
+    rows = [json.loads(line) for line in result.log_path.read_text().splitlines()]
+    return np.array([r["loss"] for r in rows if "loss" in r and "step" in r and "eval" not in r], dtype=np.float64)
+
+
+def _assert_close_runs(a, b) -> None:
+    """Same losses and final adapter to RTOL (max abs difference over the largest magnitude, per tensor)."""
+    la, lb = _losses(a), _losses(b)
+    assert len(la) == len(lb) > 0
+    np.testing.assert_allclose(lb, la, rtol=RTOL, atol=0)
+    ta = load_file(str(a.adapter_dir / "adapter_model.safetensors"))
+    tb = load_file(str(b.adapter_dir / "adapter_model.safetensors"))
+    assert ta.keys() == tb.keys() and ta
+    for name in ta:
+        x, y = ta[name].double().numpy(), tb[name].double().numpy()
+        assert np.abs(x - y).max() <= RTOL * np.abs(x).max(), name
+    assert np.abs(ta[name].double().numpy()).max() > 0
+    for key, value in a.final_metrics.items():
+        assert b.final_metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def _tiny_llama(vocab: int, pad: int, layers: int = 3):
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, max_position_embeddings=512, pad_token_id=pad, attention_dropout=0.1))
+
+
+def _tiny_gpt2(vocab: int, pad: int, layers: int = 3):
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=vocab, n_embd=16, n_layer=layers, n_head=2, n_positions=512, pad_token_id=pad))
+
+
+def _tiny_roberta(vocab: int):
+    torch.manual_seed(0)
+    return transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, pad_token_id=0, num_labels=2))
+
+
+def _tiny_deberta(vocab: int):
+    torch.manual_seed(0)
+    return transformers.DebertaV2ForSequenceClassification(transformers.DebertaV2Config(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=128, relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
+        pad_token_id=0, num_labels=2))
+
+
+# --- the store -------------------------------------------------------------------------------------------
+
+
+def test_gather_pads_each_example_with_zeros_in_token_major_order():
+    rng = np.random.default_rng(0)
+    lengths = [3, 1, 4]
+    data = rng.normal(size=(sum(lengths), 5)).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    out = PrefixStore(torch.from_numpy(data), offsets).gather([2, 0], 6, torch.float64).numpy()
+    expected = np.zeros((2, 6, 5))
+    expected[0, :4] = data[4:8]
+    expected[1, :3] = data[0:3]
+    np.testing.assert_array_equal(out, expected)
+
+
+# --- exactness ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "deberta"])
+def test_encoder_runs_with_an_fp32_cache_match_the_recomputed_prefix(name, tokenizer, rt, tmp_path):
+    make = {"bert": lambda: tiny_bert(tokenizer.vocab_size, layers=3), "roberta": lambda: _tiny_roberta(tokenizer.vocab_size),
+            "deberta": lambda: _tiny_deberta(tokenizer.vocab_size)}[name]
+    plain, _ = _run(make, [2], tokenizer, *rt, tmp_path / "off", prefix_cache="off")
+    cached, _ = _run(make, [2], tokenizer, *rt, tmp_path / "on", prefix_cache="memory")
+    assert plain.prefix_cache["used"] is False and cached.prefix_cache["used"] is True
+    assert cached.prefix_cache["layer"] == 2 and cached.prefix_cache["bytes"] > 0
+    _assert_close_runs(plain, cached)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_decoder_runs_with_an_fp32_disk_cache_match_the_recomputed_prefix(arch, gsm, tmp_path):
+    tok, task, train_ex, dev_ex = gsm
+    make = {"llama": _tiny_llama, "gpt2": _tiny_gpt2}[arch]
+    overrides = dict(batch_size=4, max_length=96, eval_every=5, gen_max_new_tokens=4)
+    plain, _ = _run(lambda: make(len(tok), tok.pad_token_id), [1, 2], tok, task, train_ex, dev_ex,
+                    tmp_path / "off", prefix_cache="off", **overrides)
+    cached, _ = _run(lambda: make(len(tok), tok.pad_token_id), [1, 2], tok, task, train_ex, dev_ex,
+                     tmp_path / "on", prefix_cache="disk", **overrides)
+    report = cached.prefix_cache
+    assert report["used"] and report["mode"] == "disk" and Path(report["path"]).is_file()
+    # token-major: one row of hidden_size per training token, in the dtype asked for
+    meta = json.loads(Path(report["path"]).with_suffix(".json").read_text())
+    assert Path(report["path"]).stat().st_size == meta["tokens"] * 16 * 4
+    _assert_close_runs(plain, cached)
+
+
+def test_the_blocks_below_the_lowest_adapter_do_not_run_with_the_cache(tokenizer, rt, tmp_path):
+    calls = {"off": 0, "memory": 0}
+    for mode in calls:
+        model = _adapted(lambda: tiny_bert(tokenizer.vocab_size, layers=3), [2])
+        stack = find_layer_stack(model)
+
+        def count(*_args, mode=mode):
+            calls[mode] += 1
+
+        train_calls = []
+        stack.blocks[0].module.attention.register_forward_hook(count)
+        stack.blocks[2].module.attention.register_forward_hook(lambda *a: train_calls.append(1))
+        train(model, tokenizer, *rt, _config(prefix_cache=mode, eval_every=0), tmp_path / mode, show_progress=False)
+        assert len(train_calls) > 0
+    # without the cache block 0 runs in every step (9) and evaluation (1 batch of 16 at batch size 8: 2);
+    # with it, only while the cache is built (1 training batch of 48 and the 2 dev batches)
+    assert calls["off"] == 9 + 2
+    assert calls["memory"] == 1 + 2
+
+
+# --- resume, keys, degenerate cases ---------------------------------------------------------------------
+
+
+class _StopAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state) -> None:
+        state.should_stop = state.should_stop or state.step == self.step
+
+
+def test_resume_mid_epoch_with_a_disk_cache_reuses_it_and_is_bit_identical(tokenizer, rt, tmp_path):
+    make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
+    whole, _ = _run(make, [1, 2], tokenizer, *rt, tmp_path / "whole", prefix_cache="disk")
+    out = tmp_path / "stopped"
+    model = _adapted(make, [1, 2])
+    first = train(model, tokenizer, *rt, _config(prefix_cache="disk"), out, callbacks=[_StopAt(4)],
+                  show_progress=False)  # 6 batches per epoch: step 4 is mid-epoch
+    assert first.steps == 4 and first.prefix_cache["reused"] is False
+    resumed = train(_adapted(make, [1, 2]), tokenizer, *rt, _config(prefix_cache="disk"), out, resume=True,
+                    show_progress=False)
+    assert resumed.steps == 9 and resumed.prefix_cache["reused"] is True
+    assert resumed.prefix_cache["build_seconds"] == 0.0
+    a = load_file(str(whole.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_a_shared_cache_is_reused_only_when_model_data_and_layer_match(tokenizer, rt, tmp_path):
+    make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
+    shared = str(tmp_path / "shared")
+    task, train_ex, dev_ex = rt
+    first, _ = _run(make, [2], tokenizer, *rt, tmp_path / "a", prefix_cache="disk", prefix_cache_dir=shared)
+    again, _ = _run(make, [2], tokenizer, *rt, tmp_path / "b", prefix_cache="disk", prefix_cache_dir=shared,
+                    lr=1e-3, seed=7)
+    assert not first.prefix_cache["reused"] and again.prefix_cache["reused"]
+    assert again.prefix_cache["path"] == first.prefix_cache["path"]
+    changes = {"max_length": dict(max_length=24), "data": dict(), "layer": dict(), "weights": dict()}
+    for what, overrides in changes.items():
+        data = (task, train_ex[:40], dev_ex) if what == "data" else rt
+        layers = [1, 2] if what == "layer" else [2]
+        model_fn = (lambda: tiny_bert(tokenizer.vocab_size, layers=3, seed=1)) if what == "weights" else make
+        result, _ = _run(model_fn, layers, tokenizer, *data, tmp_path / what, prefix_cache="disk",
+                         prefix_cache_dir=shared, **overrides)
+        assert result.prefix_cache["used"] and not result.prefix_cache["reused"], what
+        assert result.prefix_cache["path"] != first.prefix_cache["path"], what
+
+
+def test_a_corrupted_cache_file_is_rebuilt_not_reused(tokenizer, rt, tmp_path):
+    make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
+    shared = str(tmp_path / "shared")
+    first, _ = _run(make, [2], tokenizer, *rt, tmp_path / "a", prefix_cache="disk", prefix_cache_dir=shared)
+    path = Path(first.prefix_cache["path"])
+    path.write_bytes(path.read_bytes()[:-4])  # truncated: the size no longer matches the metadata
+    again, _ = _run(make, [2], tokenizer, *rt, tmp_path / "b", prefix_cache="disk", prefix_cache_dir=shared)
+    assert again.prefix_cache["used"] and not again.prefix_cache["reused"]
+    _assert_close_runs(first, again)
+
+
+def test_the_cache_is_off_with_the_reason_when_it_cannot_be_exact(tokenizer, rt, tmp_path):
+    make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
+    uniform, _ = _run(make, [0, 1, 2], tokenizer, *rt, tmp_path / "uniform", prefix_cache="memory")
+    assert not uniform.prefix_cache["used"] and "lowest adapted block is 0" in uniform.prefix_cache["reason"]
+    dropout, _ = _run(make, [2], tokenizer, *rt, tmp_path / "dropout", prefix_cache="memory", prefix_dropout=True)
+    assert not dropout.prefix_cache["used"] and "--prefix-dropout" in dropout.prefix_cache["reason"]
+    one_pass, _ = _run(make, [2], tokenizer, *rt, tmp_path / "one", prefix_cache="auto", steps=6)
+    assert not one_pass.prefix_cache["used"] and "one pass" in one_pass.prefix_cache["reason"]
+    two_passes, _ = _run(make, [2], tokenizer, *rt, tmp_path / "two", prefix_cache="auto", steps=7)
+    assert two_passes.prefix_cache["used"] and two_passes.prefix_cache["mode"] == "memory"
+    # a method that trains the embeddings changes the prefix's output
+    model = _adapted(make, [2])
+    model.base_model.model.bert.embeddings.word_embeddings.weight.requires_grad_(True)
+    result = train(model, tokenizer, *rt, _config(prefix_cache="memory"), tmp_path / "embed", show_progress=False)
+    assert not result.prefix_cache["used"] and "embeddings" in result.prefix_cache["reason"]
+    metrics = json.loads((tmp_path / "embed" / "metrics.json").read_text())
+    assert metrics["prefix_cache"]["reason"] == result.prefix_cache["reason"]
+
+
+def test_a_cache_that_does_not_fit_is_refused_naming_the_flag(tokenizer, rt, tmp_path, monkeypatch):
+    import layerwise.train.prefix_cache as pc
+
+    monkeypatch.setattr(pc, "MEMORY_SHARE", 1e-12)
+    monkeypatch.setattr(pc, "DISK_SHARE", 1e-12)
+    make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
+    for mode in ("memory", "disk"):
+        with pytest.raises(ConfigError, match=f"--prefix-cache {mode}: the cache needs"):
+            _run(make, [2], tokenizer, *rt, tmp_path / mode, prefix_cache=mode)
+    auto, _ = _run(make, [2], tokenizer, *rt, tmp_path / "auto", prefix_cache="auto")
+    assert not auto.prefix_cache["used"] and "fits neither" in auto.prefix_cache["reason"]
+
+
+def test_config_checks_the_prefix_cache_flags():
+    for kwargs, flag in ((dict(prefix_cache="ram"), "--prefix-cache "), (dict(prefix_cache_dtype="int8"),
+                                                                          "--prefix-cache-dtype")):
+        with pytest.raises(ConfigError, match=flag):
+            TrainConfig(steps=1, **kwargs)
