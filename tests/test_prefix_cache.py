@@ -20,7 +20,7 @@ from layerwise.errors import ConfigError
 from layerwise.layers import find_layer_stack
 from layerwise.train import TrainConfig, train
 from layerwise.train.prefix import quiet_frozen_prefix
-from layerwise.train.prefix_cache import PrefixStore
+from layerwise.train.prefix_cache import BUILD_BATCH, PrefixStore
 
 from tiny_models import tiny_bert
 
@@ -71,8 +71,8 @@ def _losses(result) -> np.ndarray:
     return np.array([r["loss"] for r in rows if "loss" in r and "step" in r and "eval" not in r], dtype=np.float64)
 
 
-def _assert_close_runs(a, b) -> None:
-    """Same losses (each to RTOL) and final adapter (per tensor, ||a - b|| <= RTOL ||a||, Frobenius norms)."""
+def _assert_close_runs(a, b, weights_rtol: float = RTOL) -> None:
+    """Same losses (each to RTOL) and final adapter (per tensor, ||a - b|| <= weights_rtol ||a||, Frobenius)."""
     la, lb = _losses(a), _losses(b)
     assert len(la) == len(lb) > 0
     np.testing.assert_allclose(lb, la, rtol=RTOL, atol=0)
@@ -81,7 +81,7 @@ def _assert_close_runs(a, b) -> None:
     assert ta.keys() == tb.keys() and ta
     for name in ta:
         x, y = ta[name].double().numpy(), tb[name].double().numpy()
-        assert np.linalg.norm(x - y) <= RTOL * np.linalg.norm(x), name
+        assert np.linalg.norm(x - y) <= weights_rtol * np.linalg.norm(x), name
     assert np.abs(ta[name].double().numpy()).max() > 0
     for key, value in a.final_metrics.items():
         assert b.final_metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
@@ -170,15 +170,28 @@ def test_the_blocks_below_the_lowest_adapter_do_not_run_with_the_cache(tokenizer
         def count(*_args, mode=mode):
             calls[mode] += 1
 
-        train_calls = []
+        above = []
         stack.blocks[0].module.attention.register_forward_hook(count)
-        stack.blocks[2].module.attention.register_forward_hook(lambda *a: train_calls.append(1))
-        train(model, tokenizer, *rt, _config(prefix_cache=mode, eval_every=0), tmp_path / mode, show_progress=False)
-        assert len(train_calls) > 0
-    # without the cache block 0 runs in every step (9) and evaluation (1 batch of 16 at batch size 8: 2);
-    # with it, only while the cache is built (1 training batch of 48 and the 2 dev batches)
-    assert calls["off"] == 9 + 2
-    assert calls["memory"] == 1 + 2
+        stack.blocks[2].module.attention.register_forward_hook(lambda *a: above.append(1))
+        train(model, tokenizer, *rt, _config(prefix_cache=mode), tmp_path / mode, show_progress=False)
+        assert len(above) >= 9 + 3 * 2
+    # without the cache block 0 runs in every step (9) and in each of the 3 evaluations (steps 4, 8, 9) on
+    # 2 dev batches; with it, only while the cache is built: the 48 training examples in batches of
+    # BUILD_BATCH, and the 2 dev batches
+    assert calls["off"] == 9 + 3 * 2
+    assert calls["memory"] == -(-48 // BUILD_BATCH) + 2
+
+
+def test_a_run_that_evaluates_once_caches_only_the_training_set(tokenizer, rt, tmp_path):
+    task, train_ex, dev_ex = rt
+    tokens = {name: sum(len(ids) for ids in tokenizer([e.text for e in ex], truncation=True, max_length=40)["input_ids"])
+              for name, ex in (("train", train_ex), ("dev", dev_ex))}
+    make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
+    once, _ = _run(make, [2], tokenizer, *rt, tmp_path / "once", prefix_cache="memory", eval_every=0)
+    thrice, _ = _run(make, [2], tokenizer, *rt, tmp_path / "thrice", prefix_cache="memory", eval_every=4)
+    hidden, fp32 = 32, 4
+    assert once.prefix_cache["bytes"] == tokens["train"] * hidden * fp32
+    assert thrice.prefix_cache["bytes"] == (tokens["train"] + tokens["dev"]) * hidden * fp32
 
 
 # --- resume, keys, degenerate cases ---------------------------------------------------------------------
@@ -295,7 +308,11 @@ def test_minilm_top_two_with_a_cache_matches_the_recomputed_prefix(minilm, tmp_p
     cached, _ = _run(make, [4, 5], minilm.tokenizer, *rt_, tmp_path / "on", prefix_cache="auto", **kwargs)
     assert cached.prefix_cache["used"] and cached.prefix_cache["layer"] == 4
     assert cached.prefix_cache["reason"].startswith("auto")
-    _assert_close_runs(plain, cached)
+    # The cached rows differ from a recomputed prefix by fp32 rounding at another batch shape (~5e-7 of the
+    # largest value); the losses stay within 1e-7 relative, but Adam turns a rounding-level change of a
+    # near-zero gradient into a step of about lr, so the adapter agrees to 2e-6..2e-5 relative per tensor
+    # (measured 2026-11-29 at lr 5e-3 and 5e-4).
+    _assert_close_runs(plain, cached, weights_rtol=1e-4)
     assert cached.best_metrics["accuracy"] == plain.best_metrics["accuracy"]
 
 

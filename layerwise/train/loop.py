@@ -187,7 +187,11 @@ def _prefix_cache(model: Any, features: list, evalset: EvalSet, config: TrainCon
         if distributed.is_main():
             print(f"layerwise: {line}", file=sys.stderr, flush=True)
 
-    prefix, report = prepare_prefix_cache(model, features, evalset.loss_batches, config, out_dir, announce)
+    every = config.eval_every
+    evaluations = (config.steps // every + (config.steps % every > 0)) if every else 1
+    # one evaluation computes the dev set's prefix once anyway: caching it would only add the storing
+    dev = evalset.loss_batches if evaluations > 1 else []
+    prefix, report = prepare_prefix_cache(model, features, dev, config, out_dir, announce)
     if prefix is not None:
         from layerwise.layers import find_layer_stack
         from layerwise.train.prefix import quiet_frozen_prefix

@@ -43,7 +43,7 @@ import torch
 from layerwise.errors import ConfigError
 
 __all__ = ["PrefixStore", "PrefixSkipper", "PrefixCache", "PrefixCacheReport", "prepare_prefix_cache",
-           "lowest_trainable_block", "cache_key", "SCHEMA_VERSION", "DTYPES"]
+           "lowest_trainable_block", "prefix_digest", "cache_key", "SCHEMA_VERSION", "DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,12 @@ SCHEMA_VERSION = 1
 """Version of the disk cache's ``.json`` metadata."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """Storage dtypes by ``--prefix-cache-dtype`` name."""
-BUILD_BATCH = 64
+BUILD_BATCH = 32
 """Examples per batch when the training set's cache is built (sorted by length, so little padding)."""
 MEMORY_SHARE, DISK_SHARE = 0.5, 0.9
 """A cache may take at most this share of the available memory / free disk."""
 _ON_DISK = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}  # numpy has no bfloat16
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _Stop(Exception):
@@ -150,6 +151,8 @@ class PrefixCacheReport:
     """Size of the stored hidden states (training + dev set)."""
     build_seconds: float = 0.0
     """Wall time of building (0 when a disk cache was reused)."""
+    key_seconds: float = 0.0
+    """Wall time of hashing the prefix's weights and the tokenized data into the cache keys."""
     reused: bool = False
     """True when a matching disk cache was loaded instead of built."""
     path: str | None = None
@@ -235,22 +238,30 @@ def _prefix_tensors(model: torch.nn.Module, stack: Any, layer: int) -> Iterator[
                 yield name, tensor
 
 
-def cache_key(model: torch.nn.Module, stack: Any, layer: int, arrays: Sequence[Sequence[Sequence[int]]],
-              dtype: str) -> str:
-    """Hash of what the cached hidden states depend on: the prefix's weights and the model config, the
-    tokenized examples (``arrays``: per example, its token id / mask / type lists), ``layer`` and ``dtype``."""
+def prefix_digest(model: torch.nn.Module, stack: Any, layer: int) -> str:
+    """Hash of what the prefix computes with: the model class and config, the attention implementation and
+    the weights and buffers of the embeddings and blocks ``0..layer-1``."""
     from layerwise.layers import unwrap_model
 
     h = hashlib.blake2b(digest_size=20)
     base = unwrap_model(model)
     config = getattr(base, "config", None)
-    meta = {"class": type(base).__name__, "layer": layer, "dtype": dtype, "schema": SCHEMA_VERSION,
+    meta = {"class": type(base).__name__, "layer": layer, "schema": SCHEMA_VERSION,
             "config": config.to_dict() if config is not None else None,
             "attn": getattr(config, "_attn_implementation", None)}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, tensor in _prefix_tensors(model, stack, layer):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(prefix: str, arrays: Sequence[Sequence[Sequence[int]]], dtype: str) -> str:
+    """Key of a cache: the :func:`prefix_digest`, the tokenized examples (``arrays``: per example its token
+    ids, attention mask and token types, which cover the task, data files, max length and tokenizer) and the
+    storage dtype."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{prefix}|{dtype}|".encode())
     for example in arrays:
         for seq in example:
             h.update(np.asarray(seq, dtype=np.int64).tobytes())
@@ -286,7 +297,7 @@ def _pad_batch(features: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Right-pad the model inputs of ``features`` (no labels: the build needs none)."""
     length = max(len(f["input_ids"]) for f in features)
     return {k: torch.tensor([list(f[k]) + [0] * (length - len(f[k])) for f in features], dtype=torch.long)
-            for k in ("input_ids", "attention_mask", "token_type_ids") if k in features[0]}
+            for k in _INPUTS if k in features[0]}
 
 
 def _build(model: torch.nn.Module, blocks: torch.nn.ModuleList, layer: int,
@@ -394,7 +405,7 @@ def prepare_prefix_cache(model: torch.nn.Module, features: Sequence[dict], eval_
     """Decide whether the run uses the cache (``config.prefix_cache``), then load or build it.
 
     ``features`` are the training set's encoded examples (the loop's order indexes them), ``eval_batches``
-    the dev set's padded loss batches. Returns the cache (``None`` when off) and the report of the decision.
+    the dev set's padded loss batches (empty: the dev set is not cached). Returns the cache (``None`` when off) and the report of the decision.
     An explicit ``memory``/``disk`` cache that would not fit raises :class:`ConfigError` naming the flag.
 
     Under torchrun (not done yet) each rank would cache its own shard: make the data order give each rank a
@@ -404,7 +415,7 @@ def prepare_prefix_cache(model: torch.nn.Module, features: Sequence[dict], eval_
     """
     from layerwise import distributed
     from layerwise.errors import ModelError
-    from layerwise.layers import find_layer_stack, unwrap_model
+    from layerwise.layers import find_layer_stack
 
     mode = config.prefix_cache
     if mode == "off":
@@ -449,24 +460,25 @@ def _make(model: torch.nn.Module, stack: Any, layer: int, features: Sequence[dic
              f"dev examples, {tokens} tokens x {hidden_size} x {dtype} = {estimate / 2**20:.1f} MiB")
     blocks = unwrap_model(model).get_submodule(stack.path)
     disk = folder if where == "disk" else None
-    train_key = cache_key(model, stack, layer, [[f.get(k, ()) for k in ("input_ids", "attention_mask",
-                                                                          "token_type_ids")] for f in features], dtype)
+    start = time.perf_counter()
+    prefix = prefix_digest(model, stack, layer)
+    train_key = cache_key(prefix, [[f.get(k, ()) for k in _INPUTS] for f in features], dtype)
+    dev_inputs = [{k: v for k, v in b.items() if k in _INPUTS} for b in eval_batches]
+    dev_key = cache_key(prefix, [[v.tolist() for v in b.values()] for b in dev_inputs], dtype)
+    key_seconds = time.perf_counter() - start
     train, structure, reused, seconds, path = _store(
         model, blocks, layer, "train", train_key, lambda: _train_batches(features, train_lengths), train_lengths,
         hidden_size, dtype, disk)
-    dev, dev_starts = None, []
-    if eval_batches:
-        dev_key = cache_key(model, stack, layer, [[row.tolist() for row in b.values()] for b in
-                                                  [{k: v for k, v in b.items() if k != "labels"} for b in eval_batches]],
-                            dtype)
-        dev_starts = np.cumsum([0] + [len(b["input_ids"]) for b in eval_batches]).tolist()[:-1]
+    dev, dev_starts = None, np.cumsum([0] + [len(b["input_ids"]) for b in dev_inputs]).tolist()[:-1]
+    if dev_inputs:
         dev, _, dev_reused, dev_seconds, _ = _store(
-            model, blocks, layer, "dev", dev_key, lambda: _dev_batches(eval_batches, dev_starts), dev_lengths,
-            hidden_size, dtype, disk)
+            model, blocks, layer, "dev", dev_key, lambda: list(zip(dev_inputs, _ranges(dev_inputs, dev_starts))),
+            dev_lengths, hidden_size, dtype, disk)
         reused, seconds = reused and dev_reused, seconds + dev_seconds
     report = PrefixCacheReport(used=True, reason=_why(config.prefix_cache, where), mode=where, layer=layer,
                                dtype=dtype, estimated_bytes=estimate, bytes=train.nbytes + (dev.nbytes if dev else 0),
-                               build_seconds=seconds, reused=reused, path=None if path is None else str(path))
+                               build_seconds=seconds, key_seconds=key_seconds, reused=reused,
+                               path=None if path is None else str(path))
     announce(report.summary())
     compute = next(p for p in model.parameters()).dtype
     return PrefixCache(PrefixSkipper(blocks, layer, structure), train, dev, dev_starts, report, compute), report
@@ -479,10 +491,10 @@ def _train_batches(features: Sequence[dict], lengths: Sequence[int]) -> list[tup
     return [(_pad_batch([features[i] for i in chunk]), chunk) for chunk in chunks]
 
 
-def _dev_batches(eval_batches: Sequence[dict], starts: Sequence[int]) -> list[tuple[dict, list[int]]]:
-    """The evaluation's own batches (same shapes, so the cached states are the ones evaluation computes)."""
-    return [({k: v for k, v in b.items() if k != "labels"}, list(range(s, s + len(b["input_ids"]))))
-            for b, s in zip(eval_batches, starts)]
+def _ranges(batches: Sequence[dict], starts: Sequence[int]) -> list[list[int]]:
+    """The dev examples of each evaluation batch (the cache is built from the evaluation's own batches, with
+    the same shapes, so the cached states are the ones evaluation computes)."""
+    return [list(range(s, s + len(b["input_ids"]))) for b, s in zip(batches, starts)]
 
 
 def _where(mode: str, estimate: int, folder: Path, dir_given: bool) -> str:
