@@ -135,7 +135,8 @@ def test_gather_pads_each_example_with_zeros_in_token_major_order():
 
 @pytest.mark.parametrize("name", ["bert", "roberta", "deberta"])
 def test_encoder_runs_with_an_fp32_cache_match_the_recomputed_prefix(name, tokenizer, rt, tmp_path):
-    make = {"bert": lambda: tiny_bert(tokenizer.vocab_size, layers=3), "roberta": lambda: _tiny_roberta(tokenizer.vocab_size),
+    make = {"bert": lambda: tiny_bert(tokenizer.vocab_size, layers=3),
+            "roberta": lambda: _tiny_roberta(tokenizer.vocab_size),
             "deberta": lambda: _tiny_deberta(tokenizer.vocab_size)}[name]
     plain, _ = _run(make, [2], tokenizer, *rt, tmp_path / "off", prefix_cache="off")
     cached, _ = _run(make, [2], tokenizer, *rt, tmp_path / "on", prefix_cache="memory")
@@ -184,8 +185,9 @@ def test_the_blocks_below_the_lowest_adapter_do_not_run_with_the_cache(tokenizer
 
 def test_a_run_that_evaluates_once_caches_only_the_training_set(tokenizer, rt, tmp_path):
     task, train_ex, dev_ex = rt
-    tokens = {name: sum(len(ids) for ids in tokenizer([e.text for e in ex], truncation=True, max_length=40)["input_ids"])
-              for name, ex in (("train", train_ex), ("dev", dev_ex))}
+    encoded = {name: tokenizer([e.text for e in ex], truncation=True, max_length=40)["input_ids"]
+               for name, ex in (("train", train_ex), ("dev", dev_ex))}
+    tokens = {name: sum(len(ids) for ids in rows) for name, rows in encoded.items()}
     make = lambda: tiny_bert(tokenizer.vocab_size, layers=3)  # noqa: E731
     once, _ = _run(make, [2], tokenizer, *rt, tmp_path / "once", prefix_cache="memory", eval_every=0)
     thrice, _ = _run(make, [2], tokenizer, *rt, tmp_path / "thrice", prefix_cache="memory", eval_every=4)
@@ -342,3 +344,18 @@ def test_a_bfloat16_cache_is_half_the_size_and_trains_close_to_the_exact_one(tok
     # bf16 keeps 8 bits of mantissa: the losses move by about 2**-9 relative, not more
     np.testing.assert_allclose(_losses(half), _losses(exact), rtol=1e-2)
     assert not np.array_equal(_losses(half), _losses(exact))
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_train_and_run_take_the_prefix_cache_flags(command, tmp_path):
+    from layerwise.cli import build_parser
+    from layerwise.commands.common import train_config_from_args
+
+    base = [command, "--model", "minilm", "--task", "sst2", "--out", str(tmp_path)]
+    default = train_config_from_args(build_parser().parse_args(base))
+    assert (default.prefix_cache, default.prefix_cache_dtype, default.prefix_cache_dir) == ("auto", "float32", None)
+    args = build_parser().parse_args(base + ["--prefix-cache", "disk", "--prefix-cache-dtype", "bfloat16",
+                                             "--prefix-cache-dir", str(tmp_path / "shared")])
+    config = train_config_from_args(args)
+    assert (config.prefix_cache, config.prefix_cache_dtype, config.prefix_cache_dir) == (
+        "disk", "bfloat16", str(tmp_path / "shared"))

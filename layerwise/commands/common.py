@@ -135,7 +135,8 @@ def add_training_flags(p: argparse.ArgumentParser, default_steps: int = 150) -> 
     g.add_argument("--prefix-cache-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="storage dtype of the prefix cache (float32 exact; 16-bit halves it)")
     g.add_argument("--prefix-cache-dir", default=None,
-                   help="folder of the disk prefix cache, reusable by runs over the same prefix (default: OUT/prefix_cache)")
+                   help="folder of the disk prefix cache, reusable by runs over the same prefix "
+                   "(default: OUT/prefix_cache)")
     g.add_argument("--resume", action="store_true", help="continue from --out's checkpoint at its exact step")
     g.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
 

@@ -405,8 +405,9 @@ def prepare_prefix_cache(model: torch.nn.Module, features: Sequence[dict], eval_
     """Decide whether the run uses the cache (``config.prefix_cache``), then load or build it.
 
     ``features`` are the training set's encoded examples (the loop's order indexes them), ``eval_batches``
-    the dev set's padded loss batches (empty: the dev set is not cached). Returns the cache (``None`` when off) and the report of the decision.
-    An explicit ``memory``/``disk`` cache that would not fit raises :class:`ConfigError` naming the flag.
+    the dev set's padded loss batches (empty: the dev set is not cached). Returns the cache (``None`` when
+    off) and the report of the decision. An explicit ``memory``/``disk`` cache that would not fit raises
+    :class:`ConfigError` naming the flag; ``auto`` then stays off and says why.
 
     Under torchrun (not done yet) each rank would cache its own shard: make the data order give each rank a
     fixed partition of the examples (e.g. ``distributed.shard_indices`` of the epoch's permutation), key the
@@ -454,7 +455,7 @@ def _make(model: torch.nn.Module, stack: Any, layer: int, features: Sequence[dic
     estimate = tokens * hidden_size * DTYPES[dtype].itemsize + 8 * (len(train_lengths) + len(dev_lengths) + 2)
     folder = Path(config.prefix_cache_dir) if config.prefix_cache_dir else out_dir / "prefix_cache"
     where = _where(config.prefix_cache, estimate, folder, config.prefix_cache_dir is not None)
-    if isinstance(where, str) and where != "disk" and where != "memory":
+    if where not in ("memory", "disk"):
         return _off(where, config)
     announce(f"prefix cache ({where}): input of block {layer}, {len(train_lengths)} training + {len(dev_lengths)} "
              f"dev examples, {tokens} tokens x {hidden_size} x {dtype} = {estimate / 2**20:.1f} MiB")
