@@ -359,3 +359,20 @@ def test_train_and_run_take_the_prefix_cache_flags(command, tmp_path):
     config = train_config_from_args(args)
     assert (config.prefix_cache, config.prefix_cache_dtype, config.prefix_cache_dir) == (
         "disk", "bfloat16", str(tmp_path / "shared"))
+
+
+def test_the_run_report_says_whether_each_run_used_the_cache():
+    from layerwise.report import compare, render_report_md
+
+    def row(label, cache):
+        return {"label": label, "main_metric": "accuracy", "score": 0.8, "trainable_params": 10, "steps": 5,
+                "train_seconds": 2.0, "phase_seconds": {"forward": 1.0, "backward": 0.5, "optimizer": 0.5},
+                "peak_memory": 2**20, "memory_kind": "cpu_rss", "layers": [4, 5], "prefix_cache": cache}
+
+    used = {"used": True, "reason": "auto", "mode": "memory", "layer": 4, "dtype": "float32", "bytes": 3 * 2**20,
+            "build_seconds": 1.25, "reused": False}
+    off = {"used": False, "reason": "the lowest adapted block is 0: no frozen block below it to cache"}
+    rows = [row("selected", used), row("uniform", off)]
+    text = render_report_md(compare(rows, rows[1]), {"model": "m", "task": "t", "selection": "s"})
+    assert "- selected: memory, input of block 4, float32, 3.0 MiB, built in 1.2 s" in text
+    assert "- uniform: off (the lowest adapted block is 0: no frozen block below it to cache)" in text
