@@ -29,6 +29,7 @@ def collect_run(run_dir: str | os.PathLike, label: str) -> dict[str, Any]:
         "peak_memory": metrics["peak_memory"], "memory_kind": metrics.get("memory_kind"),
         "layers": (selection.get("selection") or {}).get("layers"),
         "selection": selection.get("selection"), "adapter": selection.get("adapter"),
+        "prefix_cache": metrics.get("prefix_cache"),
     }
 
 
@@ -78,7 +79,25 @@ def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) ->
         lines.append(f"| {r['label']} | {_pct(v['score'])} | {_pct(v['trainable_params'])} | "
                      f"{_pct(v['train_seconds'])} | {_pct(v['forward_seconds'])} | {_pct(v['backward_seconds'])} | "
                      f"{_pct(v['optimizer_seconds'])} | {_pct(v['peak_memory'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _prefix_cache_lines(rows)) + "\n"
+
+
+def _prefix_cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Whether each run used the frozen-prefix cache: size and build time (not in train time), or why not."""
+    caches = [(r["label"], r.get("prefix_cache")) for r in rows]
+    if not any(c for _, c in caches):
+        return []
+    lines = ["", "Frozen-prefix cache (its build time is not part of the train time above):", ""]
+    for label, c in caches:
+        if not c:
+            continue
+        if c["used"]:
+            how = "reused from disk" if c["reused"] else f"built in {c['build_seconds']:.1f} s"
+            lines.append(f"- {label}: {c['mode']}, input of block {c['layer']}, {c['dtype']}, "
+                         f"{c['bytes'] / 2**20:.1f} MiB, {how}")
+        else:
+            lines.append(f"- {label}: off ({c['reason']})")
+    return lines
 
 
 def render_report_png(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:

@@ -9,10 +9,14 @@ from layerwise.errors import ConfigError
 from layerwise.settings.fields import at_least, flag, one_of
 from layerwise.settings.fields import flag_name as _field_flag
 
-__all__ = ["TrainConfig", "SCHEDULERS", "flag_name"]
+__all__ = ["TrainConfig", "SCHEDULERS", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
 
 SCHEDULERS = ("linear", "cosine", "constant")
 """Learning-rate decay shapes after warmup (see :mod:`layerwise.train.schedule`)."""
+PREFIX_CACHE_MODES = ("off", "memory", "disk", "auto")
+"""Where the frozen-prefix cache lives (see :mod:`layerwise.train.prefix_cache`); ``auto`` decides per run."""
+PREFIX_CACHE_DTYPES = ("float32", "bfloat16", "float16")
+"""Storage dtypes of the frozen-prefix cache (float32 is exact; the 16-bit ones halve its size)."""
 
 
 def flag_name(field_name: str) -> str:
@@ -63,6 +67,15 @@ class TrainConfig:
     prefix_dropout: bool = False
     """Keep dropout in the frozen blocks below the lowest adapted block (off by default: they get no
     gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix``)."""
+    prefix_cache: str = flag("auto", choices=PREFIX_CACHE_MODES)
+    """Frozen-prefix cache: compute the hidden states entering the lowest adapted block once per example and
+    train only the blocks above ('off', 'memory', 'disk'; 'auto' caches when the run makes more than one pass
+    and the cache fits; see ``layerwise.train.prefix_cache``)."""
+    prefix_cache_dtype: str = flag("float32", choices=PREFIX_CACHE_DTYPES)
+    """Storage dtype of the prefix cache: 'float32' (exact), 'bfloat16' or 'float16' (half the size)."""
+    prefix_cache_dir: str | None = None
+    """Folder of the disk prefix cache, shared by runs over the same model prefix and data (default: the run's
+    ``prefix_cache/`` folder)."""
 
     FLAGS: ClassVar[dict[str, str]] = {"seed": "train-seed"}
     """Fields whose flag is not their name with dashes (``seed`` is ``--train-seed``: ``--calibration-seed``
@@ -88,6 +101,10 @@ class TrainConfig:
             if self.pad_to < self.max_length:
                 raise ConfigError(f"{flag_name('pad_to')} must be >= {flag_name('max_length')} ({self.max_length}) "
                                   f"so every example fits, got {self.pad_to}")
+        one_of(self, "prefix_cache", PREFIX_CACHE_MODES)
+        one_of(self, "prefix_cache_dtype", PREFIX_CACHE_DTYPES)
+        if self.prefix_cache_dir is not None and not str(self.prefix_cache_dir).strip():
+            raise ConfigError(f"{flag_name('prefix_cache_dir')} must be a folder path, got an empty string")
         if self.early_stopping and not self.eval_every:
             raise ConfigError(f"{flag_name('early_stopping')} needs {flag_name('eval_every')} > 0 (with 0 there is "
                               "only the final evaluation)")

@@ -16,6 +16,7 @@ import logging
 import random
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ class TrainResult:
     """The best adapter, when an evaluation ran."""
     stopped_early: bool = False
     """True when early stopping ended the run."""
+    prefix_cache: dict | None = None
+    """Whether the frozen-prefix cache was used, its size and build time, or why not (``PrefixCacheReport``)."""
 
 
 @dataclass
@@ -111,6 +114,9 @@ class _Run:
     engine: Any = None
     """What the training step calls: ``DistributedDataParallel(model)`` in a process group, else ``model``."""
     bar: Any = field(default=None, repr=False)
+    prefix: Any = None
+    """The frozen-prefix cache (``layerwise.train.prefix_cache.PrefixCache``), or None when off."""
+    prefix_report: Any = None
 
 
 def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
@@ -159,6 +165,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     evalset = prepare_eval(dev_examples, task, tokenizer, config.batch_size, config.max_length,
                            config.eval_max_examples)
     device, lengths = params[0].device, [len(f["input_ids"]) for f in features]
+    prefix, prefix_report = _prefix_cache(model, features, evalset, config, out_dir)
     # What a checkpoint records besides the config: resuming on other training data would not be exact.
     info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths), **parallel.run_info()}
     parallel.check_data_size(len(features), config.batch_size)
@@ -175,7 +182,30 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
                 timer=PhaseTimer(device), state=state,
                 log=parallel.open_log(out_dir / LOG_NAME, keep_through=state.step if resume else None),
                 callbacks=tuple(callbacks), higher_is_better=get_metric(task.main_metric).higher_is_better,
-                device=device, saved_step=state.step if resume else -1, engine=parallel.wrap_model(model))
+                device=device, saved_step=state.step if resume else -1, engine=parallel.wrap_model(model),
+                prefix=prefix, prefix_report=prefix_report)
+
+
+def _prefix_cache(model: Any, features: list, evalset: EvalSet, config: TrainConfig, out_dir: Path) -> tuple:
+    """The frozen-prefix cache and its report (see ``layerwise.train.prefix_cache``); quiets the prefix's
+    dropout when the cache is used, as its cached output assumes."""
+    from layerwise.train.prefix_cache import prepare_prefix_cache
+
+    def announce(line: str) -> None:
+        if distributed.is_main():
+            print(f"layerwise: {line}", file=sys.stderr, flush=True)
+
+    every = config.eval_every
+    evaluations = (config.steps // every + (config.steps % every > 0)) if every else 1
+    # one evaluation computes the dev set's prefix once anyway: caching it would only add the storing
+    dev = evalset.loss_batches if evaluations > 1 else []
+    prefix, report = prepare_prefix_cache(model, features, dev, config, out_dir, announce)
+    if prefix is not None:
+        from layerwise.layers import find_layer_stack
+        from layerwise.train.prefix import quiet_frozen_prefix
+
+        quiet_frozen_prefix(model, find_layer_stack(model), [prefix.skipper.layer])
+    return prefix, report
 
 
 def _fresh_state(seed: int) -> TrainState:
@@ -233,9 +263,9 @@ def _train_step(run: _Run) -> None:
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
     total = None
     for k in range(cfg.grad_accum):
-        batch = _micro_batch(run, state.step * cfg.grad_accum + k)
+        batch, hidden = _micro_batch(run, state.step * cfg.grad_accum + k)
         with parallel.accumulation(run.engine, last=k == cfg.grad_accum - 1):  # DDP: one all-reduce per step
-            with timer.phase("forward"):
+            with timer.phase("forward"), run.prefix.feeding(hidden) if hidden is not None else nullcontext():
                 loss = run.engine(**batch).loss
                 if cfg.grad_accum > 1:  # the step's gradient is the mean over its micro-batches
                     loss = loss / cfg.grad_accum
@@ -254,13 +284,15 @@ def _train_step(run: _Run) -> None:
                           f"lower --lr (now {cfg.lr}) or check the data")
 
 
-def _micro_batch(run: _Run, n: int) -> dict:
-    """The padded batch of global micro-step ``n``, on the model's device."""
+def _micro_batch(run: _Run, n: int) -> tuple[dict, torch.Tensor | None]:
+    """The padded batch of global micro-step ``n`` on the model's device, and its cached prefix output
+    (None without the prefix cache)."""
     idx = run.order(n)  # the global micro-batch (all ranks)
     run.state.tokens_seen += sum(run.lengths[i] for i in idx)
     idx = parallel.local_part(idx, run.config.batch_size)
     batch = run.collate([run.features[i] for i in idx])
-    return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+    hidden = None if run.prefix is None else run.prefix.train_hidden(idx, batch["input_ids"].shape[1], run.device)
+    return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}, hidden
 
 
 def _optimizer_step(run: _Run) -> None:
@@ -305,7 +337,8 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
     state, every = run.state, run.config.eval_every
     if state.last_eval_step == state.step or not (force or (every and state.step % every == 0)):
         return
-    metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens)
+    metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
+                                      prefix=run.prefix)
     state.last_metrics, state.last_eval_step = metrics, state.step
     run.log.write_eval(state.step, metrics)
     _update_best(run, metrics)
@@ -381,7 +414,8 @@ def _write_outputs(run: _Run) -> TrainResult:
                        best_step=state.best_step, steps=state.step, train_seconds=state.train_seconds,
                        phase_totals=dict(state.phase_totals), peak_memory=state.peak_memory,
                        trainable_params=trainable, log_path=out / LOG_NAME, adapter_dir=adapter_dir,
-                       best_dir=best_dir, stopped_early=state.stopped_early)
+                       best_dir=best_dir, stopped_early=state.stopped_early,
+                       prefix_cache=run.prefix_report.to_dict() if run.prefix_report is not None else None)
 
 
 def _metrics(run: _Run, trainable: int) -> dict:
@@ -405,4 +439,5 @@ def _metrics(run: _Run, trainable: int) -> dict:
         "trainable_params": trainable,
         "tokens_seen": state.tokens_seen,
         "config": run.config.to_dict(),
+        "prefix_cache": run.prefix_report.to_dict() if run.prefix_report is not None else None,
     }

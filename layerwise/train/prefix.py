@@ -17,15 +17,20 @@ def _has_dropout(module: torch.nn.Module) -> bool:
 
 
 def prefix_modules(model: torch.nn.Module, stack: Any, lowest: int) -> list[torch.nn.Module]:
-    """Blocks ``0..lowest-1`` and the embeddings module(s) that hold dropout (found by name, e.g.
-    ``bert.embeddings``), on the unwrapped transformers model."""
+    """Blocks ``0..lowest-1``, the embeddings module(s) that hold dropout (e.g. ``bert.embeddings``) and any
+    other dropout registered before the blocks (GPT-2's ``transformer.drop``), on the unwrapped model."""
     from layerwise.layers import unwrap_model
 
     base = unwrap_model(model)
     mods = [b.module for b in stack.blocks[:lowest]]
     if lowest > 0:
-        mods += [m for name, m in base.named_modules() if name.split(".")[-1] in ("embeddings", "embed_dropout")
-                 and _has_dropout(m)]
+        first = stack.blocks[0].module
+        for name, module in base.named_modules():  # registration order: what comes before the blocks feeds them
+            if module is first:
+                break
+            if isinstance(module, torch.nn.Dropout) or (name.split(".")[-1] in ("embeddings", "embed_dropout")
+                                                        and _has_dropout(module)):
+                mods.append(module)
     return mods
 
 
