@@ -5,6 +5,7 @@ Layout of a bench's ``out``::
     bench_config.json        what the cells were trained with (a resumed bench must match it)
     model.json               parameter count of the model with its task head
     card/                    the Layer Card (calibration seed 0) shared by every card-based method
+    prefix_cache/            frozen-prefix caches, shared by every cell with the same lowest adapted block
     cells/<method>/seed<s>/  one training run (``layerwise train`` outputs; ``metrics.json`` when finished)
     cells/<method>/inference.json  inference cost of the method's adapter (its first seed's weights)
     bench.json, bench.md, bench_*.png, config.yaml
@@ -28,10 +29,10 @@ from layerwise.bench.methods import CellJob
 from layerwise.errors import ConfigError
 from layerwise.settings import Calibration, DataSource, ModelSource
 
-__all__ = ["CARD_DIR", "CELLS_DIR", "CONFIG_FILE", "MODEL_FILE", "INFERENCE_FILE", "cell_dir", "prepare_out",
+__all__ = ["CARD_DIR", "CELLS_DIR", "PREFIX_CACHE_DIR", "CONFIG_FILE", "MODEL_FILE", "INFERENCE_FILE", "cell_dir", "prepare_out",
            "bench_config", "check_resume", "run_cells", "duration"]
 
-CARD_DIR, CELLS_DIR = "card", "cells"
+CARD_DIR, CELLS_DIR, PREFIX_CACHE_DIR = "card", "cells", "prefix_cache"
 CONFIG_FILE, MODEL_FILE, INFERENCE_FILE = "bench_config.json", "model.json", "inference.json"
 
 
@@ -45,7 +46,7 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
     from layerwise.io import prepare_output_dir
 
     if out.is_dir() and overwrite:
-        for name in (CELLS_DIR, CARD_DIR):
+        for name in (CELLS_DIR, CARD_DIR, PREFIX_CACHE_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
         for path in [out / CONFIG_FILE, out / MODEL_FILE, *out.glob("bench*.json"), *out.glob("bench*.md"),
                      *out.glob("bench*.png")]:
@@ -59,7 +60,9 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
 def bench_config(model: ModelSource, data: DataSource, train_config: Any, rank: int, targets: str,
                  calibration: Calibration) -> dict[str, Any]:
     """What shapes every cell's result: a resumed bench must use the same values (seeds/methods may change)."""
-    train = {k: v for k, v in train_config.to_dict().items() if k != "seed"}
+    # where and how the frozen prefix is cached does not change a cell's result (an fp32 cache is exact; its
+    # storage dtype does and stays in the record)
+    train = {k: v for k, v in train_config.to_dict().items() if k not in ("seed", "prefix_cache", "prefix_cache_dir")}
     path = data.data
     if path is not None and Path(path).exists():
         path = str(Path(path).resolve())  # the same folder however it was written

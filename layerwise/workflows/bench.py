@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layerwise.bench.aggregate import aggregate, collect_cell
-from layerwise.bench.cells import (CARD_DIR, MODEL_FILE, bench_config, cell_dir, check_resume, prepare_out,
+from layerwise.bench.cells import (CARD_DIR, MODEL_FILE, PREFIX_CACHE_DIR, bench_config, cell_dir, check_resume, prepare_out,
                                    run_cells)
 from layerwise.bench.methods import BASELINE, BENCH_METHODS, BenchSettings, CellJob, build_cell, find_method, \
     resolve_methods
@@ -49,6 +49,9 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     config = bench_config(model, data, train_config, adapter.rank, adapter.targets, calibration)
     config["full_lr"] = bench.full_lr
     check_resume(out_dir, config)
+    if train_config.prefix_cache != "off" and train_config.prefix_cache_dir is None:
+        # one disk cache per lowest adapted block, built by the first cell and reused by every other seed/method
+        train_config = replace(train_config, prefix_cache_dir=str(out_dir / PREFIX_CACHE_DIR))
     job = _Job(model, data, out_dir, device, show_progress)
     shared = BenchSettings(adapter.rank, adapter.targets, full_lr=bench.full_lr)
     if any(find_method(n)[0].needs_card for n in names):
