@@ -225,19 +225,28 @@ def test_small_real_bench_resumes_without_retraining(tmp_path, small_sst2, capsy
 
     out = tmp_path / "bench"
     argv = ["bench", "--model", "minilm", "--task", "sst2", "--data", str(small_sst2), "--methods",
-            "lora,actnorm-top2,ia3", "--train-seeds", "0,1", "--steps", "3", "--eval-max-examples", "32",
-            "--inference-examples", "8", "--inference-repeats", "1", "--samples", "32", "--out", str(out)]
+            "lora,actnorm-top2,pareto", "--train-seeds", "0,1", "--steps", "3", "--eval-max-examples", "32",
+            "--inference-examples", "8", "--inference-repeats", "1", "--samples", "32", "--prefix-cache", "disk",
+            "--out", str(out)]
     assert main(argv) == 0
     for name in ("bench.json", "bench.md", "bench_score.png", "bench_phases.png", "bench_memory.png", "bench_k.png",
                  "card/card.json"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "bench.json").read_text())
-    assert [r["method"] for r in result["table"]] == ["lora", "actnorm-top2", "ia3"] and len(result["cells"]) == 6
+    assert [r["method"] for r in result["table"]] == ["lora", "actnorm-top2", "pareto"] and len(result["cells"]) == 6
     top2 = result["table"][1]
     assert len(top2["layers"]) == 2 and top2["score"]["n"] == 2 and 0 < top2["vs_baseline"]["params_pct"] < 100
     assert top2["inference"]["merged"]["latency_ms"] > 0 and top2["params_share"] < 0.01
     md = (out / "bench.md").read_text()
-    assert all(f"| {m} |" in md for m in ("lora", "actnorm-top2", "ia3"))
+    assert all(f"| {m} |" in md for m in ("lora", "actnorm-top2", "pareto"))
+    pareto = result["table"][2]
+    assert min(pareto["layers"]) > 0  # the balanced point of MiniLM's front: upper blocks, a frozen prefix below
+    caches = {s: json.loads((out / "cells" / "pareto" / f"seed{s}" / "metrics.json").read_text())["prefix_cache"]
+              for s in (0, 1)}  # the bench's shared prefix cache: built by the first seed, reused by the second
+    assert caches[0]["used"] and not caches[0]["reused"] and caches[1]["used"] and caches[1]["reused"], caches
+    assert len(list((out / "prefix_cache").iterdir())) >= 1
+    lora = json.loads((out / "cells" / "lora" / "seed0" / "metrics.json").read_text())["prefix_cache"]
+    assert not lora["used"]  # uniform LoRA adapts block 0: nothing to cache
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/seed*/metrics.json")}
     assert len(stamps) == 6
     capsys.readouterr()

@@ -193,7 +193,7 @@ def _prefix_cache(model: Any, features: list, evalset: EvalSet, config: TrainCon
 
     def announce(line: str) -> None:
         if distributed.is_main():
-            print(f"layerwise: {line}", file=sys.stderr, flush=True)
+            log.info(line)
 
     every = config.eval_every
     evaluations = (config.steps // every + (config.steps % every > 0)) if every else 1
