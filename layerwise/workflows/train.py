@@ -57,7 +57,7 @@ class AdapterChoice:
     fidelity: bool = True
     """La-LoRA: weight the truncated norms by their fidelity (Eq. 9-10); False is ``--no-fidelity``."""
     contribution: str = "norm"
-    """La-LoRA: ``norm`` (Eq. 10) or ``fisher`` (accumulated squared gradients) contributions."""
+    """La-LoRA: ``norm`` (Eq. 9) or ``fisher`` (accumulated squared gradients) contributions."""
     rank_scale: str = "rmax"
     """La-LoRA: LoRA scaling ``alpha / r_max`` (``rmax``) or ``alpha / r_i`` (``ri``) (``--rank-scale``)."""
 
