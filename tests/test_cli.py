@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,12 @@ def layerwise(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_help_is_instant_and_imports_nothing_heavy() -> None:
-    code = "import sys, layerwise.cli as c; c.build_parser(); print('torch' in sys.modules)"
-    start = time.perf_counter()
+def test_help_imports_nothing_heavy() -> None:
+    # What keeps --help instant (no wall-clock limit here: it would flake on a loaded machine)
+    code = ("import sys, layerwise.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
-    assert out.stdout.strip() == "False"
-    assert time.perf_counter() - start < 5
+    assert out.stdout.strip() == "[]", out.stderr
     proc = layerwise("--help")
     for cmd in ("models", "inspect", "card"):
         assert cmd in proc.stdout

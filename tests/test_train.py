@@ -395,18 +395,34 @@ def test_phase_timer_records_time_and_memory_per_phase():
     assert timer.means()["optimizer"] == pytest.approx(timer.totals["optimizer"] / 2)
 
 
-def test_phase_timer_bookkeeping_costs_microseconds():
+def test_phase_timer_bookkeeping_is_small_next_to_the_smallest_step(one_thread):
+    """Relative to the forward + backward of a tiny BERT on 8 examples measured in the same run (no absolute
+    limit: a loaded machine slows both); measured 0.036 of it on 2026-11-29, the bound is 0.1."""
+    model = shared_tiny_bert(layers=1)
+    ids = torch.randint(0, 100, (8, 16))
+    labels = torch.zeros(8, dtype=torch.long)
+
+    def per_call(fn, n: int) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    def model_step() -> None:
+        model(input_ids=ids, labels=labels).loss.backward()
+
     timer = PhaseTimer(phases=PHASES)
-    n = 2000
-    start = time.perf_counter()
-    for step in range(n):
-        timer.begin_step(step)
+
+    def timer_step() -> None:
+        timer.begin_step(timer.steps)
         for name in PHASES:
             with timer.phase(name):
                 pass
         timer.end_step()
-    per_step = (time.perf_counter() - start) / n
-    assert per_step < 500e-6, f"{per_step * 1e6:.0f} us of timer bookkeeping per step"
+
+    ratio = per_call(timer_step, 200) / per_call(model_step, 20)
+    assert ratio < 0.1, f"timer bookkeeping is {ratio:.3f} of a tiny training step"
 
 
 # --- the HF Trainer callback --------------------------------------------------------------------------------
