@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -285,7 +286,13 @@ def test_regression_evaluation_scores_the_single_logit(tokenizer, glue_dir):
     with torch.no_grad():
         pred = model.eval()(**batch).logits[:, 0]
     assert metrics["loss"] == pytest.approx(torch.mean((pred - batch["labels"]) ** 2).item(), rel=1e-5)
-    assert -1.0 <= metrics["pearson"] <= 1.0 and -1.0 <= metrics["spearman"] <= 1.0
+    from scipy.stats import rankdata
+
+    x, y = pred.double().numpy(), batch["labels"].double().numpy()
+    assert metrics["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-5)
+    # Spearman: Pearson of the ranks, ties (STS-B scores repeat) at their average rank
+    assert metrics["spearman"] == pytest.approx(np.corrcoef(rankdata(x), rankdata(y))[0, 1], abs=1e-5)
+    assert abs(metrics["pearson"] - metrics["spearman"]) > 1e-3  # the two are told apart on this sample
 
 
 # --- pure parts ---------------------------------------------------------------------------------------------
