@@ -218,7 +218,7 @@ def main() -> None:
     p.add_argument("--gamma", type=float, default=None, help="default: layerwise.adaptive.DEFAULT_GAMMA")
     p.add_argument("--rank-interval", type=int, default=1)
     p.add_argument("--contribution", choices=("norm", "fisher"), default="norm",
-                   help="La-LoRA contributions: truncated norms (Eq. 10, default) or accumulated Fisher information")
+                   help="La-LoRA contributions: truncated norms (Eq. 9, default) or accumulated Fisher information")
     p.add_argument("--rank-scale", choices=("rmax", "ri"), default="rmax",
                    help="La-LoRA scaling alpha/r_max (the paper's, default) or alpha/r_i")
     p.add_argument("--steps", type=int, default=300)

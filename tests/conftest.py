@@ -16,12 +16,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LAYERWISE_PROGRESS", "0")
 
 
+_MISSING: set[Path] = set()
+"""Shared-data folders that tests needed and did not find (reported at the end of the run)."""
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _need(path: Path) -> Path:
+    """``path``, or a failure under CI, or else a skip that the end of the run reports in red."""
     if not path.exists():
-        if os.environ.get("CI"):
-            raise FileNotFoundError(f"CI needs the shared data at {path}")
-        pytest.skip(f"shared data not found at {path}")
+        if _in_ci():
+            pytest.fail(f"CI needs the shared data at {path} (set LAYERWISE_SHARED_DATA)", pytrace=False)
+        _MISSING.add(path)
+        pytest.skip(f"SHARED DATA MISSING: {path} (set LAYERWISE_SHARED_DATA)")
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """A loud section when tests were skipped for missing shared data: they tested nothing."""
+    if _MISSING:
+        terminalreporter.section("shared data missing", sep="!", red=True, bold=True)
+        for path in sorted(_MISSING):
+            terminalreporter.write_line(f"not found: {path}; the tests that need it were SKIPPED "
+                                        "(set LAYERWISE_SHARED_DATA, or run with CI=true to make this an error)",
+                                        red=True, bold=True)
 
 
 @pytest.fixture(scope="session")

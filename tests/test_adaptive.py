@@ -10,6 +10,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -87,7 +88,7 @@ def test_budget_eq5_grows_with_mean_rate_and_is_clipped():
     assert update_budget(7.0, [], gamma=1.0, num_blocks=2, r_max=8) == 7.0
 
 
-def test_fidelity_eq9_and_contribution_eq10():
+def test_fidelity_eq10_and_contribution_eq9():
     a_only = profile([9, 16], [0, 0])  # B = 0: nothing to lose, fidelity 1
     assert fidelities(a_only, 1) == (pytest.approx(3 / 5), 1.0)
     both = profile([9, 16], [9, 16])
@@ -425,3 +426,87 @@ def test_real_minilm_adaptive_run_writes_ranks_and_a_reloadable_adapter(minilm, 
     again = evaluate(loaded, data.dev, data.task, minilm.tokenizer, batch_size=16, max_length=48, max_examples=64)
     assert again["accuracy"] == result.final_metrics["accuracy"]
     assert again["loss"] == pytest.approx(result.final_metrics["loss"], abs=1e-5)
+
+
+# --- in the loop: every update equals the equations applied to the weights ---------------------------------
+
+
+class Reference:
+    """Callback after La-LoRA: recomputes every update from the LoRA weights with numpy (Eq. 5-7, 9-10, and
+    Fisher sums of the factors' gradients), applies the Eq. 8 allocator, and records the comparison."""
+
+    def __init__(self, cb: LaLoRA, stack, gamma: float, contribution: str) -> None:
+        self.cb, self.gamma, self.contribution = cb, gamma, contribution
+        # per block, per projection: the (A, B) Parameters, found by walking the block's modules
+        self.blocks = [[(m.lora_A["default"].weight, m.lora_B["default"].weight)
+                        for _, m in block.module.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+                       for block in stack.blocks]
+        self.L = len(self.blocks)
+        self.budget, self.ranks = float(self.L), [1] * self.L  # Eq. 5's start (CAR): L, every block at rank 1
+        self.previous = self.values(self.ranks)
+        self.fisher = np.zeros(self.L)
+        self.records: list[tuple[int, list[int], float]] = []
+        self.decided = 0  # updates where the fidelities (norm) or the Fisher sums (fisher) changed the ranks
+
+    def norms(self, i: int, r: int) -> list[tuple[float, float, float, float]]:
+        out = []
+        for a, b in self.blocks[i]:
+            a, b = a.detach().double().numpy(), b.detach().double().numpy()  # (r_max, in), (out, r_max)
+            out.append((np.linalg.norm(a[:r]), np.linalg.norm(b[:, :r]), np.linalg.norm(a), np.linalg.norm(b)))
+        return out
+
+    def values(self, ranks: list[int]) -> np.ndarray:  # Eq. 7
+        return np.array([sum(na + nb for na, nb, _, _ in self.norms(i, r)) / r for i, r in enumerate(ranks)])
+
+    def contributions(self, kind: str) -> list[float]:
+        """``fisher``: the Fisher sums; ``norm``: Eq. 9 with the fidelities of Eq. 10 (a zero factor has
+        fidelity 1); ``plain``: Eq. 9 with f = 1, to show that the fidelities decide some allocation."""
+        if kind == "fisher":
+            return self.fisher.tolist()
+        out = []
+        for i, r in enumerate(self.ranks):
+            c = 0.0
+            for na, nb, fa, fb in self.norms(i, r):
+                f_dw, f_up = (na / fa if fa > 0 else 1.0), (nb / fb if fb > 0 else 1.0)
+                if kind == "plain":
+                    f_dw = f_up = 1.0
+                c += f_dw * nb + f_up * na
+            out.append(c)
+        return out
+
+    def before_optimizer_step(self, optimizer) -> None:
+        for i, pairs in enumerate(self.blocks):
+            self.fisher[i] += sum(float((w.grad.double() ** 2).sum()) for pair in pairs for w in pair)
+
+    def on_step_end(self, state) -> None:
+        s = self.values(self.ranks)
+        rates = (s - self.previous) / self.previous  # Eq. 6
+        self.budget = min(max(self.budget * (1 + self.gamma * rates.mean()), self.L), R_MAX * self.L)  # Eq. 5
+        contributions = self.contributions(self.contribution)
+        other = self.contributions("plain" if self.contribution == "norm" else "norm")
+        if allocate_ranks(other, self.budget, R_MAX) != allocate_ranks(contributions, self.budget, R_MAX):
+            self.decided += 1
+        self.ranks = allocate_ranks(contributions, self.budget, R_MAX)  # Eq. 8
+        self.previous = self.values(self.ranks)  # s^(t-1) of the next update: at the ranks now in force
+        self.records.append((state.step, list(self.cb.ranks), self.cb.budget))  # the library's norms are float32 sums
+        assert self.cb.ranks == self.ranks, (state.step, self.cb.ranks, self.ranks, contributions)
+        assert self.cb.budget == pytest.approx(self.budget, rel=1e-6), (state.step, self.cb.budget, self.budget)
+
+
+@pytest.mark.parametrize("contribution", ["norm", "fisher"])
+def test_every_update_in_the_loop_equals_the_equations_on_the_weights(tokenizer, rt, tmp_path, contribution):
+    """At gamma 2 and lr 2e-2 the budget stays strictly between L and r_max * L for all ten updates and the blocks
+    get uneven ranks, so the layer values (Eq. 7), growth rates (Eq. 6), budget (Eq. 5), contributions (Eq. 9)
+    with their fidelities (Eq. 10), or the Fisher sums, decide every allocation."""
+    gamma = 2.0
+    task, train_ex, dev_ex = rt
+    model, stack, _ = adapted(vocab_size=tokenizer.vocab_size, random_b=False)
+    cb = LaLoRA(model, stack, R_MAX, gamma=gamma, contribution=contribution)
+    ref = Reference(cb, stack, gamma, contribution)
+    train(model, tokenizer, task, train_ex, dev_ex, config(steps=10, lr=2e-2), tmp_path, callbacks=[cb, ref],
+          show_progress=False)
+    assert [step for step, _, _ in ref.records] == list(range(1, 11))
+    uneven = [ranks for _, ranks, _ in ref.records if len(set(ranks)) > 1]
+    assert len(uneven) >= 5 and len({tuple(r) for r in uneven}) >= 3, ref.records
+    assert all(LAYERS < budget < R_MAX * LAYERS for _, _, budget in ref.records), ref.records
+    assert ref.decided >= 1, ref.records  # f = 1 (norm), or norm contributions (fisher), would differ somewhere

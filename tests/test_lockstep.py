@@ -72,18 +72,37 @@ def test_runs_alternate_and_match_their_solo_runs(setup, tmp_path):
         assert mixed.final_metrics == solo.final_metrics
 
 
+class SkewedClock:
+    """``time`` for the phase timer: the real clock plus the seconds that :class:`Pause` pretends to wait."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.skew
+
+
 class Pause:
-    """Callback: sleep at every step end (time spent in this run's turn, outside its steps)."""
+    """Callback: at every step end (in this run's turn, outside its steps) the phase timer's clock jumps 1000 s."""
+
+    def __init__(self, clock: SkewedClock) -> None:
+        self.clock = clock
 
     def on_step_end(self, state) -> None:
-        time.sleep(0.5)
+        self.clock.skew += 1000.0
 
 
-def test_a_run_s_step_time_excludes_the_other_run_s_turns(setup, tmp_path):
+def test_a_run_s_step_time_excludes_the_other_run_s_turns(setup, tmp_path, monkeypatch):
+    import layerwise.train.phases as phases
+
+    clock = SkewedClock()
+    monkeypatch.setattr(phases, "time", clock)
     quick, slow = Lockstep(2).run([lambda turn: train_one(setup, tmp_path / "q", 0, 4, [turn]),
-                                   lambda turn: train_one(setup, tmp_path / "s", 1, 4, [Pause(), turn])])
-    # Counting the waits would add at least 3 x 0.5 s to the quick run's training time.
-    assert quick.train_seconds < 1.0 and slow.train_seconds < 1.0
+                                   lambda turn: train_one(setup, tmp_path / "s", 1, 4, [Pause(clock), turn])])
+    assert clock.skew == 4000.0
+    # Counting the other run's turns (or its own pauses) would add at least 1000 s to a run's training time;
+    # four real tiny steps take well under 500 s even on a loaded machine.
+    assert 0 < quick.train_seconds < 500 and 0 < slow.train_seconds < 500
 
 
 def test_an_error_in_one_run_is_raised_after_the_others_finish(setup, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -64,12 +66,20 @@ def direct_statistics(model: torch.nn.Module, batches: list[dict], pooling: str)
             store[i]["h"] = h
         return hook
 
+    def proj(i, kind):
+        def hook(mod, args, out):
+            store[i][kind] = out.detach()
+        return hook
+
     handles = []
     for b in stack.blocks:
         handles.append(b.module.register_forward_pre_hook(pre(b.index), with_kwargs=True))
         handles.append(b.module.register_forward_hook(post(b.index)))
+        for kind in ("q", "v"):
+            (lin,) = b.by_role((kind,))
+            handles.append(model.get_submodule(lin.name).register_forward_hook(proj(b.index, kind)))
     weights = {b.index: [model.get_submodule(l.name).weight for l in b.linears] for b in stack.blocks}
-    acc = {k: [[] for _ in range(L)] for k in ("norm", "px", "ph", "x", "G", "gn", "fi", "ta")}
+    acc = {k: [[] for _ in range(L)] for k in ("norm", "q", "v", "px", "ph", "x", "G", "gn", "fi", "ta")}
     for batch in batches:
         store.update({i: {} for i in range(L)})
         out = model(**batch)
@@ -82,6 +92,8 @@ def direct_statistics(model: torch.nn.Module, batches: list[dict], pooling: str)
         for i in range(L):
             x, h = store[i]["x"].detach(), store[i]["h"].detach()
             acc["norm"][i].append(h.norm(dim=-1)[mask])
+            for kind in ("q", "v"):
+                acc[kind][i].append(store[i][kind].norm(dim=-1)[mask])
             acc["x"][i].append(x[mask])
             idx = mask.long().sum(1) - 1 if pooling == "last" else torch.zeros(mask.shape[0], dtype=torch.long)
             rows = torch.arange(mask.shape[0])
@@ -100,6 +112,19 @@ def direct_statistics(model: torch.nn.Module, batches: list[dict], pooling: str)
     for h in handles:
         h.remove()
     return acc
+
+
+def ridged_second_moment(x: np.ndarray) -> np.ndarray:
+    """E[x x^T] plus the documented ridge, written out: max(1e-3 * trace / d, 1e-6 * trace)."""
+    m = x.T @ x / x.shape[0]
+    tr, d = np.trace(m), m.shape[0]
+    return m + max(1e-3 * tr / d, 1e-6 * tr) * np.eye(d)
+
+
+def whitened(g: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """G M^{-1/2} with the symmetric inverse square root (numpy eigh)."""
+    w, v = np.linalg.eigh(m)
+    return g @ (v / np.sqrt(w)) @ v.T
 
 
 def centred_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -133,13 +158,24 @@ def test_metrics_match_direct_computation(kind: str) -> None:
         # a singular covariance (LayerNorm outputs lose one dimension) reads as the 1e7 cap
         expected = float(eig.max() / eig.clamp_min(float(eig.max()) * 1e-7).min())
         assert cond == pytest.approx(expected, rel=1e-3)
-        m = x.T @ x / x.shape[0]
-        m = m + ridge_for(m) * torch.eye(m.shape[0], dtype=m.dtype)
-        g = sum(acc["G"][i]) / len(batches)
-        direct = float(torch.trace(g @ torch.linalg.inv(m) @ g.T).sqrt())
-        assert card.values("resnorm")[i] == pytest.approx(direct, rel=1e-4)
-    assert all(v >= 0 for v in card.values("weightdelta"))
-    assert sum(card.values("weightdelta")) > 0
+        m = ridged_second_moment(x.numpy())
+        g = (sum(acc["G"][i]) / len(batches)).numpy()
+        direct = math.sqrt(np.trace(g @ np.linalg.inv(m) @ g.T))
+        assert card.values("resnorm")[i] == pytest.approx(direct, rel=1e-5)
+        for kind in ("q", "v"):  # the extras users read: per-projection mean token norms
+            expected = float(torch.cat(acc[kind][i]).mean())
+            assert card.metrics["actnorm"]["extras"][f"{kind}_norm"][i] == pytest.approx(expected, rel=1e-5)
+        p = np.clip(np.linalg.eigvalsh(cov.numpy()), 0, None)
+        p = p[p > 0] / p.sum()
+        eff_rank = card.metrics["act_energy"]["extras"]["effective_rank"][i]
+        assert eff_rank == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-4)
+    # coupling: |cos| between the blocks' G M^{-1/2}, the mean of each row's off-diagonal entries
+    w = np.stack([whitened((sum(acc["G"][i]) / len(batches)).numpy(),
+                           ridged_second_moment(torch.cat(acc["x"][i]).double().numpy())).ravel() for i in range(L)])
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    cos = np.abs(w @ w.T)
+    assert np.allclose(card.metrics["coupling"]["extras"]["matrix"], cos, atol=1e-5)
+    assert card.values("coupling") == pytest.approx(((cos.sum(1) - 1) / (L - 1)).tolist(), abs=1e-5)
 
 
 def test_coupling_is_mean_offdiagonal_cosine_of_whitened_gradients() -> None:
@@ -288,3 +324,56 @@ def test_per_batch_kernel_cka_of_stacked_blocks_matches_feature_space_formula() 
         assert float(got[s]) == pytest.approx(linear_cka(xc.T @ xc, yc.T @ yc, yc.T @ xc), rel=1e-6)
     assert float(got[2]) == 0.0 and float(got[1]) == pytest.approx(1.0, abs=1e-6)
     assert torch.isnan(_kernel_cka(x[:, :2], y[:, :2])).all()
+
+
+def test_ridge_is_the_documented_fraction_of_the_trace() -> None:
+    # 1e-3 of the mean eigenvalue: trace 10 over d = 4
+    assert ridge_for(torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))) == pytest.approx(2.5e-3)
+    # d > 1000: the floor 1e-6 of the trace (2e-3 here) is the larger one
+    assert ridge_for(torch.eye(2000, dtype=torch.float64)) == pytest.approx(2e-3)
+
+
+def test_resnorm_follows_the_ridge_where_the_input_is_rank_deficient() -> None:
+    """Six tokens in 32 dimensions: M is singular, so the ridge sets the scale of the whitened gradient."""
+    model = tiny_bert()
+    batches = [make_batches(n_batches=1, bs=1, seed=3)[0]]
+    acc = direct_statistics(model, batches, "first")
+    card = profile_layers(model, batches, "resnorm", show_progress=False)
+    for i in range(card.num_layers):
+        x = torch.cat(acc["x"][i]).double().numpy()
+        assert x.shape[0] < x.shape[1]
+        g = acc["G"][i][0].numpy()
+        expected = np.linalg.norm(whitened(g, ridged_second_moment(x)))
+        assert card.values("resnorm")[i] == pytest.approx(expected, rel=1e-4)
+
+
+def test_weightdelta_is_the_norm_of_scaling_times_b_a_after_the_probe_run() -> None:
+    """The probe run repeated by hand (peft LoRA r 4, alpha 8 on q,v, AdamW lr 1e-3, 3 steps); the delta of each
+    adapted projection is (alpha / r) * B @ A from the trained factors, its Frobenius norms summed per block."""
+    import copy
+
+    import peft
+
+    model = tiny_bert()
+    batches = make_batches(n_batches=2)
+    stack = find_layer_stack(model)
+    card = profile_layers(model, batches, "weightdelta", weightdelta_steps=3, rank=4, show_progress=False)
+    torch.manual_seed(0)
+    work = copy.deepcopy(model)
+    names = [lin.name for b in stack.blocks for lin in b.by_role(("q", "v"))]
+    wrapped = peft.get_peft_model(work, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=names,
+                                                        task_type="SEQ_CLS"))
+    wrapped.train()
+    opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(3):
+        wrapped(**batches[step % 2]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    expected = [0.0] * len(stack)
+    for name, module in wrapped.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            a = module.lora_A["default"].weight.detach().double().numpy()  # (r, in)
+            b = module.lora_B["default"].weight.detach().double().numpy()  # (out, r)
+            expected[stack.block_of(name)] += np.linalg.norm((8 / 4) * b @ a)
+    assert min(expected) > 0
+    assert card.values("weightdelta") == pytest.approx(expected, rel=1e-4)

@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -285,7 +286,13 @@ def test_regression_evaluation_scores_the_single_logit(tokenizer, glue_dir):
     with torch.no_grad():
         pred = model.eval()(**batch).logits[:, 0]
     assert metrics["loss"] == pytest.approx(torch.mean((pred - batch["labels"]) ** 2).item(), rel=1e-5)
-    assert -1.0 <= metrics["pearson"] <= 1.0 and -1.0 <= metrics["spearman"] <= 1.0
+    from scipy.stats import rankdata
+
+    x, y = pred.double().numpy(), batch["labels"].double().numpy()
+    assert metrics["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-5)
+    # Spearman: Pearson of the ranks, ties (STS-B scores repeat) at their average rank
+    assert metrics["spearman"] == pytest.approx(np.corrcoef(rankdata(x), rankdata(y))[0, 1], abs=1e-5)
+    assert abs(metrics["pearson"] - metrics["spearman"]) > 1e-3  # the two are told apart on this sample
 
 
 # --- pure parts ---------------------------------------------------------------------------------------------
@@ -395,18 +402,34 @@ def test_phase_timer_records_time_and_memory_per_phase():
     assert timer.means()["optimizer"] == pytest.approx(timer.totals["optimizer"] / 2)
 
 
-def test_phase_timer_bookkeeping_costs_microseconds():
+def test_phase_timer_bookkeeping_is_small_next_to_the_smallest_step(one_thread):
+    """Relative to the forward + backward of a tiny BERT on 8 examples measured in the same run (no absolute
+    limit: a loaded machine slows both); measured 0.036 of it on 2026-11-29, the bound is 0.1."""
+    model = shared_tiny_bert(layers=1)
+    ids = torch.randint(0, 100, (8, 16))
+    labels = torch.zeros(8, dtype=torch.long)
+
+    def per_call(fn, n: int) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    def model_step() -> None:
+        model(input_ids=ids, labels=labels).loss.backward()
+
     timer = PhaseTimer(phases=PHASES)
-    n = 2000
-    start = time.perf_counter()
-    for step in range(n):
-        timer.begin_step(step)
+
+    def timer_step() -> None:
+        timer.begin_step(timer.steps)
         for name in PHASES:
             with timer.phase(name):
                 pass
         timer.end_step()
-    per_step = (time.perf_counter() - start) / n
-    assert per_step < 500e-6, f"{per_step * 1e6:.0f} us of timer bookkeeping per step"
+
+    ratio = per_call(timer_step, 200) / per_call(model_step, 20)
+    assert ratio < 0.1, f"timer bookkeeping is {ratio:.3f} of a tiny training step"
 
 
 # --- the HF Trainer callback --------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ are used (Eq. 3-4). Every ``--rank-interval`` steps:
   at ``L`` (Eq. 5; ``L`` adapted blocks); the ``--no-car`` ablation starts it at ``r_max * L``;
 * the contributions ``c_i = sum_m (f_dw * ||B_m[:, :r_i]||_F + f_up * ||A_m[:r_i]||_F)`` with the fidelities
   ``f_dw = ||A_m[:r_i]||_F / ||A_m||_F`` (the down-projection ``A``) and ``f_up = ||B_m[:, :r_i]||_F / ||B_m||_F``
-  (the up-projection ``B``) (Eq. 9-10); each norm is weighted by the fidelity of its partner factor, as Eq. 10
-  is written; ``--no-fidelity`` sets ``f = 1``; ``--contribution fisher`` uses accumulated Fisher information;
+  (the up-projection ``B``) (Eq. 9 the contribution, Eq. 10 the fidelities); each norm is weighted by the
+  fidelity of its partner factor, as Eq. 9 is written; ``--no-fidelity`` sets ``f = 1``; ``--contribution
+  fisher`` uses accumulated Fisher information;
 * the ranks ``r_i = softmax(c)_i * DCDPB`` as integers in ``[1, r_max]`` summing to ``round(DCDPB)`` (Eq. 8).
 
 One choice the paper leaves open: ``s_i^(t-1)`` is evaluated at the ranks in force *after* the previous
@@ -107,7 +108,7 @@ class Allocation:
     rates: list[float]
     """Growth rates ``IR_i^t`` (Eq. 6)."""
     contributions: list[float]
-    """Contributions ``c_i^t`` the ranks were shared by (Eq. 10, or Fisher sums)."""
+    """Contributions ``c_i^t`` the ranks were shared by (Eq. 9, or Fisher sums)."""
     next_values: list[float]
     """Layer values at the new ranks: the ``s^(t-1)`` of the next update."""
 
@@ -151,7 +152,7 @@ def update_budget(budget: float, rates: Sequence[float], gamma: float, num_block
 
 
 def fidelities(profile: FactorProfile, rank: int) -> tuple[float, float]:
-    """Eq. 9: ``(f_dw, f_up) = (||A[:r]||_F / ||A||_F, ||B[:, :r]||_F / ||B||_F)``; a zero factor has fidelity 1
+    """Eq. 10: ``(f_dw, f_up) = (||A[:r]||_F / ||A||_F, ||B[:, :r]||_F / ||B||_F)``; a zero factor has fidelity 1
     (truncating it loses nothing)."""
     a_full, b_full = profile.a_norm(), profile.b_norm()
     f_dw = profile.a_norm(rank) / a_full if a_full > 0 else 1.0
@@ -160,7 +161,7 @@ def fidelities(profile: FactorProfile, rank: int) -> tuple[float, float]:
 
 
 def norm_contributions(blocks: Sequence[Block], ranks: Sequence[int], fidelity: bool = True) -> list[float]:
-    """Eq. 10: ``c_i = sum_m (f_dw * ||B_m[:, :r_i]||_F + f_up * ||A_m[:r_i]||_F)``; ``fidelity=False`` sets
+    """Eq. 9: ``c_i = sum_m (f_dw * ||B_m[:, :r_i]||_F + f_up * ||A_m[:r_i]||_F)``; ``fidelity=False`` sets
     ``f = 1`` (the ablation); shape (L,)."""
     _same_length(blocks, ranks)
     out = []
