@@ -332,7 +332,8 @@ _BASE: dict[str, Any] = {}
 
 
 def _train_run(out: Path, batch_size: int, callbacks: tuple = (), resume: bool = False,
-               adaptive: str | None = None) -> tuple[dict[str, torch.Tensor], list]:
+               adaptive: str | None = None, layers: tuple[int, ...] = tuple(range(6)),
+               prefix_cache: str = "off") -> tuple[dict[str, torch.Tensor], list]:
     """MiniLM + LoRA (q, v of every block) with every dropout off (dropout masks are per rank: with them the
     curves agree in distribution only); ``adaptive`` (``norm``/``fisher``) adds La-LoRA at r_max 4. Returns
     the trained weights and, with La-LoRA, every rank's (ranks, budget) after each step."""
@@ -355,14 +356,14 @@ def _train_run(out: Path, batch_size: int, callbacks: tuple = (), resume: bool =
     train_ex, dev_ex = rng.sample(data.train, 96), rng.sample(data.dev, 16)
     torch.manual_seed(0)
     stack = find_layer_stack(loaded.model)
-    model = apply_adapter(loaded.model, stack, list(range(6)), method="lora", targets="q,v", rank=R_MAX,
+    model = apply_adapter(loaded.model, stack, list(layers), method="lora", targets="q,v", rank=R_MAX,
                           dropout=0.0)
     recorder = None
     if adaptive:
         recorder = _RankRecorder(_lalora_class()(model, stack, r_max=R_MAX, contribution=adaptive))
         callbacks = (recorder.lalora, recorder, *callbacks)
     cfg = TrainConfig(steps=STEPS, lr=5e-3, batch_size=batch_size, grad_accum=GRAD_ACCUM, max_length=32,
-                      eval_every=3, eval_max_examples=16, warmup_ratio=0.25, seed=0)
+                      eval_every=3, eval_max_examples=16, warmup_ratio=0.25, seed=0, prefix_cache=prefix_cache)
     train(model, loaded.tokenizer, data.task, train_ex, dev_ex, cfg, out, resume=resume, callbacks=callbacks,
           show_progress=False)
     weights = {k: p.detach().clone() for k, p in trainable_parameters(model).items()}
@@ -419,7 +420,8 @@ def _train_worker(rank: int, world: int, port: int, root: Path) -> None:
     if _lalora_class() is not None:
         found["lalora"], found["lalora_seen"] = _train_run(root / "runs" / "lalora", PER_RANK_BATCH,
                                                            adaptive="fisher")
-    found["writes"] = list(writes)
+    found["cached"], _ = _train_run(root / "runs" / "cached", PER_RANK_BATCH, layers=(4, 5), prefix_cache="disk")
+    found["writes"] = list(writes)  # rank 1 writes nothing, the shared prefix cache included
     torch.save(found, root / f"rank{rank}.pt")
 
 
@@ -455,6 +457,23 @@ def test_two_process_training_matches_one_process_with_the_global_batch(two_rank
     assert metrics["tokens_seen"] == single_metrics["tokens_seen"]  # the same global batches
     assert metrics["config"]["batch_size"] == PER_RANK_BATCH
     assert metrics["final"] == pytest.approx(single_metrics["final"], abs=1e-4)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ranks_share_one_prefix_cache_built_by_rank_0(two_ranks, tmp_path):
+    """Under torchrun rank 0 builds the disk cache and both ranks map it; training then equals one process
+    with the global batch and no cache (the cached prefix is the same computation)."""
+    root, r0, r1 = two_ranks
+    single, _ = _train_run(tmp_path / "single", 2 * PER_RANK_BATCH, layers=(4, 5))
+    cached = root / "runs" / "cached"
+    report = json.loads((cached / "metrics.json").read_text())["prefix_cache"]
+    assert report["used"] and report["mode"] == "disk" and report["layer"] == 4 and not report["reused"]
+    assert len(list((cached / "prefix_cache").glob("train-block4-*.bin"))) == 1  # one file for both ranks
+    assert _losses(cached) == pytest.approx(_losses(tmp_path / "single"), abs=1e-4)
+    for name, weight in single.items():
+        torch.testing.assert_close(r0["cached"][name], weight, rtol=1e-3, atol=2e-5, msg=name)
+        assert torch.equal(r0["cached"][name], r1["cached"][name]), name
 
 
 @pytest.mark.distributed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -57,11 +58,12 @@ class Group:
 
 
 def _base_type(cls: type, f: dataclasses.Field) -> Any:
-    """int, float, str or bool from the field's annotation (``X | None`` -> X)."""
+    """int, float, str, bool or a nested settings class from the field's annotation (``X | None`` -> X)."""
     hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args and typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")) \
-        else hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
 
 
 def _help(group: Group, f: dataclasses.Field, default: Any) -> str:

@@ -19,8 +19,10 @@ A cache is keyed by a hash of the prefix's weights and the model config, the tok
 covers the task, data files, max length and tokenizer), ``l`` and the storage dtype; a disk cache whose key
 or size does not match is rebuilt, never reused.
 
-Under ``torchrun`` the cache is off for now (each rank sees a different slice of every global batch); see
-:func:`prepare_prefix_cache` for how per-rank shards would be added.
+Under ``torchrun`` every rank sees a different slice of every global batch, and over the epochs every
+example, so the ranks share one disk cache of the whole training set: rank 0 loads or builds it while the
+others wait at a barrier, then every rank maps the same file (read-only pages, shared by the OS). A memory
+cache per rank would hold the whole set once per process, so under torchrun the cache is on disk.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerwise.errors import ConfigError
+from layerwise import distributed
+from layerwise.errors import ConfigError, ModelError
 
 __all__ = ["PrefixStore", "PrefixSkipper", "PrefixCache", "PrefixCacheReport", "prepare_prefix_cache",
            "lowest_trainable_block", "prefix_digest", "cache_key", "SCHEMA_VERSION", "DTYPES"]
@@ -365,15 +368,34 @@ def _store(model: torch.nn.Module, blocks: torch.nn.ModuleList, layer: int, name
            batches: Callable[[], Sequence[tuple[dict, Sequence[int]]]], lengths: Sequence[int], hidden_size: int,
            dtype: str, folder: Path | None) -> tuple[PrefixStore, int, bool, float, Path | None]:
     """Load a matching disk cache or build one: (store, block structure, reused, seconds, path)."""
-    from layerwise.io import atomic_write_json
-
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     path = None if folder is None else folder / f"{name}-block{layer}-{dtype}-{key[:16]}.bin"
+    if path is not None and distributed.world_size() > 1:  # rank 0 loads or builds; the others map its file
+        if distributed.is_main():
+            built = _store_alone(model, blocks, layer, key, batches, offsets, hidden_size, dtype, path)
+        distributed.barrier()
+        if distributed.is_main():
+            return built
+        found = _load_disk(path, key)
+        if found is None:
+            raise ModelError(f"--prefix-cache: rank {distributed.rank()} cannot read the cache rank 0 wrote at "
+                             f"{path}; under torchrun --prefix-cache-dir must be a folder every rank sees")
+        return found[0], int(found[1]["structure"]), True, 0.0, path
+    return _store_alone(model, blocks, layer, key, batches, offsets, hidden_size, dtype, path)
+
+
+def _store_alone(model: torch.nn.Module, blocks: torch.nn.ModuleList, layer: int, key: str,
+                 batches: Callable[[], Sequence[tuple[dict, Sequence[int]]]], offsets: np.ndarray,
+                 hidden_size: int, dtype: str, path: Path | None) -> tuple[PrefixStore, int, bool, float, Path | None]:
+    """:func:`_store` in one process."""
+    from layerwise.io import atomic_write_json
+
+    lengths = np.diff(offsets)
     if path is not None:
         found = _load_disk(path, key)
         if found is not None:
             return found[0], int(found[1]["structure"]), True, 0.0, path
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     store, structure = _build(model, blocks, layer, batches(), offsets, hidden_size, dtype, path)
     seconds = time.perf_counter() - start
@@ -409,13 +431,9 @@ def prepare_prefix_cache(model: torch.nn.Module, features: Sequence[dict], eval_
     off) and the report of the decision. An explicit ``memory``/``disk`` cache that would not fit raises
     :class:`ConfigError` naming the flag; ``auto`` then stays off and says why.
 
-    Under torchrun (not done yet) each rank would cache its own shard: make the data order give each rank a
-    fixed partition of the examples (e.g. ``distributed.shard_indices`` of the epoch's permutation), key the
-    cache by the shard's indices and build only those rows; or, with ``disk`` on a shared file system, build
-    disjoint slices per rank into one file after a barrier and map it from every rank.
+    Under torchrun the cache is one disk file built by rank 0 and mapped by every rank (``--prefix-cache
+    memory`` is refused there; ``auto`` chooses disk).
     """
-    from layerwise import distributed
-    from layerwise.errors import ModelError
     from layerwise.layers import find_layer_stack
 
     mode = config.prefix_cache
@@ -424,8 +442,9 @@ def prepare_prefix_cache(model: torch.nn.Module, features: Sequence[dict], eval_
     if config.prefix_dropout:
         return _off("--prefix-dropout keeps dropout in the frozen blocks, so their output changes every epoch",
                     config)
-    if distributed.world_size() > 1:
-        return _off("not yet supported under torchrun (each rank would need its own shard)", config)
+    if distributed.world_size() > 1 and mode == "memory":
+        raise ConfigError("--prefix-cache memory under torchrun would hold the whole training set once per "
+                          "process; use --prefix-cache disk (one file built by rank 0, mapped by every rank) or auto")
     try:
         stack = find_layer_stack(model)
     except ModelError as err:
@@ -454,7 +473,10 @@ def _make(model: torch.nn.Module, stack: Any, layer: int, features: Sequence[dic
     tokens = sum(train_lengths) + sum(dev_lengths)
     estimate = tokens * hidden_size * DTYPES[dtype].itemsize + 8 * (len(train_lengths) + len(dev_lengths) + 2)
     folder = Path(config.prefix_cache_dir) if config.prefix_cache_dir else out_dir / "prefix_cache"
-    where = _where(config.prefix_cache, estimate, folder, config.prefix_cache_dir is not None)
+    shared = distributed.world_size() > 1  # ranks map one file: on disk whatever auto would choose alone
+    where = _where(config.prefix_cache, estimate, folder, config.prefix_cache_dir is not None or shared)
+    if shared and where == "memory":
+        where = f"auto: under torchrun the cache is one shared file, but {folder} lacks the space"
     if where not in ("memory", "disk"):
         return _off(where, config)
     announce(f"prefix cache ({where}): input of block {layer}, {len(train_lengths)} training + {len(dev_lengths)} "
