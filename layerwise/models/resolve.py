@@ -32,6 +32,16 @@ class ModelSource:
     """``local``, ``bundled`` or ``hub``."""
     alias: str | None = None
 
+    @property
+    def portable_name(self) -> str:
+        """The name another machine resolves to the same base: the alias of a bundled model, the hub id, or
+        the absolute path of the user's own folder or .gguf file (never a path inside this installation)."""
+        if self.kind == "bundled":
+            return self.alias or self.name
+        if self.kind == "hub":
+            return self.name
+        return str(Path(self.name).expanduser().resolve())
+
 
 def default_cache_dir() -> Path:
     """``$LAYERWISE_CACHE``, else ``$XDG_CACHE_HOME/layerwise``, else ``~/.cache/layerwise``."""
