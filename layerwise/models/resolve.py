@@ -98,6 +98,11 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
     if (target / "config.json").exists():
         return target
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:  # an optional dependency: the extra layerwise[gguf]
+        raise ModelError(f"{gguf_path} is a GGUF file, and reading one needs the gguf package: "
+                         "pip install 'layerwise[gguf]'")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
