@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: `pip install .` into a virtualenv that already has torch (the tested version) keeps that torch.
-# Offline: pip reads the machine's local index and wheel folder. About 100 s here (2026-11-29).
+# Offline: pip reads the machine's local index and wheel folder. 102-108 s here (2026-11-29).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
