@@ -62,13 +62,16 @@ class Suggestion:
 def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top-k", *, metric: str | None = None,
             metrics: str | list[str] | None = None, loss_fn: Callable[[Any, dict], Any] | None = None,
             method: str = "lora", targets: str = "q,v", rank: int = 8, alpha: float | None = None,
-            ranks: Mapping[int, int] | None = None, name: str | None = None, device: Any = None,
+            ranks: Mapping[int, int] | None = None, rank_budget: int | None = None,
+            rank_metric: str | None = None, name: str | None = None, device: Any = None,
             show_progress: bool = False, **options: Any) -> Suggestion:
     """Measure ``model``'s blocks on ``batches`` and choose layers with ``policy`` and its ``options``
     (``k=3``, ``share=0.9``, ``ratio=0.5``, ``max_params=...``; see ``layerwise train --list-policies``).
 
     ``metrics`` overrides the card's metrics; ``method``/``targets``/``rank``/``alpha``/``ranks`` are the
-    adapter's (as ``layerwise train`` takes them). ``name`` is what the card and the peft config record as the
+    adapter's (as ``layerwise train`` takes them). ``rank_budget`` splits a total rank over the chosen layers in
+    proportion to the card's ``rank_metric`` importance (default: the policy's metric, else ``act_energy``;
+    :func:`layerwise.rank_budget.split_rank_budget`), which becomes the per-layer ranks. ``name`` is what the card and the peft config record as the
     base model (default: ``model.name_or_path``, the hub id or folder the user loaded). The model is left as it
     was (mode, ``requires_grad`` flags); nothing is written until :meth:`Suggestion.save`.
     """
@@ -80,8 +83,8 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
     from layerwise.selection import select
     from layerwise.settings import AdapterChoice
 
-    adapter = AdapterChoice(method=method, targets=targets, rank=rank, alpha=alpha,
-                            ranks=dict(ranks) if ranks else None)
+    if ranks and rank_budget is not None:
+        raise ConfigError("suggest: give ranks or rank_budget, not both")
     listed = [dict(b) for b in batches]  # a DataLoader is read once; the probe needs len() and two passes at most
     if not listed or not all(isinstance(b.get("input_ids"), torch.Tensor) for b in listed):
         raise ConfigError("suggest needs batches: dicts with an input_ids tensor (a DataLoader or a list of dicts)")
@@ -91,6 +94,19 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
     card = profile_layers(model, listed, chosen_metrics, name=card_name, rank=rank, targets=parse_targets(targets),
                           device=device, show_progress=show_progress, loss_fn=loss_fn)
     selection = select(card, policy, metric=metric, **options)
+    if rank_budget is not None:
+        ranks = _budget_ranks(card, selection, rank_budget, rank_metric or selection.metric or "act_energy")
+    adapter = AdapterChoice(method=method, targets=targets, rank=rank, alpha=alpha,
+                            ranks=dict(ranks) if ranks else None)
     exported = from_card(card, selection.layers, adapter, policy=selection.policy, metric=selection.metric,
                          params=selection.params)
     return Suggestion(card=card, selection=selection, exported=exported)
+
+
+def _budget_ranks(card: Any, selection: Any, budget: int, metric: str) -> dict[int, int]:
+    """The selected layers' ranks: ``budget`` split by ``metric``'s importance on ``card``."""
+    from layerwise.rank_budget import split_rank_budget
+
+    importance = card.importance(metric)
+    layers = list(selection.layers)
+    return dict(zip(layers, split_rank_budget([importance[i] for i in layers], budget)))

@@ -104,3 +104,30 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch) -> None
     saved = peft.LoraConfig.from_pretrained(str(tmp_path / "runs" / "suggestion"))
     assert saved.base_model_name_or_path == "minilm"
     assert (tmp_path / "runs" / "suggestion" / "card" / "card.json").exists()
+
+
+def test_split_rank_budget_by_hand() -> None:
+    from layerwise.errors import ConfigError
+    from layerwise.rank_budget import split_rank_budget
+
+    assert split_rank_budget([1.0, 3.0], 8, r_min=0) == [2, 6]
+    assert split_rank_budget([1.0, 1.0, 1.0], 8) == [3, 3, 2]  # 1 each, then 5 by largest remainder
+    assert split_rank_budget([0.0, 0.0], 6) == [3, 3]
+    assert split_rank_budget([10.0, 0.0, 0.0], 12, r_max=8) == [8, 2, 2]  # capped, the rest shared
+    with pytest.raises(ConfigError, match="allowed budgets: 3..24"):
+        split_rank_budget([1.0, 2.0, 3.0], 2, r_max=8)
+
+
+def test_a_rank_budget_becomes_the_per_layer_ranks_of_the_config() -> None:
+    model = model_of(transformers.BertForSequenceClassification)
+    s = layerwise.suggest(model, DataLoader(rows(), batch_size=4), policy="all", rank_budget=16,
+                          rank_metric="act_energy")
+    energy = np.array(s.card.importance("act_energy"))
+    assert sum(s.ranks.values()) == 16 and s.layers == [0, 1, 2, 3]  # 4 x rank 4: uniform LoRA's parameter count
+    order = np.argsort(-energy, kind="stable")
+    assert [s.ranks[int(i)] for i in order] == sorted(s.ranks.values(), reverse=True)  # more energy, more rank
+    config = s.lora_config()
+    wrapped = peft.get_peft_model(model, config)
+    got = {n: m.r["default"] for n, m in wrapped.get_base_model().named_modules() if n in adapted_modules(wrapped)}
+    stack = find_layer_stack(model)
+    assert got == {n: s.ranks[stack.block_of(n)] for n in stack.target_names(s.layers, "q,v")}
