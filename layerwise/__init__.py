@@ -4,6 +4,19 @@ The package import is cheap on purpose (no torch, no transformers): the heavy pa
 by the modules that need them, so ``layerwise --help`` answers instantly.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "suggest", "Suggestion"]
+
+
+def __getattr__(name: str) -> Any:
+    """``layerwise.suggest`` and ``layerwise.Suggestion``, imported on first use (PEP 562) so that
+    ``import layerwise`` stays cheap. They live in ``layerwise.suggestion``: a submodule named ``suggest``
+    would replace the function on the package once imported."""
+    if name in ("suggest", "Suggestion"):
+        from layerwise import suggestion as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'layerwise' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = ("models", "inspect", "card", "train", "run", "stability", "bench")
+COMMANDS = ("models", "inspect", "card", "train", "run", "stability", "bench", "export")
 """Subcommands, in the order ``--help`` lists them."""
 
 

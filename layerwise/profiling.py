@@ -39,12 +39,16 @@ def profile_layers(
     max_stat_memory: int = 2 << 30,
     show_progress: bool = True,
     spectrum_threads: int | None = 1,
+    loss_fn: Any = None,
 ) -> LayerCard:
     """Measure every requested metric of every block of ``model`` in one streaming pass over ``batches``.
 
     ``metrics`` is a list or comma string of registered names (default: all but ``weightdelta``).
     ``rank`` and ``targets`` set the adapter the ``cost`` metric prices; ``pooling`` (``first``, ``last``,
     ``mean``) the token CKA compares (default: first for encoders, last real token for decoders).
+
+    ``loss_fn(outputs, batch) -> scalar loss`` replaces the model's own loss for the gradient metrics (a model
+    without a task head, or a custom objective); the model then gets each batch without ``labels``.
 
     ``spectrum_threads``: torch threads for the weight metrics' CPU SVDs (None: the process's setting; see
     ``layerwise.probe.spectrum.SpectrumCache``).
@@ -63,7 +67,7 @@ def profile_layers(
     statistics = {s for m in chosen for s in m.statistics}
     if statistics:
         result, ranks_info = _probe_all_ranks(model, stack, batches, statistics, pooling, device, max_stat_memory,
-                                              show_progress)
+                                              show_progress, loss_fn)
     else:
         ranks_info = {}
         stats = ProbeStats(num_blocks=len(stack), hidden=0, wanted=frozenset())
@@ -98,7 +102,8 @@ def profile_layers(
 
 
 def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict], statistics: set[str],
-                     pooling: str | None, device: Any, max_stat_memory: int, show_progress: bool) -> tuple[Any, dict]:
+                     pooling: str | None, device: Any, max_stat_memory: int, show_progress: bool,
+                     loss_fn: Any = None) -> tuple[Any, dict]:
     """The probe pass; in a data-parallel run each rank probes batches i % world == rank and the statistics
     are reduced over ranks (``layerwise.probe.reduce``), so every rank holds the single-process card."""
     from layerwise import distributed
@@ -110,7 +115,7 @@ def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
         raise ConfigError(f"{len(batches)} calibration batch(es) for {world} processes: every process needs at "
                           "least one; raise --samples or lower --batch-size")
     result = run_probe(model, stack, distributed.shard(batches), statistics, pooling, device, max_stat_memory,
-                       show_progress and distributed.is_main())
+                       show_progress and distributed.is_main(), loss_fn)
     return result, reduce_result_(result)
 
 

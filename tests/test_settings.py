@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.cli import _with_config, build_parser
-from layerwise.commands import bench, card, inspect, run, stability, train
+from layerwise.commands import bench, card, export, inspect, run, stability, train
 from layerwise.commands.flags import Group, build
 from layerwise.errors import ConfigError, LayerwiseError
 from layerwise.settings import AdapterChoice, AdaptiveRanks, Calibration, DataSource, SelectionChoice
@@ -23,7 +23,7 @@ from layerwise.settings.fields import cli_fields, field_docs, flag_name
 from layerwise.train import TrainConfig
 
 COMMANDS = {"card": card.GROUPS, "train": train.GROUPS, "run": run.GROUPS, "bench": bench.GROUPS,
-            "stability": stability.GROUPS, "inspect": inspect.GROUPS}
+            "stability": stability.GROUPS, "inspect": inspect.GROUPS, "export": export.GROUPS}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 BAD_VALUES = (-1, 0, -10**9, 10**12, 1.5, -0.5, 2.0, math.nan, "bogus", "", None, True)
 

@@ -2,8 +2,8 @@
 
 Modules, one concept each: :mod:`.allocator` (Eq. 5-10 as pure functions), :mod:`.truncation` (the truncated
 forward), :mod:`.pruned` (the pruned part and its optimizer state kept exactly), :mod:`.callback` (``LaLoRA``),
-:mod:`.history` (``rank_history.json``), :mod:`.export` (peft folder with ``rank_pattern``) and :mod:`.plots`
-(``ranks.png``). Names load on first use, so importing the package does not import torch.
+:mod:`.history` (``rank_history.json``), :mod:`.export` (peft folder with ``rank_pattern``), :mod:`.plots`
+(``ranks.png``) and :mod:`.trainer` (``LaLoRATrainerCallback``: La-LoRA in the Hugging Face Trainer). Names load on first use, so importing the package does not import torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["LaLoRA", "NonFiniteNormError", "export_adapter", "plot_ranks", "RankHistory", "read_history",
-           "DEFAULT_GAMMA"]
+           "DEFAULT_GAMMA", "LaLoRATrainerCallback"]
 
 _LAZY = {
     "LaLoRA": "layerwise.adaptive.callback",
@@ -21,6 +21,7 @@ _LAZY = {
     "RankHistory": "layerwise.adaptive.history",
     "read_history": "layerwise.adaptive.history",
     "DEFAULT_GAMMA": "layerwise.adaptive.allocator",
+    "LaLoRATrainerCallback": "layerwise.adaptive.trainer",
 }
 
 

@@ -58,7 +58,7 @@ def export_adapter(peft_model: torch.nn.Module, blocks: Sequence[AdaptedBlock], 
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from layerwise.train.checkpoint import replace_dir
+    from layerwise.train.checkpoint import replace_dir, write_base_record
 
     config = copy.deepcopy(peft_model.peft_config[adapter])
     rank_pattern, alpha_pattern = export_patterns(blocks, adapter)
@@ -68,11 +68,12 @@ def export_adapter(peft_model: torch.nn.Module, blocks: Sequence[AdaptedBlock], 
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = unwrap_model(peft_model).__dict__.get("name_or_path")
     state = get_peft_model_state_dict(peft_model, state_dict=_truncated_state(peft_model, blocks, adapter),
-                                      adapter_name=adapter)
+                                      adapter_name=adapter, save_embedding_layers=False)
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}  # no views into the live weights
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / ADAPTER_FILE), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
+        write_base_record(peft_model, tmp)
 
     return replace_dir(path, write)

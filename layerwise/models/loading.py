@@ -113,6 +113,8 @@ def load_model(
             model = auto.from_pretrained(source.path, **kwargs, **extra)
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"could not load {name!r} from {source.path} with a {head} head: {err}") from err
+    # peft records this as the adapter's base_model_name_or_path: the alias or hub id, not the folder in the venv
+    model.name_or_path = source.portable_name
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()

@@ -32,6 +32,16 @@ class ModelSource:
     """``local``, ``bundled`` or ``hub``."""
     alias: str | None = None
 
+    @property
+    def portable_name(self) -> str:
+        """The name another machine resolves to the same base: the alias of a bundled model, the hub id, or
+        the absolute path of the user's own folder or .gguf file (never a path inside this installation)."""
+        if self.kind == "bundled":
+            return self.alias or self.name
+        if self.kind == "hub":
+            return self.name
+        return str(Path(self.name).expanduser().resolve())
+
 
 def default_cache_dir() -> Path:
     """``$LAYERWISE_CACHE``, else ``$XDG_CACHE_HOME/layerwise``, else ``~/.cache/layerwise``."""
@@ -88,6 +98,11 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
     if (target / "config.json").exists():
         return target
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:  # an optional dependency: the extra layerwise[gguf]
+        raise ModelError(f"{gguf_path} is a GGUF file, and reading one needs the gguf package: "
+                         "pip install 'layerwise[gguf]'")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -80,10 +80,12 @@ def run_probe(
     device: Any = None,
     max_stat_memory: int = 2 << 30,
     show_progress: bool = True,
+    loss_fn: Callable[[Any, dict], torch.Tensor] | None = None,
 ) -> ProbeResult:
     """Run ``model`` once over ``batches`` with hooks filling ``statistics`` (see ``layerwise.probe.stats``).
 
-    Backward statistics need batches with ``labels``; the loss is the model's own. The model is put in
+    Backward statistics need batches with ``labels`` (the loss is the model's own), or ``loss_fn(outputs,
+    batch) -> scalar loss`` (the model then gets the batch without ``labels``). The model is put in
     eval mode (no dropout: the same batches give the same card); only the blocks' linear weights get
     gradients, and the original ``requires_grad`` flags are restored afterwards.
     """
@@ -110,7 +112,7 @@ def run_probe(
         with hooks, PeakMemory(device) as mem:
             start = time.perf_counter()
             for batch in _iterate(batches, show_progress):
-                _probe_batch(model, hooks, batch, device, weights)
+                _probe_batch(model, hooks, batch, device, weights, loss_fn)
             hooks.finish()
             seconds = time.perf_counter() - start
     finally:
@@ -130,7 +132,8 @@ def _iterate(batches: Sequence[dict], show_progress: bool):
 
 
 def _probe_batch(model: torch.nn.Module, hooks: ProbeHooks, batch: dict, device: Any,
-                 weights: dict[int, list[torch.nn.Parameter]]) -> None:
+                 weights: dict[int, list[torch.nn.Parameter]],
+                 loss_fn: Callable[[Any, dict], torch.Tensor] | None = None) -> None:
     """One batch: forward (and, when ``weights`` are given, backward and the gradient statistics)."""
     backward = bool(weights)
     batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
@@ -139,9 +142,14 @@ def _probe_batch(model: torch.nn.Module, hooks: ProbeHooks, batch: dict, device:
         mask = torch.ones_like(batch["input_ids"])
     _check_mask(mask, hooks.stats.batches)
     hooks.start_batch(mask)
-    if backward:
+    if backward and loss_fn is not None:
+        loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch)
+        _check_loss(loss, hooks.stats.batches)
+        loss.backward()
+        _collect_param_grads(hooks, weights)
+    elif backward:
         if "labels" not in batch:
-            raise DataError("gradient metrics need labelled batches (no 'labels' in the batch)")
+            raise DataError("gradient metrics need labelled batches (no 'labels' in the batch) or a loss function")
         out = model(**batch)
         _check_loss(out.loss, hooks.stats.batches)
         out.loss.backward()

@@ -13,6 +13,7 @@ raise a :class:`~layerwise.errors.ConfigError` naming its own flag.
 ``AdaptiveRanks``      La-LoRA's options (``AdapterChoice.adaptive``)
 ``TrainConfig``        the training run (:mod:`layerwise.train.config`)
 ``BenchOptions``       the bench's methods, seeds, k values, inference timing
+``ExportTarget``       ``layerwise export``'s format and source run
 =====================  ==========================================================
 """
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 from layerwise.settings.bench import BenchOptions, parse_int_list
 from layerwise.settings.calibration import POOLINGS, Calibration, ProbeSettings
 from layerwise.settings.choices import AdapterChoice, AdaptiveRanks, SelectionChoice, parse_ranks
+from layerwise.settings.export import ExportTarget
 from layerwise.settings.fields import flag_name
 from layerwise.settings.sources import DEFAULT_MODEL, DEFAULT_TASK, DataSource, ModelSource
 
 __all__ = ["ModelSource", "DataSource", "Calibration", "ProbeSettings", "SelectionChoice", "AdapterChoice",
-           "AdaptiveRanks", "BenchOptions", "parse_ranks", "parse_int_list", "flag_name", "POOLINGS",
+           "AdaptiveRanks", "BenchOptions", "ExportTarget", "parse_ranks", "parse_int_list", "flag_name", "POOLINGS",
            "DEFAULT_MODEL", "DEFAULT_TASK"]

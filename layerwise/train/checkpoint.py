@@ -78,7 +78,43 @@ def save_adapter(model: Any, path: str | os.PathLike) -> Path:
 
     if not distributed.is_main():
         return Path(path)
-    return replace_dir(path, lambda tmp: model.save_pretrained(str(tmp)))
+
+    def write(tmp: Path) -> None:
+        # layerwise never adapts embeddings; "auto" would look the base model's name up on the hub
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+        write_base_record(model, tmp)
+
+    return replace_dir(path, write)
+
+
+BASE_RECORD = "layerwise_base.json"
+"""The file in an adapter folder naming the base model, its class and head, so it loads elsewhere."""
+
+
+def base_record(model: Any) -> dict[str, Any]:
+    """What loading the adapter on another machine needs besides ``adapter_config.json``: the base model's
+    name (alias, hub id or the user's folder), the transformers class with its head, and the label count."""
+    from layerwise.layers import unwrap_model
+
+    base = unwrap_model(model)
+    name = type(base).__name__
+    head = ("classification" if name.endswith("ForSequenceClassification") else
+            "causal-lm" if name.endswith(("ForCausalLM", "LMHeadModel")) else "base")
+    record: dict[str, Any] = {"schema_version": 1, "base_model": base.__dict__.get("name_or_path"),
+                              "model_class": name, "head": head}
+    if head == "classification" and getattr(base.config, "problem_type", None) == "regression":
+        record["head"] = "regression"
+    if head == "classification":
+        record["num_labels"] = int(base.config.num_labels)
+        record["problem_type"] = getattr(base.config, "problem_type", None)
+    return record
+
+
+def write_base_record(model: Any, folder: str | os.PathLike) -> Path:
+    """Write :func:`base_record` of ``model`` as ``folder/layerwise_base.json``."""
+    from layerwise.io import atomic_write_json
+
+    return atomic_write_json(Path(folder) / BASE_RECORD, base_record(model))
 
 
 def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:

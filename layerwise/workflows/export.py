@@ -1,0 +1,47 @@
+"""The ``layerwise export`` job: a card's selection (or a finished run's) as a peft, axolotl or JSON config."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from layerwise.errors import ConfigError
+from layerwise.settings import AdapterChoice, ExportTarget, SelectionChoice
+
+__all__ = ["export_job", "exported_selection"]
+
+
+def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget) -> Any:
+    """The :class:`~layerwise.export.ExportedSelection` of ``target.from_run``, or of ``selection`` over its
+    card (``--card``) with ``adapter``. No model is loaded: the card holds every module name."""
+    from layerwise.card import LayerCard
+    from layerwise.export import from_card, from_run
+    from layerwise.workflows.train import choose_layers
+
+    if target.from_run:
+        return from_run(target.from_run)
+    if not selection.card:
+        raise ConfigError("--card is needed (a card.json or its folder, from `layerwise card`), or --from-run DIR "
+                          "(a finished `layerwise train` folder)")
+    card = LayerCard.load(selection.card)
+    chosen = choose_layers(card, card.num_layers, selection)
+    path = Path(selection.card) / "card.json" if Path(selection.card).is_dir() else Path(selection.card)
+    source = {"card": str(path), "card_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return from_card(card, chosen.layers, adapter, policy=chosen.policy, metric=chosen.metric, params=chosen.params,
+                     source=source)
+
+
+def export_job(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget, out: str | os.PathLike,
+               *, overwrite: bool = False, settings: Mapping[str, Any] | None = None) -> tuple[Any, list[Path]]:
+    """Write the exported selection as ``target.format`` into ``out`` (refused when ``out`` holds files,
+    unless ``overwrite``); returns (ExportedSelection, files written)."""
+    from layerwise.export import write_export
+    from layerwise.io import prepare_output_dir, write_settings
+
+    exported = exported_selection(selection, adapter, target)
+    out_dir = prepare_output_dir(out, overwrite)
+    files = write_export(exported, target.format, out_dir)
+    written = write_settings(out_dir, settings)
+    return exported, files + ([written] if written else [])
