@@ -36,6 +36,11 @@ class ModelSource:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(f"{flag_name(self, 'model')} must name a model (a folder, .gguf file, alias or "
                               f"hub id), got {self.model!r}")
+        if isinstance(self.cache_dir, str) and self.cache_dir:
+            from layerwise.io import check_writable_dir
+
+            # checked now, not after a GGUF conversion of half a minute
+            check_writable_dir(self.cache_dir, flag_name(self, "cache_dir"))
 
 
 @dataclass(frozen=True)

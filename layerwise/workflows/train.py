@@ -90,31 +90,31 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     from layerwise.workflows.prepare import model_source, prepare
 
     dev = resolve_device(device)  # joins the process group under torchrun / accelerate launch
-    out_dir = _output_dir(Path(out), resume, overwrite)
-    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-    if distributed.is_main():
-        write_settings(out_dir, settings)
-    ready = prepare(model, data, dev)
-    if adapter is None:  # full fine-tuning: every parameter of the model with its task head
-        return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
-    card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name)
-    chosen = choose_layers(card, len(ready.stack), selection)
-    _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint)
-    torch.manual_seed(train_config.seed)  # adapter initialisation
-    peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
-                               targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
-                               ranks=adapter.ranks, dropout=adapter.dropout, total_steps=train_config.steps)
-    if not train_config.prefix_dropout:
-        from layerwise.train.prefix import quiet_frozen_prefix
+    with _output_dir(Path(out), resume, overwrite) as out_dir:
+        distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+        if distributed.is_main():
+            write_settings(out_dir, settings)
+        ready = prepare(model, data, dev)
+        if adapter is None:  # full fine-tuning: every parameter of the model with its task head
+            return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
+        card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name)
+        chosen = choose_layers(card, len(ready.stack), selection)
+        _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint)
+        torch.manual_seed(train_config.seed)  # adapter initialisation
+        peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
+                                   targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
+                                   ranks=adapter.ranks, dropout=adapter.dropout, total_steps=train_config.steps)
+        if not train_config.prefix_dropout:
+            from layerwise.train.prefix import quiet_frozen_prefix
 
-        quiet_frozen_prefix(peft_model, ready.stack, chosen.layers)
-    own = [make_lalora(peft_model, ready.stack, chosen.layers, adapter)] if adapter.is_adaptive else []
-    if adapter.method == "adalora":
-        own.append(AdaLoraAllocation(peft_model))
-    result = train(peft_model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev,
-                   train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
-                   weights_writer=own[0] if adapter.is_adaptive else None)  # La-LoRA writes its truncated adapter
-    return result, chosen
+            quiet_frozen_prefix(peft_model, ready.stack, chosen.layers)
+        own = [make_lalora(peft_model, ready.stack, chosen.layers, adapter)] if adapter.is_adaptive else []
+        if adapter.method == "adalora":
+            own.append(AdaLoraAllocation(peft_model))
+        result = train(peft_model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev,
+                       train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
+                       weights_writer=own[0] if adapter.is_adaptive else None)  # La-LoRA writes its truncated adapter
+        return result, chosen
 
 
 def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, callbacks: Sequence[Any],
@@ -191,14 +191,17 @@ def _ranks_json(adapter: AdapterChoice) -> Any:
     return {str(k): v for k, v in (adapter.ranks or {}).items()} or None
 
 
-def _output_dir(out: Path, resume: bool, overwrite: bool) -> Path:
-    from layerwise.io import prepare_output_dir
+def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
+    """The run folder as a context: a resumed run's as it is, else claimed (:func:`layerwise.io.claim_output`)."""
+    import contextlib
+
+    from layerwise.io import claim_output
 
     if resume:
         if not (out / "checkpoint").exists():
             raise ConfigError(f"--resume: {out} has no checkpoint/ to resume from")
-        return out
-    return prepare_output_dir(out, overwrite)
+        return contextlib.nullcontext(out)
+    return claim_output(out, overwrite)
 
 
 def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict) -> None:
