@@ -235,6 +235,8 @@ def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, inf
     if saved.get("steps") != info["steps"]:
         warnings.warn(f"--steps changed from {saved.get('steps')} to {info['steps']} on resume: the learning-rate "
                       "schedule changes, so the result will differ from an uninterrupted run", stacklevel=4)
+    log.info("--resume: continuing from step %d of %d (checkpoint in %s)", state.step, info["steps"],
+             out_dir / "checkpoint")
     return state
 
 
