@@ -88,6 +88,9 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
     if (target / "config.json").exists():
         return target
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":  # the format's magic number: refuse garbage before loading anything
+            raise ModelError(f"{gguf_path} is not a GGUF file (it does not start with the bytes 'GGUF')")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,8 +98,12 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
 
     with status(f"converting {gguf_path.name} once into {target} (later loads take seconds)"):
         folder, fname = str(gguf_path.parent), gguf_path.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        except Exception as err:  # gguf and transformers raise many types for a damaged or unsupported file
+            text = " ".join(str(err).split())[:200]
+            raise ModelError(f"{gguf_path} cannot be read as a GGUF model ({type(err).__name__}: {text})") from err
         # A GGUF-loaded model is marked quantized and save_pretrained refuses it; after dequantization
         # the weights are plain fp32, so the marker is dropped.
         if hasattr(model.config, "quantization_config"):
