@@ -130,7 +130,7 @@ def load_model(
         raise ConfigError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
     if head == "classification" and (num_labels is None or num_labels < 2):
         raise ConfigError(f"a classification head needs num_labels >= 2, got {num_labels}")
-    source = resolve_model(name, cache_dir)
+    source = resolve_model(name, cache_dir, trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype)}
     if source.kind != "hub" and any(Path(source.path).glob("*.safetensors")):
