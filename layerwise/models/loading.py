@@ -70,7 +70,9 @@ def fault(err: BaseException, folder: str, part: str) -> str:
     ``part`` is what was being read ('tokenizer' or 'weights'); the file is told from the error: a JSON syntax
     error is config.json (or tokenizer.json for the tokenizer), a safetensors error the weights file, a pickle
     refused the .bin file."""
-    text = " ".join(str(err).split())
+    # transformers names its keyword argument; the user of this command types the flag
+    text = " ".join(str(err).split()).replace("`trust_remote_code=True`", "--trust-remote-code")
+    text = text.replace("trust_remote_code=True", "--trust-remote-code")
     text = text if len(text) <= 240 else text[:237] + "..."
     path = Path(folder)
     kind = type(err).__name__
