@@ -94,6 +94,10 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
         distributed.barrier()  # every rank has checked --out before rank 0 writes into it
         if distributed.is_main():
             write_settings(out_dir, settings)
+        if selection.card and adapter is not None:  # a bad --card is refused before the model loads
+            from layerwise.card import LayerCard
+
+            LayerCard.load(selection.card)
         ready = prepare(model, data, dev)
         if adapter is None:  # full fine-tuning: every parameter of the model with its task head
             return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
