@@ -18,8 +18,10 @@ from layerwise.data.sampling import class_labels, draw_indices
 from layerwise.data.tasks import TaskSpec
 from layerwise.errors import ConfigError, DataError
 
-__all__ = ["COLUMN_FLAGS", "Columns", "Raw", "LabelIntent", "ColumnFlags", "custom_columns", "task_columns", "no_column_flags",
-           "raw_rows", "cell", "to_examples", "load_files", "infer_spec", "finish"]
+__all__ = ["COLUMN_FLAGS", "Columns", "Raw", "LabelIntent", "ColumnFlags", "custom_columns", "task_columns",
+           "no_column_flags",
+           "raw_rows", "cell", "to_examples", "load_files", "infer_spec", "class_values", "check_label_column",
+           "finish"]
 
 COLUMN_FLAGS = ("--text-column", "--pair-column", "--label-column")
 """The flags that name the text, pair and label columns of a csv/jsonl file."""

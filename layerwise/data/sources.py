@@ -20,8 +20,8 @@ from typing import Any, Callable
 from layerwise.data.examples import TaskData
 from layerwise.data.readers import FORMATS, SkipLog, Table, find_column, read_delimited, read_jsonl
 from layerwise.data.readers import require_file
-from layerwise.data.rows import (ColumnFlags, Columns, LabelIntent, Raw, cell, custom_columns, finish, infer_spec, load_files,
-                                 no_column_flags, raw_rows, task_columns)
+from layerwise.data.rows import (ColumnFlags, Columns, LabelIntent, Raw, cell, custom_columns, finish, infer_spec,
+                                 load_files, no_column_flags, raw_rows, task_columns)
 from layerwise.data.tasks import TaskSpec, canonical_task_name, get_task
 from layerwise.errors import ConfigError, DataError
 

@@ -80,45 +80,56 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     Under ``torchrun``/``accelerate launch`` this is data parallel (``--batch-size`` per process; see
     ``layerwise.train.parallel``) and only rank 0 writes.
     """
+    from layerwise.device import resolve_device
+
+    dev = resolve_device(device)  # joins the process group under torchrun / accelerate launch
+    with _output_dir(Path(out), resume, overwrite) as out_dir:
+        return _train_in(out_dir, model, data, dev, train_config=train_config, selection=selection, adapter=adapter,
+                         calibration=calibration, resume=resume, show_progress=show_progress, callbacks=callbacks,
+                         settings=settings)
+
+
+def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, dev: Any, *, train_config: Any,
+              selection: SelectionChoice, adapter: AdapterChoice | None, calibration: Calibration | None,
+              resume: bool, show_progress: bool, callbacks: Sequence[Any],
+              settings: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """The body of :func:`train_job` in its claimed ``out_dir``."""
     import torch
 
     from layerwise import distributed
     from layerwise.bridge import apply_adapter
     from layerwise.io import write_settings
-    from layerwise.device import resolve_device
     from layerwise.train import train
-    from layerwise.workflows.prepare import model_source, prepare
+    from layerwise.workflows.prepare import prepare
 
-    dev = resolve_device(device)  # joins the process group under torchrun / accelerate launch
-    with _output_dir(Path(out), resume, overwrite) as out_dir:
-        distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-        if distributed.is_main():
-            write_settings(out_dir, settings)
-        if selection.card and adapter is not None:  # a bad --card is refused before the model loads
-            from layerwise.card import LayerCard
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+    if distributed.is_main():
+        write_settings(out_dir, settings)
+    if selection.card and adapter is not None:  # a bad --card is refused before the model loads
+        from layerwise.card import LayerCard
 
-            LayerCard.load(selection.card)
-        ready = prepare(model, data, dev)
-        if adapter is None:  # full fine-tuning: every parameter of the model with its task head
-            return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
-        card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name)
-        chosen = choose_layers(card, len(ready.stack), selection)
-        _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint)
-        torch.manual_seed(train_config.seed)  # adapter initialisation
-        peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
-                                   targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
-                                   ranks=adapter.ranks, dropout=adapter.dropout, total_steps=train_config.steps)
-        if not train_config.prefix_dropout:
-            from layerwise.train.prefix import quiet_frozen_prefix
+        LayerCard.load(selection.card)
+    ready = prepare(model, data, dev)
+    if adapter is None:  # full fine-tuning: every parameter of the model with its task head
+        return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
+    card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name)
+    chosen = choose_layers(card, len(ready.stack), selection)
+    _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint)
+    torch.manual_seed(train_config.seed)  # adapter initialisation
+    peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
+                               targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
+                               ranks=adapter.ranks, dropout=adapter.dropout, total_steps=train_config.steps)
+    if not train_config.prefix_dropout:
+        from layerwise.train.prefix import quiet_frozen_prefix
 
-            quiet_frozen_prefix(peft_model, ready.stack, chosen.layers)
-        own = [make_lalora(peft_model, ready.stack, chosen.layers, adapter)] if adapter.is_adaptive else []
-        if adapter.method == "adalora":
-            own.append(AdaLoraAllocation(peft_model))
-        result = train(peft_model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev,
-                       train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
-                       weights_writer=own[0] if adapter.is_adaptive else None)  # La-LoRA writes its truncated adapter
-        return result, chosen
+        quiet_frozen_prefix(peft_model, ready.stack, chosen.layers)
+    own = [make_lalora(peft_model, ready.stack, chosen.layers, adapter)] if adapter.is_adaptive else []
+    if adapter.method == "adalora":
+        own.append(AdaLoraAllocation(peft_model))
+    result = train(peft_model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev,
+                   train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
+                   weights_writer=own[0] if adapter.is_adaptive else None)  # La-LoRA writes its truncated adapter
+    return result, chosen
 
 
 def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, callbacks: Sequence[Any],
