@@ -58,7 +58,8 @@ def _edit(path: list, value):
     (_edit(["metrics", "resnorm", "ranks", 0], 9), r"metrics.resnorm.ranks\[0\]", "is 9, not a rank in 1..6"),
     (_edit(["model", "config_hash"], KeyError), "model", "lacks the fingerprint config_hash"),
     (_edit(["layers"], KeyError), "layers", "is missing"),
-    (_edit(["metrics", "resnorm", "higher_is_better"], "yes"), "metrics.resnorm.higher_is_better", "is missing or not true"),
+    (_edit(["metrics", "resnorm", "higher_is_better"], "yes"), "metrics.resnorm.higher_is_better",
+     "is missing or not true"),
 ])
 def test_a_tampered_card_is_refused_naming_file_and_field(tmp_path: Path, edit, field: str, what: str) -> None:
     d = card_dict()

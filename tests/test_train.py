@@ -494,3 +494,20 @@ def test_a_disk_too_small_for_the_checkpoints_is_refused_before_the_first_step(t
                                           rf"checkpoints and weights need about {need_mib:.1f} MiB"):
         train(model, tokenizer, task, train_ex, dev_ex, config(), tmp_path, show_progress=False)
     assert not (tmp_path / "checkpoint").exists()
+
+
+class _Stranger:
+    """Not a tensor or a plain container: ``torch.load(weights_only=True)`` must refuse its pickle."""
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: f.write_bytes(f.read_bytes()[:40]), "is corrupt or truncated"),
+    (lambda f: torch.save({"state": _Stranger()}, f), "holds pickled objects that are not loaded for safety"),
+    (lambda f: f.unlink(), "is missing; the checkpoint is incomplete"),
+])
+def test_a_damaged_checkpoint_file_is_one_error_naming_it(tokenizer, rt, tmp_path, damage, expected):
+    run(tokenizer, rt, tmp_path, config(steps=2, eval_every=0))
+    optimizer_file = find_checkpoint(tmp_path) / "optimizer.pt"
+    damage(optimizer_file)
+    with pytest.raises(ConfigError, match=rf"--resume: {optimizer_file} {expected}"):
+        run(tokenizer, rt, tmp_path, config(steps=2, eval_every=0), resume=True)

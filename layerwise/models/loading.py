@@ -82,7 +82,7 @@ def fault(err: BaseException, folder: str, part: str) -> str:
     if "safetensor" in kind.lower() or "safetensor" in text.lower() or "header" in text.lower():
         files = sorted(p.name for p in path.glob("*.safetensors"))
         return f"{path / (files[0] if len(files) == 1 else '*.safetensors')} is corrupt or truncated ({text})"
-    if "pickle" in text.lower() or "weights_only" in text.lower() or "torch.load" in text.lower():
+    if any(w in text.lower() for w in ("pickle", "weights_only", "weights only", "torch.load")):
         return f"{path} holds pickled weights (.bin) that are not loaded for safety; convert them to safetensors"
     if part == "tokenizer" and (path / "tokenizer.json").exists() and "config.json" not in text:
         return f"{path / 'tokenizer.json'} cannot be read ({kind}: {text})"

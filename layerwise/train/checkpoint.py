@@ -174,7 +174,7 @@ def _read(path: Path, read: Any) -> Any:
     except Exception as err:  # json, safetensors and torch raise many types for a damaged file
         text = " ".join(str(err).split())[:200]
         what = ("holds pickled objects that are not loaded for safety (it was not written by layerwise)"
-                if "weights_only" in text or "pickle" in text.lower() else f"is corrupt or truncated ({text})")
+                if any(w in text.lower() for w in ("weights_only", "weights only", "pickle")) else f"is corrupt or truncated ({text})")
         raise ConfigError(f"--resume: {path} {what}; start again without --resume, with --overwrite") from err
 
 
