@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 __all__ = ["slug", "atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir",
            "temp_file_beside", "temp_dir_beside", "write_settings", "SETTINGS_NAME", "claim_output",
-           "check_writable_dir", "has_checkpoint"]
+           "check_writable_dir", "has_checkpoint", "RUN_MARKERS"]
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,26 @@ def claim_output(path: str | os.PathLike, overwrite: bool = False, *, flag: str 
     _drop(aside)
 
 
+RUN_MARKERS = (SETTINGS_NAME, "card.json", "metrics.json", "report.json", "checkpoint", "selection.json",
+               "train_log.jsonl")
+"""Files or folders one of which every layerwise output folder holds: ``--overwrite`` replaces only such folders."""
+
+
 def _may_replace(path: Path, overwrite: bool, flag: str) -> bool:
+    """Whether the non-empty ``path`` may be moved aside: with ``overwrite``, and only a layerwise output folder
+    that neither is nor holds the working directory (a folder of the user's own files is never replaced)."""
     from layerwise.errors import ConfigError
 
     if not overwrite:
         raise ConfigError(f"{flag} {path} already exists and is not empty; pass --overwrite to replace its files "
                           "(or --resume where the command supports it)")
+    cwd, resolved = Path.cwd().resolve(), path.resolve()
+    if cwd == resolved or resolved in cwd.parents:
+        raise ConfigError(f"{flag} {path} holds the current directory; --overwrite replaces a whole run folder, "
+                          "so choose a folder of its own")
+    if not any((path / name).exists() for name in RUN_MARKERS):
+        raise ConfigError(f"{flag} {path} is not a layerwise output folder (none of {', '.join(RUN_MARKERS)}); "
+                          "--overwrite replaces only those: choose a new or empty folder")
     return True
 
 

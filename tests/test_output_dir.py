@@ -93,3 +93,18 @@ def test_sigterm_is_deferred_like_the_first_ctrl_c() -> None:
         with pytest.raises(KeyboardInterrupt):  # a second signal interrupts at once
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_overwrite_never_replaces_a_folder_of_the_users_own_files(tmp_path: Path, monkeypatch) -> None:
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match=r"--out .*project is not a layerwise output folder"):
+        with claim_output(mine, overwrite=True):
+            pass
+    run = old_run(tmp_path / "run")
+    monkeypatch.chdir(run)
+    with pytest.raises(ConfigError, match=r"--out .*run holds the current directory"):
+        with claim_output(run, overwrite=True):
+            pass
+    assert files(mine) == {"thesis.tex": "years of work"} and files(run)["metrics.json"] == "old"
