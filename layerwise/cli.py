@@ -15,6 +15,9 @@ from typing import Iterator, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS", "DEBUG_ENV"]
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+"""Warnings raised from files under here are the library's own: shown as one ``warning:`` line."""
+
 DEBUG_ENV = "LAYERWISE_DEBUG"
 """Environment variable that, set to 1, shows tracebacks like ``--debug``."""
 
@@ -169,20 +172,33 @@ def _quiet_other_ranks() -> None:
 
 @contextlib.contextmanager
 def _diagnostics_to_stderr(command: str) -> Iterator[None]:
-    """While the command runs, the library's log records (loggers under ``layerwise``, INFO and up) are
-    printed on stderr as ``layerwise <command>: ...``; afterwards the logger is as it was, so ``main`` may run
+    """While the command runs, the library's log records (loggers under ``layerwise``, INFO and up) and its own
+    warnings (``DataWarning``, ...; one line each) are printed on stderr as ``layerwise <command>: ...``;
+    afterwards the logger is as it was, so ``main`` may run
     inside a process that has its own logging."""
+    import warnings
+
     logger = logging.getLogger("layerwise")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"layerwise {command}: %(message)s"))
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    show = warnings.showwarning
+
+    def show_ours(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if category.__module__.startswith("layerwise") or filename.startswith(_PACKAGE_DIR):
+            print(f"layerwise {command}: warning: {message}", file=sys.stderr)  # one line, no source line
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_ours
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        warnings.showwarning = show
 
 
 def _stdout_closed() -> int:
