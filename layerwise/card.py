@@ -5,6 +5,7 @@ stability, in a form people read (``card.md``, ``card.png``) and tools reuse (``
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 from layerwise.errors import ConfigError, ModelError
 from layerwise.stability import order_of, ranks_of
 
-__all__ = ["SCHEMA_VERSION", "CUMULATIVE_LEVELS", "LayerCard", "cumulative_table"]
+__all__ = ["SCHEMA_VERSION", "CUMULATIVE_LEVELS", "LayerCard", "cumulative_table", "validate_card"]
 
 SCHEMA_VERSION = 1
 CUMULATIVE_LEVELS = (25, 50, 75, 90, 100)
@@ -117,9 +118,8 @@ class LayerCard:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "card") -> "LayerCard":
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ConfigError(f"{source}: Layer Card schema version {version}, this layerwise reads {SCHEMA_VERSION}")
+        """A card from its JSON form, validated first (:func:`validate_card`); errors name ``source`` and the field."""
+        validate_card(d, source)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -132,10 +132,12 @@ class LayerCard:
         if not p.exists():
             raise ConfigError(f"--card {p} does not exist; make one with `layerwise card`")
         try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"--card {p} is not valid JSON: {err}") from err
-        return cls.from_dict(data, str(p))
+        except OSError as err:
+            raise ConfigError(f"--card {p} cannot be read: {err.strerror}") from err
+        return cls.from_dict(data, f"--card {p}")
 
     def save(self, out_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
         """Write ``card.json``, ``card.md`` and (with ``plots``) ``card.png`` atomically into ``out_dir``."""
@@ -148,6 +150,61 @@ class LayerCard:
         if plots:
             files["png"] = render_png(self, out / "card.png")
         return files
+
+
+# ---------------------------------------------------------------- validation
+
+_FINGERPRINT = ("name", "model_type", "config_hash", "parameters")
+
+
+def validate_card(d: Any, source: str = "card") -> None:
+    """Refuse a card.json that does not follow the schema: its version, the model fingerprint, one entry per
+    layer in every metric's values and ranks, finite values (``null`` only where the metric documents undefined
+    values: the data-free weight metrics, or a metric the card's notes name). ``ConfigError`` names ``source``
+    and the field (``metrics.resnorm.values[3]``)."""
+    def bad(field: str, what: str) -> ConfigError:
+        return ConfigError(f"{source}: field {field} {what}; make the card again with `layerwise card`")
+
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: a Layer Card is a JSON object, got {type(d).__name__}")
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{source}: Layer Card schema version {version}, this layerwise reads {SCHEMA_VERSION}")
+    for key, kind in (("model", dict), ("layers", list), ("metrics", dict), ("data", dict), ("probe", dict)):
+        if not isinstance(d.get(key), kind):
+            raise bad(key, f"is missing or not a JSON {'object' if kind is dict else 'list'}")
+    missing = [k for k in _FINGERPRINT if d["model"].get(k) in (None, "")]
+    if missing:
+        raise bad("model", f"lacks the fingerprint {', '.join(missing)}")
+    n = len(d["layers"])
+    if n == 0:
+        raise bad("layers", "is empty")
+    notes = " ".join(str(x) for x in d.get("notes") or [])
+    for name, entry in d["metrics"].items():
+        _validate_metric(name, entry, n, notes, bad)
+
+
+def _validate_metric(name: str, entry: Any, n: int, notes: str, bad: Any) -> None:
+    where = f"metrics.{name}"
+    if not isinstance(entry, dict):
+        raise bad(where, "is not a JSON object")
+    if not isinstance(entry.get("higher_is_better"), bool):
+        raise bad(f"{where}.higher_is_better", "is missing or not true/false")
+    for key in ("values", "ranks"):
+        if not isinstance(entry.get(key), list) or len(entry[key]) != n:
+            got = len(entry[key]) if isinstance(entry.get(key), list) else "no list of"
+            raise bad(f"{where}.{key}", f"has {got} values for {n} layers")
+    may_be_null = entry.get("needs") == "weights" or name in notes
+    for i, v in enumerate(entry["values"]):
+        if v is None and may_be_null:
+            continue
+        if v is None:
+            raise bad(f"{where}.values[{i}]", f"is null, but {name} has no undefined values (no note says why)")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"{where}.values[{i}]", f"is {v!r}, not a finite number")
+    for i, r in enumerate(entry["ranks"]):
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= n:
+            raise bad(f"{where}.ranks[{i}]", f"is {r!r}, not a rank in 1..{n}")
 
 
 def metric_entry(values: list[float], info: dict[str, Any], stability: dict | None,

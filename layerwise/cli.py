@@ -13,7 +13,13 @@ import os
 import sys
 from typing import Iterator, Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "COMMANDS", "DEBUG_ENV"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+"""Warnings raised from files under here are the library's own: shown as one ``warning:`` line."""
+
+DEBUG_ENV = "LAYERWISE_DEBUG"
+"""Environment variable that, set to 1, shows tracebacks like ``--debug``."""
 
 COMMANDS = ("models", "inspect", "card", "train", "run", "stability", "bench", "export")
 """Subcommands, in the order ``--help`` lists them."""
@@ -29,10 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         "of the model on your own data; then fine-tune it and show what that saved.",
     )
     parser.add_argument("--version", action="version", version=f"layerwise {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"layerwise.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():  # `layerwise train ... --debug` as well as `layerwise --debug train`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+DEBUG_HELP = f"show the Python traceback of an error (or set {DEBUG_ENV}=1)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,21 +57,97 @@ def main(argv: Sequence[str] | None = None) -> int:
     from layerwise.errors import LayerwiseError
 
     _quiet_other_ranks()
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         if getattr(args, "config", None):
             args = _with_config(parser, args, argv)
-        with _diagnostics_to_stderr(args.command):
+        with _diagnostics_to_stderr(args.command), _sigterm_interrupts():
             code = int(args.run(args) or 0)
             sys.stdout.flush()  # here, where a closed pipe (`| head`) is caught, not at interpreter exit
         return code
     except BrokenPipeError:
         return _stdout_closed()
     except LayerwiseError as err:
-        print(f"layerwise {args.command}: error: {err}", file=sys.stderr)
+        _traceback_if(debug)
+        print(f"layerwise {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"layerwise {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # anything else: one line naming the file at fault; the traceback with --debug
+        _traceback_if(debug)
+        print(f"layerwise {args.command}: error: {_describe(err, getattr(args, 'out', None))}"
+              + ("" if debug else " (--debug shows the traceback)"), file=sys.stderr)
+        return 1
+
+
+def _traceback_if(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
+def _one_line(text: str) -> str:
+    """The first line of a message (exceptions of other libraries can span many), at most 300 characters."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _describe(err: BaseException, out: str | None) -> str:
+    """An unexpected exception as one line: the file it names, and the disk when it is full."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {err.filename or out or 'a file'}; free some space"
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or _one_line(str(err))}"
+    free = _free_bytes(out)
+    if free is not None and free < 64 * 2**20:
+        return (f"{type(err).__name__}: {_one_line(str(err))}; the disk of --out {out} has only "
+                f"{free / 2**20:.0f} MiB free: it is probably full")
+    return f"{type(err).__name__}: {_one_line(str(err))}"
+
+
+def _free_bytes(out: str | None) -> int | None:
+    if not out:
+        return None
+    import shutil
+    from pathlib import Path
+
+    probe = Path(out)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the command runs, SIGTERM (schedulers, ``timeout``) raises ``KeyboardInterrupt`` like Ctrl-C, so
+    cleanups run (an ``--overwrite`` puts the old run back); training defers it to the next step boundary and
+    saves a checkpoint (``layerwise.train.interrupt``). A process that ignores SIGTERM keeps ignoring it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:
+        yield
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -84,20 +172,33 @@ def _quiet_other_ranks() -> None:
 
 @contextlib.contextmanager
 def _diagnostics_to_stderr(command: str) -> Iterator[None]:
-    """While the command runs, the library's log records (loggers under ``layerwise``, INFO and up) are
-    printed on stderr as ``layerwise <command>: ...``; afterwards the logger is as it was, so ``main`` may run
+    """While the command runs, the library's log records (loggers under ``layerwise``, INFO and up) and its own
+    warnings (``DataWarning``, ...; one line each) are printed on stderr as ``layerwise <command>: ...``;
+    afterwards the logger is as it was, so ``main`` may run
     inside a process that has its own logging."""
+    import warnings
+
     logger = logging.getLogger("layerwise")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"layerwise {command}: %(message)s"))
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    show = warnings.showwarning
+
+    def show_ours(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if category.__module__.startswith("layerwise") or filename.startswith(_PACKAGE_DIR):
+            print(f"layerwise {command}: warning: {message}", file=sys.stderr)  # one line, no source line
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_ours
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        warnings.showwarning = show
 
 
 def _stdout_closed() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def top_k_jaccard(a: Sequence[float], b: Sequence[float], k: int, higher_is_bett
 
 
 def bootstrap_stability(per_batch: np.ndarray, higher_is_better: bool = True, n_boot: int = 200,
-                        seed: int = 0, k: int | None = None) -> dict[str, float | int]:
+                        seed: int = 0, k: int | None = None) -> dict[str, Any]:
     """How stable the layer ranking of batch-mean scores is under resampling the calibration batches.
 
     ``per_batch`` is (n_batches, L). Each bootstrap draw resamples batches with replacement, averages them
@@ -76,9 +76,10 @@ def bootstrap_stability(per_batch: np.ndarray, higher_is_better: bool = True, n_
         filled = np.where(np.isnan(x), np.nanmean(x, 0, keepdims=True), x)  # batches too small for an estimate
     x = np.nan_to_num(filled, nan=0.0)
     full = x.mean(0)
-    if n < 2:
-        return {"kendall_tau_mean": float("nan"), "kendall_tau_std": float("nan"), "top_k": k,
-                "top_k_jaccard_mean": float("nan"), "n_batches": n, "n_boot": 0}
+    if n < 2:  # undefined, not NaN: the card is JSON, and JSON has no NaN
+        return {"kendall_tau_mean": None, "kendall_tau_std": None, "top_k": k, "top_k_jaccard_mean": None,
+                "n_batches": n, "n_boot": 0,
+                "note": "undefined: one calibration batch (resampling needs at least 2; lower --batch-size)"}
     rng = np.random.default_rng(seed)
     samples = x[rng.integers(0, n, (n_boot, n))].mean(1)  # (n_boot, L) batch-resampled means
     taus = kendall_taus(full, samples)

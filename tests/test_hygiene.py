@@ -174,6 +174,24 @@ def test_the_command_shows_log_records_on_stderr_and_then_removes_its_handler(mo
     assert (logger.handlers, logger.level) == (handlers, level)
 
 
+def test_the_command_shows_the_librarys_warnings_as_one_line_and_others_as_python_does(monkeypatch, capsys):
+    from layerwise import cli
+    from layerwise.data.readers import DataWarning
+
+    def run(args):
+        warnings.warn("data.csv: 1 of 3 classes occur in only one row", DataWarning)
+        warnings.warn("someone else's", UserWarning)
+        return 0
+
+    monkeypatch.setattr("layerwise.commands.models.run", run)
+    with pytest.warns(UserWarning, match="someone else's") as passed_on:  # not the library's: handed on
+        before = warnings.showwarning
+        assert cli.main(["models"]) == 0
+        assert warnings.showwarning is before
+    assert capsys.readouterr().err == "layerwise models: warning: data.csv: 1 of 3 classes occur in only one row\n"
+    assert [w.category for w in passed_on] == [UserWarning]
+
+
 # ---------------------------------------------------------------- closed stdout
 
 

@@ -82,3 +82,61 @@ def test_load_model_argument_errors() -> None:
         load_model("minilm", head="tagger")
     with pytest.raises(ConfigError, match="num_labels"):
         load_model("minilm", head="classification", num_labels=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A 2-block BERT (hidden 32) saved with the bundled MiniLM's tokenizer files."""
+    import shutil
+    from pathlib import Path
+
+    from tiny_models import tiny_bert
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_bert(vocab_size=30522).bert.save_pretrained(out)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(Path(resolve_model("minilm").path) / name, out / name)
+    return out
+
+
+def _pickled_bin(folder) -> None:
+    import torch
+
+    (folder / "model.safetensors").unlink()
+    torch.save({"w": object()}, folder / "pytorch_model.bin")  # a pickle of an arbitrary object
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: (f / "config.json").write_text("{"), "{f}/config.json cannot be read"),
+    (lambda f: (f / "tokenizer.json").write_text("{garbage"), "{f}/tokenizer.json cannot be read"),
+    (lambda f: (f / "model.safetensors").write_bytes(b""), "{f}/model.safetensors is corrupt or truncated"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+     "{f}/model.safetensors is corrupt or truncated"),
+    (_pickled_bin, "{f} holds pickled weights (.bin) that are not loaded for safety"),
+])
+def test_a_damaged_model_file_is_one_error_naming_it(tiny_folder, tmp_path, damage, expected) -> None:
+    import shutil
+
+    from layerwise.models import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_folder, folder)
+    damage(folder)
+    with pytest.raises(ModelError) as err:
+        load_model(str(folder), num_labels=2)
+    message = str(err.value)
+    assert expected.format(f=folder) in message and "\n" not in message
+
+
+def test_garbage_gguf_and_an_offline_hub_id_are_one_line_errors(tmp_path, monkeypatch) -> None:
+    from layerwise.models import load_model
+
+    garbage = tmp_path / "model.gguf"
+    garbage.write_bytes(b"\x00" * 4096)
+    with pytest.raises(ModelError, match=rf"{garbage} is not a GGUF file \(it does not start with the bytes 'GGUF'\)"):
+        load_model(str(garbage), head="causal-lm", cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "gguf").exists() or not any((tmp_path / "cache" / "gguf").iterdir())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"nobody-here/no-such-model: .*a hub id needs the network or the Hugging "
+                                         r"Face cache; HF_HUB_OFFLINE is 1"):
+        load_model("nobody-here/no-such-model", num_labels=2)

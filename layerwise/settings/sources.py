@@ -36,6 +36,11 @@ class ModelSource:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(f"{flag_name(self, 'model')} must name a model (a folder, .gguf file, alias or "
                               f"hub id), got {self.model!r}")
+        if isinstance(self.cache_dir, str) and self.cache_dir:
+            from layerwise.io import check_writable_dir
+
+            # checked now, not after a GGUF conversion of half a minute
+            check_writable_dir(self.cache_dir, flag_name(self, "cache_dir"))
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,12 @@ class DataSource:
     """CSV/JSONL column holding the label"""
     kind: str | None = flag(None, choices=KINDS)
     """what a CSV/JSONL file's labels are (default: integer labels are classes)"""
+    num_labels: int | None = None
+    """number of classes a CSV/JSONL file's label column holds (states intent: a column with more distinct
+    values, or as many as rows, is refused as not a label column)"""
+    label_names: str | None = None
+    """comma-separated class labels of a CSV/JSONL file, in class-index order (e.g. neg,pos); any other value
+    in the label column is an error naming its line"""
     dev_fraction: float = 0.1
     """share of the rows held out as dev set when the data has no dev split, in (0, 1)"""
     max_length: int = 128
@@ -65,12 +76,34 @@ class DataSource:
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"{flag_name(self, 'kind')} must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        self._check_labels()
         if isinstance(self.dev_fraction, bool) or not isinstance(self.dev_fraction, (int, float)) \
                 or not 0.0 < self.dev_fraction < 1.0:
             raise ConfigError(f"{flag_name(self, 'dev_fraction')} must be between 0 and 1 (exclusive), "
                               f"got {self.dev_fraction!r}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 8:
             raise ConfigError(f"{flag_name(self, 'max_length')} must be a whole number >= 8, got {self.max_length!r}")
+
+    def _check_labels(self) -> None:
+        if self.num_labels is not None and (isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int)
+                                            or self.num_labels < 2):
+            raise ConfigError(f"{flag_name(self, 'num_labels')} must be a whole number >= 2, got {self.num_labels!r}")
+        if self.label_names is None:
+            return
+        names = self.label_name_list
+        if not isinstance(self.label_names, str) or len(names) < 2 or len(set(names)) != len(names) or "" in names:
+            raise ConfigError(f"{flag_name(self, 'label_names')} must list at least 2 distinct comma-separated "
+                              f"labels (e.g. neg,pos), got {self.label_names!r}")
+        if self.num_labels is not None and self.num_labels != len(names):
+            raise ConfigError(f"{flag_name(self, 'num_labels')} {self.num_labels} disagrees with "
+                              f"{flag_name(self, 'label_names')} {self.label_names!r} ({len(names)} labels)")
+
+    @property
+    def label_name_list(self) -> list[str]:
+        """``label_names`` split at commas (stripped); empty when not given."""
+        if not isinstance(self.label_names, str):
+            return []
+        return [n.strip() for n in self.label_names.split(",")]
 
     @property
     def columns(self) -> dict[str, str | None]:
@@ -84,4 +117,8 @@ class DataSource:
         kwargs: dict[str, Any] = {k: v for k, v in self.columns.items() if v is not None}
         if self.kind is not None:
             kwargs["kind"] = self.kind
+        if self.num_labels is not None:
+            kwargs["num_labels"] = self.num_labels
+        if self.label_names is not None:
+            kwargs["label_names"] = tuple(self.label_name_list)
         return load_task(self.task, self.data, dev_fraction=self.dev_fraction, **kwargs)

@@ -172,25 +172,46 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
     Returns the saved :class:`TrainState` and the config dict it was trained with. Raises
     :class:`ConfigError` when the checkpoint's callback states do not match ``callbacks`` with ``state_dict``.
     """
-    import torch
     from safetensors.torch import load_file
 
     folder = find_checkpoint(out_dir)
     if folder is None:
         raise ConfigError(f"--resume: no checkpoint in {Path(out_dir) / CHECKPOINT_DIR}; "
                           "run without --resume to start training")
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"--resume: {folder} has checkpoint schema {meta.get('schema_version')}, "
+    meta = _read(folder / "state.json", lambda f: json.loads(f.read_text(encoding="utf-8")))
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(f"--resume: {folder} has checkpoint schema "
+                          f"{meta.get('schema_version') if isinstance(meta, dict) else None}, "
                           f"this version reads {SCHEMA_VERSION}")
-    _load_trainable(model, load_file(str(folder / "trainable.safetensors")), meta["trainable"], folder)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
+    _load_trainable(model, _read(folder / "trainable.safetensors", lambda f: load_file(str(f))), meta["trainable"],
+                    folder)
+    optimizer.load_state_dict(_read(folder / "optimizer.pt", _torch_load))
+    scheduler.load_state_dict(_read(folder / "scheduler.pt", _torch_load))
     _load_callbacks(folder, callbacks)
-    set_torch_rng_states(load_file(str(_rng_file(folder))))
+    set_torch_rng_states(_read(_rng_file(folder), lambda f: load_file(str(f))))
     _set_python_rng(meta["python_rng"])
     _set_numpy_rng(meta["numpy_rng"])
     return TrainState.from_dict(meta["state"]), meta["config"]
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _read(path: Path, read: Any) -> Any:
+    """``read(path)``; a missing, corrupt or pickled file is a one-line ``ConfigError`` naming it."""
+    try:
+        return read(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--resume: {path} is missing; the checkpoint is incomplete (start again without "
+                          f"--resume, with --overwrite)") from err
+    except Exception as err:  # json, safetensors and torch raise many types for a damaged file
+        text = " ".join(str(err).split())[:200]
+        what = ("holds pickled objects that are not loaded for safety (it was not written by layerwise)"
+                if any(w in text.lower() for w in ("weights_only", "weights only", "pickle")) else f"is corrupt or truncated ({text})")
+        raise ConfigError(f"--resume: {path} {what}; start again without --resume, with --overwrite") from err
 
 
 def _rng_file(folder: Path) -> Path:
@@ -216,10 +237,8 @@ def stateful_callbacks(callbacks: Sequence[Any]) -> list[tuple[str, Any]]:
 
 
 def _load_callbacks(folder: Path, callbacks: Sequence[Any]) -> None:
-    import torch
-
     path = folder / CALLBACKS_FILE
-    saved = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else {}
+    saved = _read(path, _torch_load) if path.exists() else {}
     stateful = stateful_callbacks(callbacks)
     missing = [key for key, _ in stateful if key not in saved]
     extra = sorted(set(saved) - {key for key, _ in stateful})

@@ -160,6 +160,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     if not features:
         raise DataError(f"task {task.name!r} has no training examples")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _check_disk_space(out_dir, params)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config.steps, config.warmup_ratio, config.scheduler)
     evalset = prepare_eval(dev_examples, task, tokenizer, config.batch_size, config.max_length,
@@ -218,6 +219,20 @@ def _fresh_state(seed: int) -> TrainState:
     return TrainState()
 
 
+def _check_disk_space(out_dir: Path, params: Sequence[Any]) -> None:
+    """Refuse to start when ``--out``'s disk cannot hold the files a run writes: a checkpoint (the trainable
+    weights and AdamW's two moments, in float32) written beside the previous one before it is replaced, and the
+    best and final weights; doubled as a margin for the log, plots and the serializers' own buffers."""
+    import shutil
+
+    weights = sum(p.numel() for p in params) * 4
+    need = 2 * (2 * 3 * weights + 2 * weights) + 2**20  # bytes; shape ()
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise ConfigError(f"--out {out_dir}: its disk has {free / 2**20:.1f} MiB free, and this run's checkpoints "
+                          f"and weights need about {need / 2**20:.1f} MiB; free some space or choose another --out")
+
+
 def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, info: dict,
                   callbacks: Sequence[Any] = ()) -> TrainState:
     """Load the checkpoint; refuse a config or data set that would change the trajectory."""
@@ -235,6 +250,8 @@ def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, inf
     if saved.get("steps") != info["steps"]:
         warnings.warn(f"--steps changed from {saved.get('steps')} to {info['steps']} on resume: the learning-rate "
                       "schedule changes, so the result will differ from an uninterrupted run", stacklevel=4)
+    log.info("--resume: continuing from step %d of %d (checkpoint in %s)", state.step, info["steps"],
+             out_dir / "checkpoint")
     return state
 
 

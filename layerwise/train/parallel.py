@@ -16,6 +16,7 @@ also holds every rank's torch RNG state (dropout), so resuming continues each ra
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, ContextManager
@@ -27,6 +28,8 @@ from layerwise.errors import ConfigError
 
 __all__ = ["wrap_model", "accumulation", "global_batch_size", "local_part", "mean_over_ranks", "run_info",
            "check_world_size", "check_data_size", "NullLog", "open_log", "rank_rng_file"]
+
+log = logging.getLogger(__name__)
 
 
 def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -91,6 +94,9 @@ def check_world_size(saved: dict, info: dict, out_dir: Path) -> None:
 def check_data_size(size: int, batch_size: int) -> None:
     """Every rank needs a full slice: at least ``batch_size * world`` training examples."""
     world = distributed.world_size()
+    if world == 1 and size < batch_size:
+        log.warning("--batch-size %d is larger than the %d training examples: every step trains on all of them "
+                    "(one step per epoch); lower --batch-size for more than one step per epoch", batch_size, size)
     if world > 1 and size < batch_size * world:
         raise ConfigError(f"{size} training examples are fewer than one global batch (--batch-size {batch_size} x "
                           f"{world} processes); lower --batch-size or use fewer processes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,31 +50,41 @@ def make_card(model: ModelSource | str, data: DataSource | str | None, out: str 
     without a task head and no data is read (``layerwise.weight_card``).
     """
     from layerwise import distributed, weight_card
-    from layerwise.io import prepare_output_dir, write_settings
-    from layerwise.layers import find_layer_stack, parse_targets
+    from layerwise.io import claim_output, write_settings
+    from layerwise.layers import parse_targets
     from layerwise.profiling import profile_layers
-    from layerwise.workflows.prepare import data_source, model_source, prepare
+    from layerwise.workflows.prepare import data_source, model_source
 
     model = model_source(model)
     data_free = weight_card.check_task(None if data is None else data_source(data).task, probe.metrics)
     dev = resolve_device(device)
-    out_dir = prepare_output_dir(out, overwrite) if out is not None else None
-    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-    if out_dir is not None and distributed.is_main():
-        write_settings(out_dir, settings)
-    if data is None:  # data-free card (weight metrics only): no task, no head, no batches
+    with (claim_output(out, overwrite) if out is not None else contextlib.nullcontext()) as out_dir:
+        distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+        if out_dir is not None and distributed.is_main():
+            write_settings(out_dir, settings)
+        loaded, stack, batches, info = _load_for_card(model, data, dev, calibration, data_free)
+        card = profile_layers(loaded.model, batches, probe.metrics, name=model.model, stack=stack, data_info=info,
+                              rank=probe.rank, targets=parse_targets(probe.targets), pooling=probe.pooling_or_none,
+                              device=dev, weightdelta_steps=probe.weightdelta_steps, seed=calibration.seed,
+                              max_stat_memory=probe.max_stat_memory, show_progress=show_progress)
+        files = card.save(out_dir, plots=plots) if out_dir is not None and distributed.is_main() else {}
+        distributed.barrier()  # the card exists for every rank (``layerwise run`` reads it next)
+        return card, files
+
+
+def _load_for_card(model: ModelSource, data: DataSource | str | None, dev: Any, calibration: Calibration,
+                   data_free: bool) -> tuple[Any, Any, list, dict]:
+    """(loaded model, layer stack, calibration batches, data info); ``data=None`` is a data-free card (weight
+    metrics only): no task, no head, no batches."""
+    from layerwise import weight_card
+    from layerwise.layers import find_layer_stack
+    from layerwise.workflows.prepare import prepare
+
+    if data is None:
         loaded, batches, info = weight_card.load_without_task(model.model, model.cache_dir, model.trust_remote_code)
         loaded.model.to(dev)
-        stack = find_layer_stack(loaded.model, model.layers_path)
-    else:
-        ready = prepare(model, data, dev)
-        loaded, stack = ready.loaded, ready.stack
-        batches = [] if data_free else calibration_batches(ready.task, loaded.tokenizer, calibration)
-        info = {**calibration_info(ready.task, calibration), **({"samples": 0} if data_free else {})}
-    card = profile_layers(loaded.model, batches, probe.metrics, name=model.model, stack=stack, data_info=info,
-                          rank=probe.rank, targets=parse_targets(probe.targets), pooling=probe.pooling_or_none,
-                          device=dev, weightdelta_steps=probe.weightdelta_steps, seed=calibration.seed,
-                          max_stat_memory=probe.max_stat_memory, show_progress=show_progress)
-    files = card.save(out_dir, plots=plots) if out_dir is not None and distributed.is_main() else {}
-    distributed.barrier()  # the card exists for every rank (``layerwise run`` reads it next)
-    return card, files
+        return loaded, find_layer_stack(loaded.model, model.layers_path), batches, info
+    ready = prepare(model, data, dev)
+    batches = [] if data_free else calibration_batches(ready.task, ready.loaded.tokenizer, calibration)
+    info = {**calibration_info(ready.task, calibration), **({"samples": 0} if data_free else {})}
+    return ready.loaded, ready.stack, batches, info

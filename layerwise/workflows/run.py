@@ -4,6 +4,7 @@ with ``--resume``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -32,19 +33,30 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
     parallel and only rank 0 writes.
     """
     from layerwise import distributed
-    from layerwise.io import write_settings
-    from layerwise.io import prepare_output_dir
-    from layerwise.report import collect_run, compare, write_report
-    from layerwise.workflows.card import make_card, resolve_device
-    from layerwise.workflows.prepare import data_source, model_source
+    from layerwise.io import claim_output
+    from layerwise.workflows.card import resolve_device
 
     resolve_device(device)  # joins the process group under torchrun / accelerate launch
     if side_by_side and distributed.world_size() > 1:
         raise ConfigError("--side-by-side trains two runs in one process; it cannot be combined with "
                           "torchrun / accelerate launch (drop one of them)")
     out_dir = Path(out)
-    if not resume:
-        prepare_output_dir(out_dir, overwrite)
+    with contextlib.nullcontext(out_dir) if resume else claim_output(out_dir, overwrite):
+        return _pipeline(model, data, out_dir, train_config, selection, adapter, calibration, probe, device, resume,
+                         show_progress, side_by_side, settings)
+
+
+def _pipeline(model: ModelSource | str, data: DataSource | str, out_dir: Path, train_config: Any,
+              selection: SelectionChoice, adapter: AdapterChoice, calibration: Calibration,
+              probe: ProbeSettings | None, device: str | None, resume: bool, show_progress: bool,
+              side_by_side: bool, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The stages of :func:`run_pipeline` in a claimed ``out_dir``."""
+    from layerwise import distributed
+    from layerwise.io import write_settings
+    from layerwise.report import collect_run, compare, write_report
+    from layerwise.workflows.card import make_card
+    from layerwise.workflows.prepare import data_source, model_source
+
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)

@@ -80,20 +80,35 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     Under ``torchrun``/``accelerate launch`` this is data parallel (``--batch-size`` per process; see
     ``layerwise.train.parallel``) and only rank 0 writes.
     """
+    from layerwise.device import resolve_device
+
+    dev = resolve_device(device)  # joins the process group under torchrun / accelerate launch
+    with _output_dir(Path(out), resume, overwrite) as out_dir:
+        return _train_in(out_dir, model, data, dev, train_config=train_config, selection=selection, adapter=adapter,
+                         calibration=calibration, resume=resume, show_progress=show_progress, callbacks=callbacks,
+                         settings=settings)
+
+
+def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, dev: Any, *, train_config: Any,
+              selection: SelectionChoice, adapter: AdapterChoice | None, calibration: Calibration | None,
+              resume: bool, show_progress: bool, callbacks: Sequence[Any],
+              settings: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """The body of :func:`train_job` in its claimed ``out_dir``."""
     import torch
 
     from layerwise import distributed
     from layerwise.bridge import apply_adapter
     from layerwise.io import write_settings
-    from layerwise.device import resolve_device
     from layerwise.train import train
-    from layerwise.workflows.prepare import model_source, prepare
+    from layerwise.workflows.prepare import prepare
 
-    dev = resolve_device(device)  # joins the process group under torchrun / accelerate launch
-    out_dir = _output_dir(Path(out), resume, overwrite)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)
+    if selection.card and adapter is not None:  # a bad --card is refused before the model loads
+        from layerwise.card import LayerCard
+
+        LayerCard.load(selection.card)
     ready = prepare(model, data, dev)
     if adapter is None:  # full fine-tuning: every parameter of the model with its task head
         return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
@@ -191,14 +206,17 @@ def _ranks_json(adapter: AdapterChoice) -> Any:
     return {str(k): v for k, v in (adapter.ranks or {}).items()} or None
 
 
-def _output_dir(out: Path, resume: bool, overwrite: bool) -> Path:
-    from layerwise.io import prepare_output_dir
+def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
+    """The run folder as a context: a resumed run's as it is, else claimed (:func:`layerwise.io.claim_output`)."""
+    import contextlib
+
+    from layerwise.io import claim_output
 
     if resume:
         if not (out / "checkpoint").exists():
             raise ConfigError(f"--resume: {out} has no checkpoint/ to resume from")
-        return out
-    return prepare_output_dir(out, overwrite)
+        return contextlib.nullcontext(out)
+    return claim_output(out, overwrite)
 
 
 def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict) -> None:
