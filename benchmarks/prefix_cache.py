@@ -66,6 +66,7 @@ def num_blocks(model: str) -> int:
 
 def run_all(args: argparse.Namespace, data: Path, root: Path, selections: dict[str, list[int]]) -> dict[str, dict]:
     """Every (selection, cache on/off) run and uniform LoRA, in lockstep; their results and step times."""
+    from layerwise.settings import DataSource
     from layerwise.train import TrainConfig
     from layerwise.train.lockstep import Lockstep
     from layerwise.workflows.train import AdapterChoice, SelectionChoice, train_job
@@ -73,16 +74,16 @@ def run_all(args: argparse.Namespace, data: Path, root: Path, selections: dict[s
     per_epoch = args.train_examples // args.batch_size
     runs = {"uniform": (SelectionChoice("all"), "off")}
     for name, layers in selections.items():
-        spec = {"layers": ",".join(map(str, layers))}
-        runs[f"{name}-nocache"] = (SelectionChoice("manual", None, spec), "off")
-        runs[f"{name}-cache"] = (SelectionChoice("manual", None, spec), "memory")
+        spec = ",".join(map(str, layers))
+        runs[f"{name}-nocache"] = (SelectionChoice("manual", layers=spec), "off")
+        runs[f"{name}-cache"] = (SelectionChoice("manual", layers=spec), "memory")
 
     def job(label: str, choice, cache: str):
         config = TrainConfig(steps=per_epoch * args.epochs, lr=args.lr, batch_size=args.batch_size, seed=0,
                              max_length=args.max_length, eval_max_examples=args.dev_examples,
                              gen_max_new_tokens=args.gen_max_new_tokens, prefix_cache=cache,
                              prefix_cache_dtype=args.cache_dtype)
-        return lambda turn: train_job(args.model, args.task, str(data), root / label, train_config=config,
+        return lambda turn: train_job(args.model, DataSource(args.task, str(data)), root / label, train_config=config,
                                       selection=choice, adapter=AdapterChoice(), overwrite=True,
                                       show_progress=False, callbacks=[turn])
 

@@ -42,3 +42,20 @@ def test_adaptive_rank_benchmark_end_to_end(glue_dir, tmp_path):
         assert 0.0 <= run["score"] <= 1.0
     assert summary["allocation_ms"] > 0 and set(summary["timed_step_ms"]) == {"adaptive", "fixed"}
     assert "training in lockstep" in done.stdout and "adaptive - uniform" in done.stdout
+
+
+def test_prefix_cache_benchmark_end_to_end(glue_dir, tmp_path):
+    """The script runs on today's API (a tiny subset, 2 epochs): every cached run used its cache and scored
+    as the same selection without it."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "prefix_cache.py"), "--data", str(glue_dir / "SST-2"),
+           "--train-examples", "32", "--epochs", "2", "--batch-size", "16", "--dev-examples", "16",
+           "--max-length", "32", "--threads", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("half", "top2"):
+        cached, plain = (json.loads((out / f"{name}-{kind}" / "metrics.json").read_text())
+                         for kind in ("cache", "nocache"))
+        assert cached["prefix_cache"]["used"] and not plain["prefix_cache"]["used"]
+        assert cached["final"]["accuracy"] == plain["final"]["accuracy"]
+    assert "with / without cache" in done.stdout
