@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.settings import parse_int_list
+from layerwise.settings import BenchOptions, parse_int_list
 from layerwise.errors import ConfigError
 from layerwise.train import TrainConfig
 from layerwise.bench import (BENCH_METHODS, BenchSettings, aggregate, build_cell, find_method,
@@ -259,3 +259,41 @@ def test_small_real_bench_resumes_without_retraining(tmp_path, small_sst2, capsy
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main([*argv, "--methods", "actnorm-top9"]) == 2  # checked on the card, before any training
     assert "--k must be in 1..6" in capsys.readouterr().err and not (out / "cells" / "actnorm-top9").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_puts_the_old_bench_back_when_the_new_one_fails_early(tmp_path, monkeypatch) -> None:
+    """``bench --overwrite`` moves the old bench aside; a failure before any cell of the new one finished
+    restores it byte for byte (the user's own files untouched), and a resumed bench that fails is left alone."""
+    from layerwise.workflows import bench as bench_workflow
+
+    out = tmp_path / "bench"
+    (out / "cells" / "lora" / "seed0").mkdir(parents=True)
+    (out / "cells" / "lora" / "seed0" / "metrics.json").write_text('{"old": true}')
+    (out / "bench_config.json").write_text("{}")
+    (out / "bench.md").write_text("old table")
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed while loading the model")
+
+    monkeypatch.setattr(bench_workflow, "_model_params", fail)
+    options = BenchOptions(methods="lora", train_seeds="0")
+    with pytest.raises(RuntimeError, match="killed"):
+        bench_workflow.run_bench("minilm", "rotten-tomatoes", out, train_config=TrainConfig(steps=2),
+                                 bench=options, overwrite=True, show_progress=False)
+    assert _snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+        ["cells", "bench_config.json", "bench.md", "notes.txt"])  # no hidden folder left behind
+    with pytest.raises(ConfigError, match="holds a bench made with other settings"):  # resumed, refused: untouched
+        bench_workflow.run_bench("minilm", "rotten-tomatoes", out, train_config=TrainConfig(steps=2),
+                                 bench=options, show_progress=False)
+    assert _snapshot(out) == before
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError, match="killed"):
+        bench_workflow.run_bench("minilm", "rotten-tomatoes", fresh, train_config=TrainConfig(steps=2),
+                                 bench=options, show_progress=False)
+    assert not fresh.exists()  # a failed bench with nothing to resume leaves no new folder

@@ -15,11 +15,13 @@ Finished cells are not trained again; a cell with a checkpoint resumes from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from layerwise.bench.methods import CellJob
 from layerwise.errors import ConfigError
 from layerwise.settings import Calibration, DataSource, ModelSource
 
-__all__ = ["CARD_DIR", "CELLS_DIR", "PREFIX_CACHE_DIR", "CONFIG_FILE", "MODEL_FILE", "INFERENCE_FILE", "cell_dir", "prepare_out",
+__all__ = ["claim_bench", "CARD_DIR", "CELLS_DIR", "PREFIX_CACHE_DIR", "CONFIG_FILE", "MODEL_FILE", "INFERENCE_FILE", "cell_dir", "prepare_out",
            "bench_config", "check_resume", "run_cells", "duration"]
 
 CARD_DIR, CELLS_DIR, PREFIX_CACHE_DIR = "card", "cells", "prefix_cache"
@@ -55,6 +57,56 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
         raise ConfigError(f"--out {out} exists, is not empty and holds no bench ({CONFIG_FILE}); choose another "
                           "--out or pass --overwrite")
     return prepare_output_dir(out, overwrite=True)
+
+
+def _bench_entries(out: Path) -> list[Path]:
+    """The bench's own outputs in ``out`` (a user's other files there are not the bench's)."""
+    from layerwise.io import SETTINGS_NAME
+
+    named = [out / n for n in (CELLS_DIR, CARD_DIR, PREFIX_CACHE_DIR, CONFIG_FILE, MODEL_FILE, SETTINGS_NAME)]
+    globbed = [*out.glob("bench*.json"), *out.glob("bench*.md"), *out.glob("bench*.png")]
+    return [p for p in dict.fromkeys([*named, *globbed]) if p.exists()]
+
+
+def _has_progress(out: Path) -> bool:
+    """Whether a cell of the new bench finished or can be resumed (then a failure keeps the new bench)."""
+    return any(out.glob(f"{CELLS_DIR}/*/seed*/metrics.json")) or any(out.glob(f"{CELLS_DIR}/*/seed*/checkpoint"))
+
+
+@contextlib.contextmanager
+def claim_bench(out: Path, overwrite: bool) -> Iterator[Path]:
+    """The bench's folder for one ``layerwise bench`` call, so that it always holds one bench.
+
+    An existing bench is resumed. With ``overwrite`` its outputs are first moved aside (a hidden folder in
+    ``out``) rather than deleted; if the new bench fails before any cell finished or saved a checkpoint, its
+    files are removed and the old bench is put back, else (and on success) the old one is deleted. A folder
+    this call created is removed when the bench fails with nothing to resume."""
+    import secrets
+
+    existed = out.is_dir()
+    aside = None
+    entries = _bench_entries(out) if existed and overwrite else []
+    if entries:
+        aside = out / f".previous-bench-{secrets.token_hex(4)}"
+        aside.mkdir()
+        for entry in entries:
+            os.replace(entry, aside / entry.name)
+    try:
+        yield prepare_out(out, overwrite)
+    except BaseException:
+        if (aside is not None or not existed) and not _has_progress(out):  # a resumed bench is left as it was
+            for entry in _bench_entries(out):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if aside is not None:
+                for entry in aside.iterdir():
+                    os.replace(entry, out / entry.name)
+            elif not existed:
+                shutil.rmtree(out, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def bench_config(model: ModelSource, data: DataSource, train_config: Any, rank: int, targets: str,

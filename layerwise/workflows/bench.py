@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layerwise.bench.aggregate import aggregate, collect_cell
-from layerwise.bench.cells import (CARD_DIR, MODEL_FILE, PREFIX_CACHE_DIR, bench_config, cell_dir, check_resume, prepare_out,
-                                   run_cells)
+from layerwise.bench.cells import (CARD_DIR, MODEL_FILE, PREFIX_CACHE_DIR, bench_config, cell_dir, check_resume,
+                                   claim_bench, run_cells)
 from layerwise.bench.methods import BASELINE, BENCH_METHODS, BenchSettings, CellJob, build_cell, find_method, \
     resolve_methods
 from layerwise.settings import AdapterChoice, BenchOptions, Calibration, DataSource, ModelSource
@@ -44,41 +44,41 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     names = resolve_methods(bench.methods, bench.ks)
     seeds = list(bench.train_seeds)
     calibration = calibration or Calibration(max_length=train_config.max_length)
-    out_dir = prepare_out(Path(out), overwrite)
-    write_settings(out_dir, settings)
-    config = bench_config(model, data, train_config, adapter.rank, adapter.targets, calibration)
-    config["full_lr"] = bench.full_lr
-    check_resume(out_dir, config)
-    if train_config.prefix_cache != "off" and train_config.prefix_cache_dir is None:
-        # one disk cache per lowest adapted block, built by the first cell and reused by every other seed/method
-        train_config = replace(train_config, prefix_cache_dir=str(out_dir / PREFIX_CACHE_DIR))
-    job = _Job(model, data, out_dir, device, show_progress)
-    shared = BenchSettings(adapter.rank, adapter.targets, full_lr=bench.full_lr)
-    if any(find_method(n)[0].needs_card for n in names):
-        shared = replace(shared, card=str(_ensure_card(job, adapter, calibration)))
-    # seed-major order: every method's first seed, then every method's second... so that a slow drift of the
-    # machine's speed (other work, heat) falls on all methods alike instead of on the later ones
-    jobs = [build_cell(n, s, train_config, shared) for s in seeds for n in names]  # flags fail here
-    _check_selections(jobs)
-    model_params = _model_params(job)
-    run_cells(out_dir, jobs, job.train_cell, _say)
-    inference = {}
-    if bench.inference_examples:
-        from layerwise.bench.inference import ensure_inference
+    with claim_bench(Path(out), overwrite) as out_dir:  # --overwrite: the old bench back if this one fails
+        config = bench_config(model, data, train_config, adapter.rank, adapter.targets, calibration)
+        config["full_lr"] = bench.full_lr
+        check_resume(out_dir, config)
+        write_settings(out_dir, settings)  # after the check: a refused resume leaves the bench's record as it was
+        if train_config.prefix_cache != "off" and train_config.prefix_cache_dir is None:
+            # one disk cache per lowest adapted block, built by the first cell and reused by every other seed/method
+            train_config = replace(train_config, prefix_cache_dir=str(out_dir / PREFIX_CACHE_DIR))
+        job = _Job(model, data, out_dir, device, show_progress)
+        shared = BenchSettings(adapter.rank, adapter.targets, full_lr=bench.full_lr)
+        if any(find_method(n)[0].needs_card for n in names):
+            shared = replace(shared, card=str(_ensure_card(job, adapter, calibration)))
+        # seed-major order: every method's first seed, then every method's second... so that a slow drift of the
+        # machine's speed (other work, heat) falls on all methods alike instead of on the later ones
+        jobs = [build_cell(n, s, train_config, shared) for s in seeds for n in names]  # flags fail here
+        _check_selections(jobs)
+        model_params = _model_params(job)
+        run_cells(out_dir, jobs, job.train_cell, _say)
+        inference = {}
+        if bench.inference_examples:
+            from layerwise.bench.inference import ensure_inference
 
-        for j in (j for j in jobs if j.train_config.seed == seeds[0]):
-            inference[j.method] = ensure_inference(out_dir, j, job.load, train_config, bench.inference_examples,
-                                                   bench.inference_repeats, bench.inference_new_tokens, _say)
-            _release_memory()
-    cells = [collect_cell(cell_dir(out_dir, j.method, j.train_config.seed), j.method, j.train_config.seed)
-             for j in jobs]
-    result = {"schema_version": BENCH_SCHEMA,
-              "config": {**config, "methods": names, "seeds": seeds, "ks": list(bench.ks),
-                         "inference_examples": bench.inference_examples,
-                         "inference_repeats": bench.inference_repeats, "model_params": model_params,
-                         "card": shared.card, "baseline": BASELINE},
-              "cells": cells, "inference": inference, "table": aggregate(cells, model_params, inference)}
-    result["files"] = {k: str(v) for k, v in write_bench(out_dir, result).items()}
+            for j in (j for j in jobs if j.train_config.seed == seeds[0]):
+                inference[j.method] = ensure_inference(out_dir, j, job.load, train_config, bench.inference_examples,
+                                                       bench.inference_repeats, bench.inference_new_tokens, _say)
+                _release_memory()
+        cells = [collect_cell(cell_dir(out_dir, j.method, j.train_config.seed), j.method, j.train_config.seed)
+                 for j in jobs]
+        result = {"schema_version": BENCH_SCHEMA,
+                  "config": {**config, "methods": names, "seeds": seeds, "ks": list(bench.ks),
+                             "inference_examples": bench.inference_examples,
+                             "inference_repeats": bench.inference_repeats, "model_params": model_params,
+                             "card": shared.card, "baseline": BASELINE},
+                  "cells": cells, "inference": inference, "table": aggregate(cells, model_params, inference)}
+        result["files"] = {k: str(v) for k, v in write_bench(out_dir, result).items()}
     return result
 
 
