@@ -68,7 +68,8 @@ def main() -> None:
 
     def job(label: str, window: int):
         config = replace(base, group_by_length=window)
-        return lambda turn: train_job(args.model, DataSource(args.task, args.data), root / f"w{window}", train_config=config,
+        return lambda turn: train_job(args.model, DataSource(args.task, args.data), root / f"w{window}",
+                                      train_config=config,
                                       selection=selection, overwrite=True, show_progress=False, callbacks=[turn])
 
     results = Lockstep(2).run([job(label, w) for label, w in windows.items()])

@@ -96,7 +96,8 @@ def test_shared_concepts_have_one_flag_and_one_default() -> None:
     train_p, run_p = subs["train"], subs["run"]
     for flag in ("--lr", "--steps", "--batch-size", "--max-length", "--rank", "--targets", "--policy"):
         assert flag in train_p._option_string_actions and flag in run_p._option_string_actions
-    assert train_p.get_default("lr") == run_p.get_default("lr") and train_p.get_default("steps") == run_p.get_default("steps")
+    for dest in ("lr", "steps"):
+        assert train_p.get_default(dest) == run_p.get_default(dest)
     for name, sub in subs.items():  # the old, ambiguous spellings are gone from the help
         shown = {o for a in sub._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
         assert not shown & {"--seed", "--seeds", "--new-tokens", "--regression"}, name

@@ -31,8 +31,8 @@ from layerwise.bench.methods import CellJob
 from layerwise.errors import ConfigError
 from layerwise.settings import Calibration, DataSource, ModelSource
 
-__all__ = ["claim_bench", "CARD_DIR", "CELLS_DIR", "PREFIX_CACHE_DIR", "CONFIG_FILE", "MODEL_FILE", "INFERENCE_FILE", "cell_dir", "prepare_out",
-           "bench_config", "check_resume", "run_cells", "duration"]
+__all__ = ["claim_bench", "prepare_out", "cell_dir", "bench_config", "check_resume", "run_cells", "duration",
+           "CARD_DIR", "CELLS_DIR", "PREFIX_CACHE_DIR", "CONFIG_FILE", "MODEL_FILE", "INFERENCE_FILE"]
 
 CARD_DIR, CELLS_DIR, PREFIX_CACHE_DIR = "card", "cells", "prefix_cache"
 CONFIG_FILE, MODEL_FILE, INFERENCE_FILE = "bench_config.json", "model.json", "inference.json"
@@ -48,11 +48,7 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
     from layerwise.io import prepare_output_dir
 
     if out.is_dir() and overwrite:
-        for name in (CELLS_DIR, CARD_DIR, PREFIX_CACHE_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for path in [out / CONFIG_FILE, out / MODEL_FILE, *out.glob("bench*.json"), *out.glob("bench*.md"),
-                     *out.glob("bench*.png")]:
-            path.unlink(missing_ok=True)
+        _remove(_bench_entries(out))
     if not overwrite and out.is_dir() and any(out.iterdir()) and not (out / CONFIG_FILE).exists():
         raise ConfigError(f"--out {out} exists, is not empty and holds no bench ({CONFIG_FILE}); choose another "
                           "--out or pass --overwrite")
@@ -66,6 +62,11 @@ def _bench_entries(out: Path) -> list[Path]:
     named = [out / n for n in (CELLS_DIR, CARD_DIR, PREFIX_CACHE_DIR, CONFIG_FILE, MODEL_FILE, SETTINGS_NAME)]
     globbed = [*out.glob("bench*.json"), *out.glob("bench*.md"), *out.glob("bench*.png")]
     return [p for p in dict.fromkeys([*named, *globbed]) if p.exists()]
+
+
+def _remove(entries: list[Path]) -> None:
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _has_progress(out: Path) -> bool:
@@ -95,8 +96,7 @@ def claim_bench(out: Path, overwrite: bool) -> Iterator[Path]:
         yield prepare_out(out, overwrite)
     except BaseException:
         if (aside is not None or not existed) and not _has_progress(out):  # a resumed bench is left as it was
-            for entry in _bench_entries(out):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            _remove(_bench_entries(out))
             if aside is not None:
                 for entry in aside.iterdir():
                     os.replace(entry, out / entry.name)

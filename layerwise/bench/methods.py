@@ -117,20 +117,17 @@ for _method, _description in _UNIFORM_METHODS.items():
 del _method, _description
 
 
-@register_bench_method("actnorm-top{k}", "LoRA on the top-k layers by activation norm (Act-LoRA; k from --ks)",
-                       card_metrics=("actnorm",))
-def _actnorm_top(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+def _top_k(s: BenchSettings, k: int | None, metric: str) -> tuple[Any, Any]:
+    """LoRA on the top-k layers of the card by ``metric`` (the methods named ``<metric>-top{k}``)."""
     if k is None:
-        raise ConfigError("actnorm-top{k} needs k: name it actnorm-top2 or give --ks")
-    return _from_card(s, "top-k", {"k": k}, "actnorm"), AdapterChoice("lora", s.targets, s.rank)
+        raise ConfigError(f"{metric}-top{{k}} needs k: name it {metric}-top2 or give --ks")
+    return _from_card(s, "top-k", {"k": k}, metric), AdapterChoice("lora", s.targets, s.rank)
 
 
-@register_bench_method("snr-top{k}", "LoRA on the top-k layers by Spectrum's weight SNR (data-free; k from --ks)",
-                       card_metrics=("snr",))
-def _snr_top(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    if k is None:
-        raise ConfigError("snr-top{k} needs k: name it snr-top2 or give --ks")
-    return _from_card(s, "top-k", {"k": k}, "snr"), AdapterChoice("lora", s.targets, s.rank)
+register_bench_method("actnorm-top{k}", "LoRA on the top-k layers by activation norm (Act-LoRA; k from --ks)",
+                      card_metrics=("actnorm",))(lambda s, k: _top_k(s, k, "actnorm"))
+register_bench_method("snr-top{k}", "LoRA on the top-k layers by Spectrum's weight SNR (data-free; k from --ks)",
+                      card_metrics=("snr",))(lambda s, k: _top_k(s, k, "snr"))
 
 
 @register_bench_method("cka", "LoRA on the half of the layers ranked first by CKA (ratio 0.5)", card_metrics=("cka",))

@@ -14,7 +14,8 @@ from layerwise.settings.sources import DEFAULT_MODEL, DEFAULT_TASK
 from layerwise.train.config import TrainConfig
 
 __all__ = ["MODEL", "DATA", "PROBE", "ADAPTER", "selection_group", "calibration_group", "training_group",
-           "add_common", "add_place_flags", "legacy_ranks", "settings_record", "DEFAULT_MODEL", "DEFAULT_TASK", "DEFAULT_LR", "DEFAULT_STEPS"]
+           "add_common", "add_place_flags", "legacy_ranks", "settings_record", "DEFAULT_MODEL", "DEFAULT_TASK",
+           "DEFAULT_LR", "DEFAULT_STEPS"]
 
 DEFAULT_LR = 5e-4
 """Peak learning rate of ``train`` and ``run`` (the bundled default task learns at it)."""

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from layerwise.commands.flags import setting_actions
 from layerwise.errors import ConfigError
 
 __all__ = ["read_config", "config_defaults"]
@@ -38,17 +39,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings (key: value), got {type(data).__name__}")
     return data
-
-
-def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The parser's settings by destination (hidden deprecated aliases last, so the real flag wins)."""
-    from layerwise.commands.flags import NOT_SETTINGS
-
-    out: dict[str, argparse.Action] = {}
-    for action in parser._actions:
-        if action.dest not in NOT_SETTINGS and action.dest != argparse.SUPPRESS and action.dest not in out:
-            out[action.dest] = action
-    return out
 
 
 def _aliases(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -97,7 +87,7 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str,
     import sys
 
     data = read_config(path)
-    actions, aliases = _actions(parser), _aliases(parser)
+    actions, aliases = setting_actions(parser), _aliases(parser)
     out: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
@@ -113,7 +103,7 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str,
                     out[key] = old.value
                 continue
         if key not in actions:
-            owners = [name for name, p in others.items() if name != command and key in _actions(p)]
+            owners = [name for name, p in others.items() if name != command and key in setting_actions(p)]
             where = f"; it is a setting of `layerwise {', '.join(owners)}`" if owners else ""
             raise ConfigError(f"--config {path}: {raw_key!r} is not a setting of `layerwise {command}`{where}; "
                               f"allowed: {', '.join(sorted(actions))}")

@@ -19,10 +19,10 @@ from typing import Any, Mapping, Sequence
 
 from layerwise.settings.fields import choices_of, cli_fields, dest, field_docs, flag_name, parser_of
 
-__all__ = ["Group", "add_groups", "build", "add_deprecated", "settings_of", "NOT_SETTINGS"]
+__all__ = ["Group", "add_groups", "build", "add_deprecated", "setting_actions", "settings_of", "NOT_SETTINGS"]
 
 NOT_SETTINGS = ("help", "config", "out", "overwrite", "resume", "list_policies", "list_metrics", "list_methods",
-                "run", "command", "json", "no_plots")
+                "run", "command", "json", "no_plots", "debug")
 """Destinations that are actions or places, not settings: left out of ``config.yaml``."""
 
 
@@ -139,12 +139,17 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, value: A
                         default=argparse.SUPPRESS, **kwargs)
 
 
+def setting_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The settings ``parser`` defines, by destination: its visible flags, without the places and actions of
+    :data:`NOT_SETTINGS` (a hidden deprecated alias shares its flag's destination)."""
+    out: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if action.dest not in NOT_SETTINGS and action.help != argparse.SUPPRESS and action.dest not in out:
+            out[action.dest] = action
+    return out
+
+
 def settings_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """Every setting of ``args`` that ``parser`` defines, by destination, JSON/YAML-ready (for config.yaml)."""
-    out: dict[str, Any] = {}
-    for action in parser._actions:
-        if action.dest in NOT_SETTINGS or action.help == argparse.SUPPRESS or action.dest in out:
-            continue
-        value = getattr(args, action.dest, None)
-        out[action.dest] = list(value) if isinstance(value, tuple) else value
-    return out
+    values = {dest: getattr(args, dest, None) for dest in setting_actions(parser)}
+    return {dest: list(v) if isinstance(v, tuple) else v for dest, v in values.items()}

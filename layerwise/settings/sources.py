@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
-from layerwise.settings.fields import flag, flag_name
+from layerwise.settings.fields import at_least, flag, flag_name
 
 __all__ = ["ModelSource", "DataSource", "DEFAULT_MODEL", "DEFAULT_TASK", "KINDS"]
 
@@ -81,8 +81,7 @@ class DataSource:
                 or not 0.0 < self.dev_fraction < 1.0:
             raise ConfigError(f"{flag_name(self, 'dev_fraction')} must be between 0 and 1 (exclusive), "
                               f"got {self.dev_fraction!r}")
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 8:
-            raise ConfigError(f"{flag_name(self, 'max_length')} must be a whole number >= 8, got {self.max_length!r}")
+        at_least(self, "max_length", 8)
 
     def _check_labels(self) -> None:
         if self.num_labels is not None and (isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int)

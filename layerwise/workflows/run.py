@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,7 +90,7 @@ def _pipeline(model: ModelSource | str, data: DataSource | str, out_dir: Path, t
     rows = compare([selected, baseline], baseline)
     context = {"model": model.model, "task": data.task, "data": data.data,
                "selection": _describe(out_dir / "selected"), "train_config": train_config.to_dict(),
-               "adapter": _adapter_dict(adapter),
+               "adapter": asdict(adapter),
                "trained": _how_trained(jobs, lockstep)}
     files = write_report(out_dir, rows, context) if distributed.is_main() else {}
     return {"rows": rows, "context": context, "files": {k: str(v) for k, v in files.items()}}
@@ -104,15 +104,6 @@ def _training(model: ModelSource, data: DataSource, out: Path, choice: Selection
     return lambda callbacks: train_job(model, data, out, train_config=train_config, selection=choice,
                                        adapter=adapter, device=device, resume=resume, overwrite=True,
                                        show_progress=show_progress, callbacks=callbacks)
-
-
-def _adapter_dict(adapter: AdapterChoice) -> dict[str, Any]:
-    """The adapter settings as plain data for the report."""
-    from dataclasses import asdict
-
-    out = asdict(adapter)
-    out["ranks"] = {str(k): v for k, v in (adapter.ranks or {}).items()} or None
-    return out
 
 
 def _how_trained(jobs: dict, lockstep: bool) -> str | None:
