@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from layerwise.data.tasks import TaskSpec
 
 __all__ = ["EvalMetric", "METRICS", "register_metric", "get_metric", "compute_metrics", "extract_final_number",
-           "accuracy", "f1", "matthews", "pearson", "spearman", "exact_match"]
+           "accuracy", "f1", "matthews", "pearson", "spearman", "exact_match", "majority_baseline"]
 
 
 @dataclass(frozen=True)
@@ -181,3 +181,29 @@ def compute_metrics(task: TaskSpec, predictions: Sequence, references: Sequence)
             p = p[:, 0]
         predictions, references = p, np.asarray(references)
     return {name: get_metric(name).fn(predictions, references) for name in task.metrics}
+
+
+def majority_baseline(task: "TaskSpec", train_labels: Sequence, dev_labels: Sequence) -> dict | None:
+    """What a model that ignores its input scores on dev: the most frequent training class for classification
+    (ties: the lower class index), the training mean for regression (a constant, so its correlations are
+    undefined: None); ``None`` for causal LM. ``{"predictor": ..., "metrics": {name: value or None}}``."""
+    import math
+    import warnings
+    from collections import Counter
+
+    if task.kind == "causal-lm" or not train_labels or not dev_labels:
+        return None
+    if task.kind == "classification":
+        counts = Counter(int(y) for y in train_labels)
+        value: float = min(counts, key=lambda c: (-counts[c], c))
+        predictor = f"always class {value} ({counts[value]} of {len(train_labels)} training labels)"
+    else:
+        value = float(np.mean(np.asarray(train_labels, dtype=float)))
+        predictor = f"always the training mean {value:.4f}"
+    predictions = np.full(len(dev_labels), value)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # a constant prediction's correlation is 0/0
+        metrics = compute_metrics(task, predictions, list(dev_labels))
+    return {"predictor": predictor,
+            "metrics": {k: (float(v) if v is not None and math.isfinite(float(v)) else None)
+                        for k, v in metrics.items()}}

@@ -125,28 +125,43 @@ def actnorm(result: Any, options: dict) -> MetricValues:
     return MetricValues(means["block"].tolist(), _stack(s.norm_batches["block"]), extras)
 
 
-def linear_cka(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor, tiny: float = 0.0) -> float:
+def linear_cka(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor, tiny: float = 0.0) -> float | None:
     """Linear CKA from centred sums: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F).
 
-    A side whose centred Gram norm is at most ``tiny`` does not vary across examples: CKA 0.
+    ``None`` (undefined, 0/0) when a side's centred Gram norm is at most ``tiny``: that side does not vary
+    across examples, so there is no representation to compare.
     """
     den = xx.norm() * yy.norm()
     if xx.norm() <= tiny or yy.norm() <= tiny or den == 0:
-        return 0.0
+        return None
     return float(yx.pow(2).sum() / den)
+
+
+CKA_UNDEFINED = ("cka (1 - CKA) undefined at block {i}: its {side} ({pooling} token) is the same for every calibration "
+                 "example (CKA is 0/0); ranked last, and never chosen by the ratio policy")
 
 
 @register_importance("cka", needs="forward", statistics=("pooled",), paper="CKA layer selection",
                      description="1 - linear CKA between the block's input and output hidden states")
 def cka(result: Any, options: dict) -> MetricValues:
-    s, values = result.stats, []
+    s, values, undefined = result.stats, [], {}
     for i in range(s.num_blocks):
         gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
         cross = s.pooled_cross[i].centred().cpu()  # centred Y^T X, (d, d)
         # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
         tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
-        values.append(1.0 - linear_cka(gin.centred().cpu(), gout.centred().cpu(), cross, tiny))
-    return MetricValues(values, _stack(s.pooled_batches), {"pooling": result.pooling})
+        xx, yy = gin.centred().cpu(), gout.centred().cpu()
+        value = linear_cka(xx, yy, cross, tiny)
+        if value is None:
+            side = "input" if xx.norm() <= tiny else "output"
+            undefined[i] = CKA_UNDEFINED.format(i=i, side=side, pooling=result.pooling)
+        values.append(None if value is None else 1.0 - value)
+    per_batch = _stack(s.pooled_batches)
+    if per_batch is not None and undefined:
+        # per-batch values of an undefined block are NaN (0/0): score them as the least important, as the card
+        # ranks them, so the bootstrap stability ranks what the card ranks
+        per_batch[:, sorted(undefined)] = 0.0
+    return MetricValues(values, per_batch, {"pooling": result.pooling}, undefined)
 
 
 @register_importance("act_energy", needs="forward", statistics=("input_cov",), paper="Layer Card",

@@ -15,14 +15,21 @@ PHASES = ("forward", "backward", "optimizer")
 
 
 def collect_run(run_dir: str | os.PathLike, label: str) -> dict[str, Any]:
-    """One trained run's figures from its metrics.json and selection.json."""
+    """One trained run's figures from its metrics.json and selection.json.
+
+    The score is the dev score of the final weights, or, when a validation split chose the checkpoint, the dev
+    score at the step the validation split chose (never a step chosen by the dev set itself)."""
     d = Path(run_dir)
     metrics = json.loads((d / "metrics.json").read_text())
     selection = json.loads((d / "selection.json").read_text()) if (d / "selection.json").exists() else {}
     main = metrics["main_metric"]
+    on_validation = metrics.get("selected_on") == "validation" and metrics.get("best") is not None
+    scored = (metrics.get("best") if on_validation else metrics.get("final")) or {}
     return {
         "label": label, "dir": str(d), "main_metric": main,
-        "score": (metrics.get("final") or {}).get(main), "metrics": metrics.get("final") or {},
+        "score": scored.get(main), "metrics": scored, "scored_at": metrics.get("best_step") if on_validation
+        else metrics["steps"], "selected_on": metrics.get("selected_on", "dev"),
+        "validation": metrics.get("best_validation"),
         "best": metrics.get("best"), "trainable_params": metrics["trainable_params"],
         "train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
         "phase_seconds": {p: metrics["phase_totals"].get(f"{p}_s", 0.0) for p in PHASES},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -238,16 +239,34 @@ def threshold(card: LayerCard, metric: str, share: float) -> Pick:
 
 @register_policy("ratio", "a fixed fraction of the layers, most important first (CKA layer selection)", "cka")
 def ratio(card: LayerCard, metric: str, ratio: float = 0.5, exclude_first: bool = False) -> Pick:
-    """The CKA layer-selection rule: keep ``round(ratio * L)`` (half up, at least 1) most important layers;
-    the method's default ratio is 0.5. ``exclude_first`` never adapts layer 0 (the embedding-facing block)."""
+    """The CKA layer-selection rule as its authors run it: keep ``floor(ratio * L)`` (at least 1) layers, most
+    important first, among the layers where the metric is defined. For an encoder's CKA the first block's
+    input is the same [CLS] embedding for every example, so its CKA is undefined: leaving it out is exactly
+    the authors' "skip the top-ranked layer" for encoders. ``exclude_first`` never adapts layer 0."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
         raise ConfigError(f"--ratio must be in (0, 1] (the fraction of layers to keep), got {ratio}")
-    L = card.num_layers
-    candidates = [i for i in card.order(metric) if not (exclude_first and i == 0)]
+    L, values = card.num_layers, card.values(metric)
+    candidates = [i for i in card.order(metric) if values[i] is not None and not (exclude_first and i == 0)]
     if not candidates:
-        raise ConfigError(f"--exclude-first leaves no layer: this model has {L} layer")
-    keep = min(max(1, math.floor(ratio * L + 0.5)), len(candidates))
+        raise ConfigError(f"--policy ratio: {metric} is undefined at every layer"
+                          + (" but layer 0, which --exclude-first leaves out" if exclude_first else ""))
+    keep = min(max(1, math.floor(ratio * L + 1e-9)), len(candidates))
     return Pick(candidates[:keep])
+
+
+def random_layers(num_layers: int, k: int, draw: int = 0) -> list[int]:
+    """``k`` distinct layers of ``num_layers`` drawn uniformly with seed ``draw`` (sorted)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_layers:
+        raise ConfigError(f"--k must be a whole number in 1..{num_layers} (the model's layers), got {k!r}")
+    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+        raise ConfigError(f"--draw must be a whole number >= 0, got {draw!r}")
+    return sorted(random.Random(draw).sample(range(num_layers), k))
+
+
+@register_policy("random", "k layers drawn at random with --draw (the control every selection must beat)", None)
+def random_k(card: LayerCard, metric: None, k: int, draw: int = 0) -> Pick:
+    """LISA-style random layers: the baseline a measured choice of the same size has to beat."""
+    return Pick(random_layers(card.num_layers, k, draw))
 
 
 @register_policy("all", "every layer (uniform LoRA)", None)
@@ -334,15 +353,22 @@ def _priced(card: LayerCard, metric: str, costs: dict[str, Any], by: str) -> tup
 
 @register_policy("budget", "the most importance under a parameter or FLOP cap (Layer Card)", "resnorm")
 def budget(card: LayerCard, metric: str, max_params: int | None = None, max_flops: int | None = None,
-           costs: dict[str, Any] | None = None) -> Pick:
+           params_share: float | None = None, costs: dict[str, Any] | None = None) -> Pick:
     """The Layer Card budget rule: the layer set with the most total importance whose trainable adapter
-    parameters stay under ``max_params``, or whose per-token training FLOPs (adapters plus the backward
-    depth to the lowest selected layer, counted once) stay under ``max_flops``. Solved exactly (a 0/1
-    knapsack over Pareto-pruned partial sets); among equally important sets the cheapest wins."""
-    if (max_params is None) == (max_flops is None):
-        raise ConfigError("policy 'budget' takes exactly one of --max-params or --max-flops")
+    parameters stay under ``max_params`` (or under ``params_share`` of uniform LoRA's: every layer's), or
+    whose per-token training FLOPs (adapters plus the backward depth to the lowest selected layer, counted
+    once) stay under ``max_flops``. Solved exactly (a 0/1 knapsack over Pareto-pruned partial sets); among
+    equally important sets the cheapest wins."""
+    if sum(x is not None for x in (max_params, max_flops, params_share)) != 1:
+        raise ConfigError("policy 'budget' takes exactly one of --max-params, --params-share or --max-flops")
+    if params_share is not None:
+        if isinstance(params_share, bool) or not isinstance(params_share, numbers.Real) \
+                or not 0 < params_share <= 1:
+            raise ConfigError(f"--params-share must be in (0, 1] (a share of uniform LoRA's adapter "
+                              f"parameters), got {params_share!r}")
+        max_params = int(params_share * sum(_need_costs(card, costs, "budget")["params"]))
     by, cap = ("params", max_params) if max_params is not None else ("flops", max_flops)
-    flag = _flag(f"max_{by}")
+    flag = _flag(f"max_{by}") if params_share is None else "--params-share"
     if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or math.isnan(cap):
         raise ConfigError(f"{flag} must be a number, got {cap!r}")
     values, weights, depth = _priced(card, metric, _need_costs(card, costs, "budget"), by)

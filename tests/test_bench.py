@@ -36,7 +36,7 @@ def _cell(method: str, seed: int, score: float, params: int, seconds: float, mem
             "metrics": {"accuracy": score, "loss": 1 - score}, "trainable_params": params,
             "train_seconds": seconds, "phase_seconds": {"forward": seconds / 2, "backward": seconds / 4,
                                                          "optimizer": seconds / 4},
-            "peak_memory": memory, "memory_kind": "cpu_rss", "layers": [0, 1], "steps": 3}
+            "peak_memory": memory, "memory_kind": "cpu_rss", "layers": [0, 1], "steps": 3, "scored_at": 3}
 
 
 def test_aggregate_means_over_seeds_and_ratios_to_lora() -> None:
@@ -55,6 +55,7 @@ def test_aggregate_means_over_seeds_and_ratios_to_lora() -> None:
     assert v["phase_pct"]["forward"] == pytest.approx(50.0)
     assert lora["vs_baseline"]["time_pct"] == pytest.approx(100.0)
     assert relative_to(top, {**lora, "score": {"mean": 0.6}})["score_change_pct"] == pytest.approx(25.0)
+    assert relative_to(top, {**lora, "score": {"mean": 0.6}})["score_diff"] == pytest.approx(0.15)
     assert aggregate(cells[2:])[0]["vs_baseline"] is None  # no lora row: nothing to compare with
 
 
@@ -167,7 +168,8 @@ def test_render_synthetic_bench(tmp_path) -> None:
               "table": aggregate(cells, 1000, inference)}
     assert [s["k"] for s in k_sweep(result["table"])] == [1, 2]
     md = render_bench_md(result)
-    assert "| actnorm-top2 | 0,1 | 0.7050 ± 0.0071 | 30 | 3.000% |" in md
+    assert "| actnorm-top2 | 0,1 | 0.7050 ± 0.0071 | 3 / 3 | 30 | 3.000% |" in md
+    assert "| actnorm-top1 | +0.0000 | +0.00% |" in md  # the difference in accuracy units, then in %
     assert "TTFT ms unmerged" in md and "| 1 | 0,1 |" in md and "Relative to uniform LoRA" in md
     files = write_bench(tmp_path, {"schema_version": 1, **result})
     assert set(files) == {"json", "md", "score_png", "phases_png", "memory_png", "k_png"}

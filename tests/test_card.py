@@ -38,8 +38,12 @@ def test_real_minilm_card_on_sst2(minilm_sst2_card) -> None:
     assert card.num_layers == 6
     assert set(card.metric_names) == set(DEFAULT_METRICS)
     for name in card.metric_names:
-        assert all(math.isfinite(v) for v in card.values(name)), name
+        # block 0's [CLS] input is the same embedding for every example: its CKA is 0/0, undefined
+        defined = card.values(name)[1:] if name == "cka" else card.values(name)
+        assert all(math.isfinite(v) for v in defined), name
         assert sorted(card.ranks(name)) == list(range(1, 7))
+    assert card.values("cka")[0] is None and card.ranks("cka")[0] == 6
+    assert any(n.startswith("cka (1 - CKA) undefined at block 0: its input") for n in card.notes)
     assert card.model["name"] == "minilm" and card.model["parameters"] > 20_000_000
     assert card.probe["batches"] == 4 and card.probe["examples"] == 64
     # cost: an adapter lower down forces a deeper backward pass
@@ -92,3 +96,41 @@ def test_real_smollm2_card_on_gsm8k(smollm2, gsm8k_dir) -> None:
     for name in card.metric_names:
         assert all(math.isfinite(v) for v in card.values(name)), name
     assert card.data["pooling"] == "last"
+
+
+@pytest.mark.slow
+def test_cka_ratio_policy_reproduces_the_authors_layer_choice(minilm_sst2_card, minilm, glue_dir) -> None:
+    """The CKA method as its authors' encoder script runs it (feature-space linear CKA between the [CLS]
+    vectors of hidden_states[i] and hidden_states[i + 1], layers sorted by CKA ascending, the top-ranked one
+    skipped, floor(0.5 * L) kept), computed here from output_hidden_states with numpy, picks the layers
+    the ``ratio`` policy picks from the card."""
+    import numpy as np
+    import torch
+
+    from layerwise.data import load_task, make_batches, sample_calibration
+    from layerwise.selection import select
+
+    task = load_task("sst2", glue_dir / "SST-2")
+    batches = make_batches(sample_calibration(task.train, 64, seed=0), minilm.tokenizer, task.task, batch_size=16)
+    feats: list[list[np.ndarray]] = [[] for _ in range(7)]
+    with torch.no_grad():
+        for b in batches:
+            out = minilm.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                               token_type_ids=b.get("token_type_ids"), output_hidden_states=True)
+            for i, h in enumerate(out.hidden_states):
+                feats[i].append(h[:, 0].double().numpy())
+    reps = [np.concatenate(f) for f in feats]
+
+    def cka(x: np.ndarray, y: np.ndarray) -> float:
+        x, y = x - x.mean(0), y - y.mean(0)
+        den = max(np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y), 1e-12)
+        return float(np.linalg.norm(x.T @ y) ** 2 / den)
+
+    values = [cka(reps[i], reps[i + 1]) for i in range(6)]
+    order = sorted(range(6), key=lambda i: values[i])
+    authors = order[1: int(np.floor(0.5 * 6)) + 1]
+    assert order[0] == 0 and values[0] < 1e-6  # the skipped top-ranked layer is the undefined block 0
+    card = minilm_sst2_card
+    assert set(select(card, "ratio", metric="cka").layers) == set(authors)
+    for i in range(1, 6):
+        assert card.values("cka")[i] == pytest.approx(1.0 - values[i], abs=1e-4)

@@ -145,3 +145,19 @@ def test_register_metric_and_get_metric():
         METRICS.pop("test_error_rate", None)
     with pytest.raises(ConfigError, match=r"--metric 'bleu' is not a known metric; known: accuracy"):
         get_metric("bleu")
+
+
+def test_majority_baseline_is_the_constant_predictor_scored_on_dev() -> None:
+    from layerwise.data.tasks import get_task
+    from layerwise.evaluation import majority_baseline
+
+    mrpc = get_task("mrpc")
+    got = majority_baseline(mrpc, [1, 1, 0, 1], [1, 0, 1, 1, 0])
+    assert got["predictor"].startswith("always class 1")
+    assert got["metrics"]["accuracy"] == pytest.approx(3 / 5)
+    assert got["metrics"]["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2))  # precision 3/5, recall 1
+    cola = majority_baseline(get_task("cola"), [0, 1, 1], [0, 1, 0])
+    assert cola["metrics"]["matthews"] == pytest.approx(0.0)
+    stsb = majority_baseline(get_task("stsb"), [1.0, 3.0], [0.5, 4.0])
+    assert stsb["predictor"] == "always the training mean 2.0000"
+    assert majority_baseline(get_task("gsm8k"), ["a"], ["b"]) is None

@@ -310,7 +310,7 @@ def test_streamed_gram_equals_direct_covariance(dim: int) -> None:
 
 def test_per_batch_kernel_cka_of_stacked_blocks_matches_feature_space_formula() -> None:
     """The batched per-batch CKA (one call for every block) equals the feature-space linear CKA per block,
-    is 0 where a side is constant, and NaN for fewer than 3 examples."""
+    is undefined (NaN: 0/0) where a side is constant, and NaN for fewer than 3 examples."""
     from layerwise.importance import linear_cka
     from layerwise.probe.hooks import _kernel_cka
 
@@ -322,7 +322,9 @@ def test_per_batch_kernel_cka_of_stacked_blocks_matches_feature_space_formula() 
     for s in range(2):
         xc, yc = (x[s] - x[s].mean(0)).double(), (y[s] - y[s].mean(0)).double()
         assert float(got[s]) == pytest.approx(linear_cka(xc.T @ xc, yc.T @ yc, yc.T @ xc), rel=1e-6)
-    assert float(got[2]) == 0.0 and float(got[1]) == pytest.approx(1.0, abs=1e-6)
+    assert torch.isnan(got[2]) and float(got[1]) == pytest.approx(1.0, abs=1e-6)
+    xc = (x[2] - x[2].mean(0)).double()
+    assert linear_cka(xc.T @ xc, xc.T @ xc, xc.T @ xc, tiny=1e-9) is None
     assert torch.isnan(_kernel_cka(x[:, :2], y[:, :2])).all()
 
 

@@ -16,7 +16,7 @@ from layerwise.selection import OBJECTIVES, POLICIES, Pick, Selection, parse_lay
 
 L = 8
 EXAMPLE_OPTIONS = {"top-k": {"k": 3}, "threshold": {"share": 0.75}, "manual": {"layers": "0,2-3"},
-                   "budget": {"max_params": 3000}}
+                   "budget": {"max_params": 3000}, "random": {"k": 3, "draw": 1}}
 """Options for a demonstration run of each policy that needs some; a policy not listed runs with none."""
 
 
@@ -112,7 +112,8 @@ def test_ratio_keeps_a_fraction_and_can_exclude_the_first_layer():
     card.metrics["cka"] = metric_entry([9.0, 1.0, 8.0, 2.0, 7.0, 3.0], IMPORTANCE["cka"].info(), None, {})
     assert select(card, "ratio").layers == (0, 2, 4)  # default 0.5 of 6
     assert select(card, "ratio", exclude_first=True).layers == (2, 4, 5)
-    assert select(card, "ratio", ratio=0.25).layers == (0, 2)  # 1.5 rounds half up
+    assert select(card, "ratio", ratio=0.25).layers == (0,)  # floor(1.5), as the CKA authors count
+    assert select(card, "ratio", ratio=0.34).layers == (0, 2)  # floor(2.04)
     assert select(card, "ratio", ratio=0.01).layers == (0,)  # at least one
     assert select(card, "ratio", ratio=1.0, exclude_first=True).layers == (1, 2, 3, 4, 5)
     assert select(card, "ratio").params == {"ratio": 0.5, "exclude_first": False}
@@ -226,8 +227,8 @@ def test_pareto_front_is_exact_and_objectives_follow_their_definitions(seed):
     ("threshold", {"share": 1.5}, r"--share must be in \(0, 1\]"),
     ("ratio", {"ratio": 0}, r"--ratio must be in \(0, 1\]"),
     ("ratio", {"ratio": 1.2}, r"--ratio must be in \(0, 1\]"),
-    ("budget", {}, r"exactly one of --max-params or --max-flops"),
-    ("budget", {"max_params": 10, "max_flops": 10}, r"exactly one of --max-params or --max-flops"),
+    ("budget", {}, r"exactly one of --max-params, --params-share or --max-flops"),
+    ("budget", {"max_params": 10, "max_flops": 10}, r"exactly one of --max-params, --params-share or --max-flops"),
     ("budget", {"max_params": 10}, r"--max-params 10 is below the cheapest single layer \(layer \d+: .*use "
                                    r"--max-params \d+ or more"),
     ("budget", {"max_flops": 1}, r"--max-flops 1 is below the cheapest single layer .*use --max-flops \d+"),
@@ -319,3 +320,25 @@ def test_every_policy_on_a_real_minilm_card(minilm):
     for share in (0.25, 0.5, 0.75, 0.9, 1.0):
         assert len(select(card, "threshold", share=share).layers) == card.metrics["actnorm"]["cumulative"][
             str(round(share * 100))]
+
+
+def test_random_policy_is_a_seeded_uniform_draw(card):
+    """The random control: k distinct layers, the same for the same draw, every layer about equally often."""
+    import collections
+
+    L = card.num_layers
+    assert select(card, "random", k=3, draw=5).layers == select(card, "random", k=3, draw=5).layers
+    counts = collections.Counter(i for d in range(600) for i in select(card, "random", k=3, draw=d).layers)
+    assert set(counts) == set(range(L))
+    expected = 600 * 3 / L
+    assert all(abs(c - expected) < 0.25 * expected for c in counts.values()), counts
+    with pytest.raises(ConfigError, match="--k must be a whole number in 1.."):
+        select(card, "random", k=L + 1)
+
+
+def test_budget_params_share_caps_at_a_share_of_uniform_lora(card):
+    total = sum(card.metrics["cost"]["extras"]["params"])
+    assert select(card, "budget", params_share=0.5).layers == select(card, "budget", max_params=total // 2).layers
+    assert select(card, "budget", params_share=1.0).layers == tuple(range(card.num_layers))
+    with pytest.raises(ConfigError, match="--params-share must be in"):
+        select(card, "budget", params_share=1.5)

@@ -24,6 +24,7 @@ from layerwise.data import Collator, encode_examples, load_task
 from layerwise.errors import ConfigError
 from layerwise.train import PhaseTimer, PhaseTimingCallback, TrainConfig, TrainResult, evaluate, train
 from layerwise.train.checkpoint import find_checkpoint
+from layerwise.train.log import read_log
 from layerwise.train.config import flag_name
 from layerwise.train.data_order import DataOrder, batch_indices, batches_per_epoch
 from layerwise.train.log import read_log, step_lines
@@ -511,3 +512,34 @@ def test_a_damaged_checkpoint_file_is_one_error_naming_it(tokenizer, rt, tmp_pat
     damage(optimizer_file)
     with pytest.raises(ConfigError, match=rf"--resume: {optimizer_file} {expected}"):
         run(tokenizer, rt, tmp_path, config(steps=2, eval_every=0), resume=True)
+
+
+def test_a_validation_split_chooses_the_step_and_dev_is_only_reported(tokenizer, rt, tmp_path):
+    """With validation examples, the best step is the validation split's best (read back from the log),
+    ``best`` holds the dev metrics logged at that step, and early stopping counts validation evaluations."""
+    task, train_ex, dev_ex = rt
+    validation = train_ex[:48]
+    result = train(tiny_peft(tokenizer.vocab_size), tokenizer, task, train_ex[48:], dev_ex,
+                   config(steps=12, eval_every=2, lr=2e-2), tmp_path, show_progress=False,
+                   validation_examples=validation)
+    evals = [r for r in read_log(tmp_path / "train_log.jsonl") if "eval" in r]
+    assert len(evals) == 6 and all("validation" in r for r in evals)
+    val = [r["validation"]["accuracy"] for r in evals]
+    first_best = evals[val.index(max(val))]  # ties keep the earlier step
+    assert result.best_step == first_best["step"]
+    assert result.best_metrics == first_best["eval"] and result.best_validation == first_best["validation"]
+    # the validation accuracy is a real accuracy on the held-out examples: a multiple of 1/48
+    assert all(abs(v * 48 - round(v * 48)) < 1e-6 for v in val)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["selected_on"] == "validation" and saved["validation_examples"] == 48
+    assert saved["best"] == first_best["eval"]
+    from layerwise.report import collect_run
+
+    (tmp_path / "selection.json").write_text("{}")
+    row = collect_run(tmp_path, "x")
+    assert row["score"] == first_best["eval"]["accuracy"] and row["scored_at"] == first_best["step"]
+    # patience counts validation evaluations: a vanishing learning rate never improves on the first one
+    stalled = train(tiny_peft(tokenizer.vocab_size), tokenizer, task, train_ex[48:], dev_ex,
+                    config(steps=20, lr=1e-12, eval_every=1, early_stopping=2), tmp_path / "stalled",
+                    show_progress=False, validation_examples=validation)
+    assert stalled.stopped_early and stalled.steps == 3 and stalled.best_step == 1

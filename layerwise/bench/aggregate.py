@@ -40,7 +40,9 @@ def _method_row(method: str, cells: Sequence[dict[str, Any]], model_params: int 
         "train_seconds": summarize([c["train_seconds"] for c in cells]),
         "phase_seconds": {p: summarize([c["phase_seconds"][p] for c in cells]) for p in PHASES},
         "peak_memory": summarize([c["peak_memory"] for c in cells]),
-        "memory_kind": cells[0].get("memory_kind"), "steps": cells[0].get("steps"),
+        "memory_kind": cells[0].get("memory_kind"), "steps": summarize([c.get("steps") for c in cells]),
+        "scored_at": summarize([c.get("scored_at") for c in cells]),
+        "selected_on": cells[0].get("selected_on", "dev"),
     }
 
 
@@ -63,11 +65,12 @@ def _pct_of(a: float | None, b: float | None) -> float | None:
 
 
 def relative_to(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """``row`` against the baseline row: score change in % of the baseline's score, and time, each phase,
+    """``row`` against the baseline row: the score difference in the metric's own units (``score_diff``; a
+    percentage of a score near zero says nothing) and in % of the baseline's score, and time, each phase,
     peak memory and trainable parameters as % of the baseline's (100 = the same)."""
     s, b = row["score"]["mean"], base["score"]["mean"]
     change = None if s is None or b in (None, 0) else 100.0 * (s - b) / abs(b)
-    return {"score_change_pct": change,
+    return {"score_diff": None if s is None or b is None else s - b, "score_change_pct": change,
             "time_pct": _pct_of(row["train_seconds"]["mean"], base["train_seconds"]["mean"]),
             "phase_pct": {p: _pct_of(v["mean"], base["phase_seconds"][p]["mean"])
                           for p, v in row["phase_seconds"].items()},

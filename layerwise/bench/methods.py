@@ -130,9 +130,29 @@ register_bench_method("snr-top{k}", "LoRA on the top-k layers by Spectrum's weig
                       card_metrics=("snr",))(lambda s, k: _top_k(s, k, "snr"))
 
 
-@register_bench_method("cka", "LoRA on the half of the layers ranked first by CKA (ratio 0.5)", card_metrics=("cka",))
+@register_bench_method("random{k}", "LoRA on k random layers, a new draw per seed (the control; k from --ks)")
+def _random(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    if k is None:
+        raise ConfigError("random{k} needs k: name it random3 or give --ks")
+    return SelectionChoice("random", k=k, draw=0), AdapterChoice("lora", s.targets, s.rank)
+
+
+@register_bench_method("cka", "LoRA on half of the layers ranked first by CKA, as its authors choose them (ratio "
+                       "0.5; an encoder's block 0, whose CKA is undefined, is never chosen)", card_metrics=("cka",))
 def _cka(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
     return _from_card(s, "ratio", {"ratio": 0.5}, "cka"), AdapterChoice("lora", s.targets, s.rank)
+
+
+@register_bench_method("actnorm-threshold", "LoRA on the fewest layers holding half of the total activation norm "
+                       "(Act-LoRA's cumulative-importance rule at 50%)", card_metrics=("actnorm",))
+def _threshold(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    return _from_card(s, "threshold", {"share": 0.5}, "actnorm"), AdapterChoice("lora", s.targets, s.rank)
+
+
+@register_bench_method("budget", "LoRA on the Layer Card's most residual signal under half of uniform LoRA's "
+                       "adapter parameters", card_metrics=("resnorm", "cost"))
+def _budget(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    return _from_card(s, "budget", {"params_share": 0.5}), AdapterChoice("lora", s.targets, s.rank)
 
 
 @register_bench_method("pareto", "LoRA on the Layer Card's balanced point of the importance/FLOPs front",
@@ -199,6 +219,8 @@ def build_cell(name: str, seed: int, train_config: Any, settings: BenchSettings)
     """The job of cell (``name``, ``seed``): the method's selection and adapter, ``train_config`` at ``seed``."""
     method, k = find_method(name)
     selection, adapter = method.fn(settings, k)
+    if selection is not None and selection.policy == "random":
+        selection = replace(selection, draw=int(seed))  # each seed is another draw of layers
     job = CellJob(name, selection, adapter, replace(train_config, seed=int(seed)))
     if job.full and settings.full_lr is not None:
         job = replace(job, train_config=replace(job.train_config, lr=settings.full_lr))

@@ -39,13 +39,23 @@ def _layers(row: dict[str, Any]) -> str:
     return "-" if layers is None else ",".join(map(str, layers))
 
 
+def _steps(r: dict[str, Any]) -> str:
+    """Steps trained / step scored (means over seeds)."""
+    steps, at = r.get("steps"), r.get("scored_at")
+    steps = _mean(steps) if isinstance(steps, dict) else steps
+    at = _mean(at) if isinstance(at, dict) else at
+    return f"{_num(steps, '.0f')} / {_num(at, '.0f')}"
+
+
 def _training_table(rows: Sequence[dict[str, Any]], main: str) -> list[str]:
-    lines = [f"| method | layers | {main} (mean ± std) | trainable params | share of model | train s | forward s | "
-             "backward s | optimizer s | peak MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | layers | {main} (mean ± std) | steps / scored at | trainable params | share of model | "
+             "train s | forward s | backward s | optimizer s | peak MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ph = r["phase_seconds"]
         share = None if r["params_share"] is None else 100 * r["params_share"]
-        lines.append(f"| {r['method']} | {_layers(r)} | {_ms(r['score'])} | {_num(r['trainable_params'], ',.0f')} | "
+        lines.append(f"| {r['method']} | {_layers(r)} | {_ms(r['score'])} | {_steps(r)} | "
+                     f"{_num(r['trainable_params'], ',.0f')} | "
                      f"{_num(share, '.3f', '%')} | {_ms(r['train_seconds'], 1)} | "
                      + " | ".join(_num(_mean(ph[p]), '.2f') for p in _PHASES)
                      + f" | {_mib(_mean(r['peak_memory']))} |")
@@ -61,14 +71,14 @@ def _metrics_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _relative_table(rows: Sequence[dict[str, Any]], main: str) -> list[str]:
-    lines = [f"| method | {main} change | trainable params | train time | forward | backward | optimizer | "
-             "peak memory |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| method | {main} difference | {main} change | trainable params | train time | forward | backward | "
+             "optimizer | peak memory |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         v = r.get("vs_baseline")
         if v is None:
             continue
         change = _num(v["score_change_pct"], "+.2f", "%")
-        lines.append(f"| {r['method']} | {change} | {_num(v['params_pct'], '.2f', '%')} | "
+        lines.append(f"| {r['method']} | {_num(v.get('score_diff'), '+.4f')} | {change} | {_num(v['params_pct'], '.2f', '%')} | "
                      f"{_num(v['time_pct'], '.1f', '%')} | "
                      + " | ".join(_num(v["phase_pct"][p], ".1f", "%") for p in _PHASES)
                      + f" | {_num(v['memory_pct'], '.1f', '%')} |")
@@ -118,6 +128,21 @@ def _k_table(rows: Sequence[dict[str, Any]], main: str) -> list[str]:
     return lines + [""]
 
 
+def _selection_lines(rows: Sequence[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    """How the scored step was chosen, and the majority-class baseline."""
+    lines = []
+    if rows and rows[0].get("selected_on") == "validation":
+        lines.append("- scores: dev at the step where the validation split (held out of train) was best; early "
+                     "stopping on that split; the dev set chose nothing")
+    else:
+        lines.append("- scores: dev at the final step")
+    majority = cfg.get("majority")
+    if majority:
+        shown = ", ".join(f"{k} {_num(v, '.4f')}" for k, v in (majority.get("metrics") or {}).items())
+        lines.append(f"- majority-class baseline on dev ({majority['predictor']}): {shown}")
+    return lines
+
+
 def _full_lr(cfg: dict[str, Any]) -> str:
     return f" (full fine-tuning {cfg['full_lr']})" if cfg.get("full_lr") is not None else ""
 
@@ -131,6 +156,7 @@ def render_bench_md(result: dict[str, Any]) -> str:
              f"- {len(cfg['methods'])} methods x seeds {cfg['seeds']}; every cell: {tc['steps']} steps, lr "
              f"{tc['lr']}{_full_lr(cfg)}, batch {tc['batch_size']}, rank {cfg['rank']} on {cfg['targets']}",
              "- time is training only (no evaluation); phases summed over steps; mean over seeds",
+             *_selection_lines(rows, cfg),
              f"- memory: {rows[0].get('memory_kind') if rows else 'n/a'} peak per step (on the CPU the process RSS, "
              "which can carry earlier cells' memory: compare memory on a GPU)", "",
              "## Training", "", *_training_table(rows, main), "",

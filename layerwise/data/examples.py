@@ -33,8 +33,12 @@ class TaskData:
     train: list[Example]
     """Training examples, in file order."""
     dev: list[Example]
-    """Held-out examples used for evaluation and checkpoint selection."""
+    """Held-out examples that are evaluated and reported; they also choose the checkpoint unless
+    ``validation`` is set."""
     source: str
     """Where the data came from (paths or a description)."""
     skipped: dict[str, int]
     """Reason -> number of rows skipped for it (also reported with a warning)."""
+    validation: list[Example] | None = None
+    """Examples held out of ``train`` (:func:`layerwise.data.holdout.hold_out_validation`) to choose the
+    checkpoint and stop early on, so that ``dev`` is only reported; ``None``: the dev set chooses."""

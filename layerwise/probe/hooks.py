@@ -37,8 +37,8 @@ def _kernel_cka(x: torch.Tensor, y: torch.Tensor, rtol: float = 1e-6) -> torch.T
     """Linear CKA per stacked batch in kernel form (B x B Grams): x, y (S, B, d) -> (S,) float64 on the rows'
     device (no host sync); NaN for fewer than 3 examples.
 
-    A side that does not vary across examples (e.g. the [CLS] input of the first block) shares no
-    structure with the other: CKA 0.
+    A side that does not vary across examples (e.g. the [CLS] input of an encoder's first block, the same
+    embedding for every example) makes CKA 0/0: NaN, undefined.
     """
     if x.shape[-2] < 3:
         return torch.full(x.shape[:-2], float("nan"), dtype=torch.float64, device=x.device)
@@ -48,7 +48,7 @@ def _kernel_cka(x: torch.Tensor, y: torch.Tensor, rtol: float = 1e-6) -> torch.T
     cka = (k * l_).sum((-2, -1)) / (torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l_))
     constant = ((torch.linalg.matrix_norm(xc) <= rtol * torch.linalg.matrix_norm(x))
                 | (torch.linalg.matrix_norm(yc) <= rtol * torch.linalg.matrix_norm(y)))
-    return torch.where(constant, torch.zeros_like(cka), cka)
+    return torch.where(constant, torch.full_like(cka, float("nan")), cka)
 
 
 class ProbeHooks:

@@ -23,13 +23,13 @@ class SelectionChoice:
     """Which layers get adapters: a policy over a Layer Card, with its options."""
 
     policy: str = "all"
-    """top-k, threshold, ratio, budget, pareto, all (uniform LoRA) or manual; see --list-policies"""
+    """top-k, threshold, ratio, budget, pareto, random, all (uniform LoRA) or manual; see --list-policies"""
     metric: str | None = None
     """card metric the policy ranks by (each policy has a default)"""
     card: str | None = None
     """card.json (or its folder) made for this model; made on the fly when a policy needs one"""
     k: int | None = None
-    """top-k: number of layers"""
+    """top-k and random: number of layers"""
     share: float | None = None
     """threshold: share of total importance, in (0, 1]"""
     ratio: float | None = None
@@ -40,10 +40,14 @@ class SelectionChoice:
     """budget: cap on trainable adapter parameters"""
     max_flops: float | None = None
     """budget: cap on per-token training FLOPs"""
+    params_share: float | None = None
+    """budget: cap on trainable adapter parameters as a share of uniform LoRA's, in (0, 1]"""
     objective: str | None = flag(None, choices=OBJECTIVES)
     """pareto: which point of the importance/cost front (default balanced)"""
     layers: str | None = None
     """manual: layers such as 3,4,5 or 2-5"""
+    draw: int | None = None
+    """random: seed of the draw of layers (default 0)"""
 
     def __post_init__(self) -> None:
         from layerwise.selection import POLICIES
@@ -53,8 +57,13 @@ class SelectionChoice:
                               f"got {self.policy!r}")
         if self.k is not None:
             at_least(self, "k", 1)
+        if self.draw is not None:
+            at_least(self, "draw", 0)
         if self.share is not None and not (isinstance(self.share, (int, float)) and 0.0 < self.share <= 1.0):
             raise ConfigError(f"{flag_name(self, 'share')} must be in (0, 1], got {self.share!r}")
+        if self.params_share is not None and not (isinstance(self.params_share, (int, float))
+                                                  and 0.0 < self.params_share <= 1.0):
+            raise ConfigError(f"{flag_name(self, 'params_share')} must be in (0, 1], got {self.params_share!r}")
         if self.ratio is not None and not (isinstance(self.ratio, (int, float)) and 0.0 < self.ratio <= 1.0):
             raise ConfigError(f"{flag_name(self, 'ratio')} must be in (0, 1], got {self.ratio!r}")
         for name in ("max_params", "max_flops"):
@@ -67,9 +76,9 @@ class SelectionChoice:
     def options(self) -> dict[str, Any]:
         """The policy options that are set, as :func:`layerwise.selection.select` takes them."""
         values = {"k": self.k, "share": self.share, "ratio": self.ratio, "exclude_first": self.exclude_first,
-                  "max_params": self.max_params,
+                  "max_params": self.max_params, "params_share": self.params_share,
                   "max_flops": int(self.max_flops) if self.max_flops is not None else None,
-                  "objective": self.objective, "layers": self.layers}
+                  "objective": self.objective, "layers": self.layers, "draw": self.draw}
         return {k: v for k, v in values.items() if v is not None}
 
     def uniform(self) -> "SelectionChoice":

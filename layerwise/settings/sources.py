@@ -70,6 +70,12 @@ class DataSource:
     """share of the rows held out as dev set when the data has no dev split, in (0, 1)"""
     max_length: int = 128
     """truncate examples to this many tokens"""
+    train_subset: int | None = None
+    """train on a fixed, class-stratified sample of this many training examples (the same sample in every
+    run; default: all of them)"""
+    validation_fraction: float = 0.0
+    """hold out this share of the training examples (a fixed, stratified draw) as a validation split that
+    chooses the checkpoint and stops early, so the dev set is only reported; 0 lets the dev set choose"""
 
     FLAGS: ClassVar[dict[str, str]] = {}
 
@@ -82,6 +88,12 @@ class DataSource:
             raise ConfigError(f"{flag_name(self, 'dev_fraction')} must be between 0 and 1 (exclusive), "
                               f"got {self.dev_fraction!r}")
         at_least(self, "max_length", 8)
+        if self.train_subset is not None:
+            at_least(self, "train_subset", 2)
+        if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
+                or not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"{flag_name(self, 'validation_fraction')} must be in [0, 1) (0: no validation "
+                              f"split), got {self.validation_fraction!r}")
 
     def _check_labels(self) -> None:
         if self.num_labels is not None and (isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int)
@@ -120,4 +132,16 @@ class DataSource:
             kwargs["num_labels"] = self.num_labels
         if self.label_names is not None:
             kwargs["label_names"] = tuple(self.label_name_list)
-        return load_task(self.task, self.data, dev_fraction=self.dev_fraction, **kwargs)
+        data = load_task(self.task, self.data, dev_fraction=self.dev_fraction, **kwargs)
+        return self.carve(data)
+
+    def carve(self, data: Any) -> Any:
+        """``data`` (a :class:`layerwise.data.TaskData`) cut to ``train_subset`` with ``validation_fraction``
+        of it held out (see :mod:`layerwise.data.holdout`)."""
+        from layerwise.data.holdout import hold_out_validation, subset_train
+
+        if self.train_subset is not None:
+            data = subset_train(data, self.train_subset, flag_name(self, "train_subset"))
+        if self.validation_fraction:
+            data = hold_out_validation(data, self.validation_fraction, flag_name(self, "validation_fraction"))
+        return data

@@ -66,11 +66,12 @@ def prepare_eval(examples: Sequence[Example], task: TaskSpec, tokenizer: Any, ba
     return EvalSet(task, references, batches, gen, tokenizer)
 
 
-def run_eval(model: Any, data: EvalSet, gen_max_new_tokens: int = 256, prefix: Any = None) -> dict[str, float]:
+def run_eval(model: Any, data: EvalSet, gen_max_new_tokens: int = 256, prefix: Any = None,
+             prefix_offset: int = 0) -> dict[str, float]:
     """Every metric of the task plus ``loss`` (where labels exist) on ``data``; restores train mode after.
 
-    ``prefix`` (a ``layerwise.train.prefix_cache.PrefixCache``) feeds the loss batches from its dev-set cache;
-    generation always runs the whole model."""
+    ``prefix`` (a ``layerwise.train.prefix_cache.PrefixCache``) feeds the loss batches from its evaluation
+    cache, where ``data``'s batches start at batch ``prefix_offset``; generation always runs the whole model."""
     import torch
 
     from layerwise.evaluation import compute_metrics
@@ -79,7 +80,7 @@ def run_eval(model: Any, data: EvalSet, gen_max_new_tokens: int = 256, prefix: A
     model.eval()
     try:
         with torch.inference_mode():
-            loss, outputs = _loss_and_outputs(model, data, prefix)
+            loss, outputs = _loss_and_outputs(model, data, prefix, prefix_offset)
             if data.task.kind == "causal-lm":
                 predictions = _generate(model, data, gen_max_new_tokens)
             else:
@@ -99,7 +100,7 @@ def evaluate(model: Any, examples: Sequence[Example], task: TaskSpec, tokenizer:
     return run_eval(model, data, gen_max_new_tokens)
 
 
-def _loss_and_outputs(model: Any, data: EvalSet, prefix: Any = None) -> tuple[float | None, list]:
+def _loss_and_outputs(model: Any, data: EvalSet, prefix: Any = None, offset: int = 0) -> tuple[float | None, list]:
     """Mean loss over examples (causal LM: over answer tokens) and the logits of each batch, on the CPU."""
     from contextlib import nullcontext
 
@@ -107,7 +108,7 @@ def _loss_and_outputs(model: Any, data: EvalSet, prefix: Any = None) -> tuple[fl
     total, weight, outputs = 0.0, 0, []
     for i, batch in enumerate(data.loss_batches):
         inputs = {k: v.to(device) for k, v in batch.items()}
-        with prefix.eval_context(i, inputs) if prefix is not None else nullcontext():
+        with prefix.eval_context(offset + i, inputs) if prefix is not None else nullcontext():
             out = model(**inputs)
         labels = batch["labels"]
         # HF causal LMs shift labels by one: the loss covers labels[:, 1:] that are not ignored.

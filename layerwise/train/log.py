@@ -43,9 +43,10 @@ class TrainLog:
         self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._file.flush()
 
-    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
-        """Append an evaluation line."""
-        self.write({"step": step, "eval": metrics})
+    def write_eval(self, step: int, metrics: dict[str, float],
+                   validation: dict[str, float] | None = None) -> None:
+        """Append an evaluation line (dev metrics under ``eval``, validation metrics under ``validation``)."""
+        self.write({"step": step, "eval": metrics, **({"validation": validation} if validation is not None else {})})
 
     def close(self) -> None:
         """Close the file (idempotent)."""

@@ -6,8 +6,9 @@ checkpoint if due, call the callbacks. A first Ctrl-C is deferred to the next st
 checkpoint saved before re-raising is exact: ``resume=True`` then continues with the same weights,
 optimizer, schedule, RNG and data order, so its final weights equal those of an uninterrupted run bit for bit.
 
-Outputs in ``out_dir``: ``train_log.jsonl``, ``metrics.json``, ``adapter/`` (final), ``best/`` (best dev
-main metric), ``checkpoint/`` (resumable) and ``plots.png``.
+Outputs in ``out_dir``: ``train_log.jsonl``, ``metrics.json``, ``adapter/`` (final), ``best/`` (best main
+metric), ``checkpoint/`` (resumable) and ``plots.png``. With ``validation_examples`` the validation split
+chooses ``best/`` and stops early, and the dev set is scored at every evaluation but only reported.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class TrainResult:
     final_metrics: dict[str, float]
     """Dev metrics of the final weights."""
     best_metrics: dict[str, float] | None
-    """Dev metrics of the best evaluation (by the task's main metric)."""
+    """Dev metrics of the best evaluation (by the task's main metric on the validation split when there is
+    one, else on dev)."""
     best_step: int | None
     """Step of the best evaluation; its adapter is in ``out_dir/best``."""
     steps: int
@@ -81,6 +83,8 @@ class TrainResult:
     """The best adapter, when an evaluation ran."""
     stopped_early: bool = False
     """True when early stopping ended the run."""
+    best_validation: dict[str, float] | None = None
+    """Validation metrics of the best evaluation (``None`` without a validation split)."""
     prefix_cache: dict | None = None
     """Whether the frozen-prefix cache was used, its size and build time, or why not (``PrefixCacheReport``)."""
 
@@ -102,6 +106,7 @@ class _Run:
     collate: Any
     order: DataOrder
     evalset: EvalSet
+    """The dev set, scored at every evaluation."""
     timer: PhaseTimer
     state: TrainState
     log: TrainLog
@@ -117,21 +122,27 @@ class _Run:
     prefix: Any = None
     """The frozen-prefix cache (``layerwise.train.prefix_cache.PrefixCache``), or None when off."""
     prefix_report: Any = None
+    valset: EvalSet | None = None
+    """The validation split that chooses the checkpoint, or None (the dev set chooses)."""
 
 
 def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
           dev_examples: Sequence[Example], config: TrainConfig, out_dir: str | Path, resume: bool = False,
           callbacks: Sequence[Any] = (), show_progress: bool = True,
-          weights_writer: WeightsWriter | None = None) -> TrainResult:
+          weights_writer: WeightsWriter | None = None,
+          validation_examples: Sequence[Example] | None = None) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` (a peft model) on ``train_examples`` for ``config.steps``.
 
     ``resume=True`` continues from ``out_dir/checkpoint`` at its exact step. ``callbacks`` implement any of
     the hooks in :mod:`layerwise.train.hooks` (step end, evaluation, around ``optimizer.step()``, checkpointed
     state, end of training). ``weights_writer`` writes the weights folders instead of peft's
-    ``save_pretrained`` (La-LoRA's truncated adapter, full fine-tuning's whole model). A
+    ``save_pretrained`` (La-LoRA's truncated adapter, full fine-tuning's whole model). ``validation_examples``
+    (held out of train, e.g. by :func:`layerwise.data.holdout.hold_out_validation`) choose the best
+    checkpoint and stop early; the dev set is then scored alongside and reported at the chosen step. A
     ``KeyboardInterrupt`` saves a checkpoint at the last completed step, then propagates.
     """
-    run = _setup(model, tokenizer, task, train_examples, dev_examples, config, Path(out_dir), resume, callbacks)
+    run = _setup(model, tokenizer, task, train_examples, dev_examples, config, Path(out_dir), resume, callbacks,
+                 validation_examples)
     run.weights_writer = weights_writer
     try:
         with DeferredInterrupt() as interrupt:
@@ -148,7 +159,7 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
 
 def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
            dev_examples: Sequence[Example], config: TrainConfig, out_dir: Path, resume: bool,
-           callbacks: Sequence[Any]) -> _Run:
+           callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None) -> _Run:
     from layerwise.data.collate import Collator, encode_examples
     from layerwise.evaluation import get_metric
     from layerwise.train.schedule import make_scheduler
@@ -165,10 +176,14 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     scheduler = make_scheduler(optimizer, config.steps, config.warmup_ratio, config.scheduler)
     evalset = prepare_eval(dev_examples, task, tokenizer, config.batch_size, config.max_length,
                            config.eval_max_examples)
+    valset = None if validation_examples is None else prepare_eval(
+        validation_examples, task, tokenizer, config.batch_size, config.max_length, config.eval_max_examples)
     device, lengths = params[0].device, [len(f["input_ids"]) for f in features]
-    prefix, prefix_report = _prefix_cache(model, features, evalset, config, out_dir)
+    prefix, prefix_report = _prefix_cache(model, features, _eval_sets(valset, evalset), config, out_dir)
     # What a checkpoint records besides the config: resuming on other training data would not be exact.
-    info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths), **parallel.run_info()}
+    info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths),
+            "validation_examples": len(validation_examples) if validation_examples is not None else 0,
+            **parallel.run_info()}
     parallel.check_data_size(len(features), config.batch_size)
     # Last, so nothing between here and the first step consumes random numbers.
     state = (_resume_state(out_dir, model, optimizer, scheduler, info, callbacks) if resume
@@ -184,10 +199,16 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
                 log=parallel.open_log(out_dir / LOG_NAME, keep_through=state.step if resume else None),
                 callbacks=tuple(callbacks), higher_is_better=get_metric(task.main_metric).higher_is_better,
                 device=device, saved_step=state.step if resume else -1, engine=parallel.wrap_model(model),
-                prefix=prefix, prefix_report=prefix_report)
+                prefix=prefix, prefix_report=prefix_report, valset=valset)
 
 
-def _prefix_cache(model: Any, features: list, evalset: EvalSet, config: TrainConfig, out_dir: Path) -> tuple:
+def _eval_sets(valset: EvalSet | None, evalset: EvalSet) -> list[EvalSet]:
+    """The sets every evaluation scores, in the order their batches sit in the prefix cache."""
+    return [evalset] if valset is None else [valset, evalset]
+
+
+def _prefix_cache(model: Any, features: list, eval_sets: Sequence[EvalSet], config: TrainConfig,
+                  out_dir: Path) -> tuple:
     """The frozen-prefix cache and its report (see ``layerwise.train.prefix_cache``); quiets the prefix's
     dropout when the cache is used, as its cached output assumes."""
     from layerwise.train.prefix_cache import prepare_prefix_cache
@@ -199,7 +220,7 @@ def _prefix_cache(model: Any, features: list, evalset: EvalSet, config: TrainCon
     every = config.eval_every
     evaluations = (config.steps // every + (config.steps % every > 0)) if every else 1
     # one evaluation computes the dev set's prefix once anyway: caching it would only add the storing
-    dev = evalset.loss_batches if evaluations > 1 else []
+    dev = [b for e in eval_sets for b in e.loss_batches] if evaluations > 1 else []
     prefix, report = prepare_prefix_cache(model, features, dev, config, out_dir, announce)
     if prefix is not None:
         from layerwise.layers import find_layer_stack
@@ -242,11 +263,12 @@ def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, inf
         if name in saved and saved[name] != info[name]:
             raise ConfigError(f"--resume: {flag_name(name)} is {info[name]!r} but the checkpoint in {out_dir} "
                               f"was trained with {saved[name]!r}; use the same value or start a new run")
-    data = [(saved.get(k), info[k]) for k in ("train_examples", "train_tokens")]
+    data = [(saved.get(k), info[k]) for k in ("train_examples", "train_tokens", "validation_examples")]
     if any(old is not None and old != new for old, new in data):
         raise ConfigError(f"--resume: the training data differ from the checkpoint's in {out_dir} "
                           f"({data[0][1]} examples of {data[1][1]} tokens now, {data[0][0]} of {data[1][0]} then); "
-                          "resume with the same --data and --max-length")
+                          f"{', with ' + str(data[2][0]) + ' validation examples then' if data[2][0] != data[2][1] else ''}); "
+                          "resume with the same --data, --max-length, --train-subset and --validation-fraction")
     if saved.get("steps") != info["steps"]:
         warnings.warn(f"--steps changed from {saved.get('steps')} to {info['steps']} on resume: the learning-rate "
                       "schedule changes, so the result will differ from an uninterrupted run", stacklevel=4)
@@ -354,22 +376,29 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
     state, every = run.state, run.config.eval_every
     if state.last_eval_step == state.step or not (force or (every and state.step % every == 0)):
         return
+    validation, offset = None, 0
+    if run.valset is not None:
+        validation = distributed.run_on_main(run_eval, run.model, run.valset, run.config.gen_max_new_tokens,
+                                             prefix=run.prefix)
+        offset = len(run.valset.loss_batches)  # the dev set's batches follow the validation's in the cache
     metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
-                                      prefix=run.prefix)
+                                      prefix=run.prefix, prefix_offset=offset)
     state.last_metrics, state.last_eval_step = metrics, state.step
-    run.log.write_eval(state.step, metrics)
-    _update_best(run, metrics)
+    run.log.write_eval(state.step, metrics, validation)
+    _update_best(run, metrics, validation)
     for callback in run.callbacks:
         if isinstance(callback, OnEvaluate):
             callback.on_evaluate(state, metrics)
 
 
-def _update_best(run: _Run, metrics: dict[str, float]) -> None:
-    """Keep the best adapter by the main metric; count evaluations without progress (early stopping)."""
-    state, value = run.state, metrics[run.task.main_metric]
+def _update_best(run: _Run, metrics: dict[str, float], validation: dict[str, float] | None = None) -> None:
+    """Keep the best adapter by the main metric (of the validation split when there is one, else of dev);
+    count evaluations without progress (early stopping)."""
+    state, value = run.state, (validation if validation is not None else metrics)[run.task.main_metric]
     best = state.best_metric
     if best is None or (value > best if run.higher_is_better else value < best):
         state.best_metric, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
+        state.best_validation = validation
         _save_adapter(run, run.out_dir / BEST_DIR)
         return
     state.bad_evals += 1
@@ -428,7 +457,8 @@ def _write_outputs(run: _Run) -> TrainResult:
     distributed.barrier()  # the outputs exist for every rank when train() returns
     best_dir = out / BEST_DIR if state.best_step is not None else None
     return TrainResult(final_metrics=dict(state.last_metrics or {}), best_metrics=state.best_metrics,
-                       best_step=state.best_step, steps=state.step, train_seconds=state.train_seconds,
+                       best_step=state.best_step, best_validation=state.best_validation, steps=state.step,
+                       train_seconds=state.train_seconds,
                        phase_totals=dict(state.phase_totals), peak_memory=state.peak_memory,
                        trainable_params=trainable, log_path=out / LOG_NAME, adapter_dir=adapter_dir,
                        best_dir=best_dir, stopped_early=state.stopped_early,
@@ -446,6 +476,9 @@ def _metrics(run: _Run, trainable: int) -> dict:
         "final": state.last_metrics,
         "best": state.best_metrics,
         "best_step": state.best_step,
+        "selected_on": "validation" if run.valset is not None else "dev",
+        "best_validation": state.best_validation,
+        "validation_examples": run.info.get("validation_examples", 0),
         "steps": state.step,
         "stopped_early": state.stopped_early,
         "train_seconds": state.train_seconds,

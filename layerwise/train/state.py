@@ -25,11 +25,14 @@ class TrainState:
     peak_memory: int = 0
     """Largest per-step peak memory seen so far (bytes)."""
     best_metric: float | None = None
-    """Best value of the task's main metric so far."""
+    """Best value of the task's main metric so far (on the validation split when there is one, else dev)."""
     best_step: int | None = None
     """Step of the evaluation that gave ``best_metric``."""
     best_metrics: dict[str, float] | None = None
-    """Every metric of that best evaluation."""
+    """Every dev metric of that best evaluation."""
+    best_validation: dict[str, float] | None = None
+    """Every validation metric of that best evaluation, when a validation split chooses the checkpoint
+    (``best_metric`` is then the validation's main metric)."""
     last_metrics: dict[str, float] | None = None
     """Metrics of the most recent evaluation."""
     last_eval_step: int | None = None

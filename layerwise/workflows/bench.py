@@ -48,6 +48,7 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
         config = bench_config(model, data, train_config, adapter.rank, adapter.targets, calibration)
         config["full_lr"] = bench.full_lr
         check_resume(out_dir, config)
+        majority = _majority(data)
         write_settings(out_dir, settings)  # after the check: a refused resume leaves the bench's record as it was
         if train_config.prefix_cache != "off" and train_config.prefix_cache_dir is None:
             # one disk cache per lowest adapted block, built by the first cell and reused by every other seed/method
@@ -76,7 +77,7 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
                   "config": {**config, "methods": names, "seeds": seeds, "ks": list(bench.ks),
                              "inference_examples": bench.inference_examples,
                              "inference_repeats": bench.inference_repeats, "model_params": model_params,
-                             "card": shared.card, "baseline": BASELINE},
+                             "card": shared.card, "baseline": BASELINE, "majority": majority},
                   "cells": cells, "inference": inference, "table": aggregate(cells, model_params, inference)}
         result["files"] = {k: str(v) for k, v in write_bench(out_dir, result).items()}
     return result
@@ -156,6 +157,14 @@ def _ensure_card(job: _Job, adapter: AdapterChoice, calibration: Calibration) ->
               probe=ProbeSettings(metrics=metrics, rank=adapter.rank, targets=adapter.targets), device=job.device,
               overwrite=True, show_progress=job.show_progress)
     return card_file
+
+
+def _majority(data: DataSource) -> dict[str, Any] | None:
+    """The majority-class (or training-mean) baseline on dev, from the bench's own data split."""
+    from layerwise.evaluation import majority_baseline
+
+    task = data.load()
+    return majority_baseline(task.task, [e.label for e in task.train], [e.label for e in task.dev])
 
 
 def _release_memory() -> None:

@@ -15,7 +15,7 @@ from layerwise.settings import (AdapterChoice, AdaptiveRanks, Calibration, DataS
 __all__ = ["AdapterChoice", "AdaptiveRanks", "SelectionChoice", "train_job", "parse_ranks", "check_adaptive",
            "make_lalora", "choose_layers", "CARD_FREE_POLICIES"]
 
-CARD_FREE_POLICIES = ("all", "manual")
+CARD_FREE_POLICIES = ("all", "manual", "random")
 """Policies that need no Layer Card."""
 
 
@@ -33,7 +33,15 @@ def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
             raise ConfigError("--policy manual needs --layers, e.g. --layers 3,4,5")
         return Selection(tuple(parse_layers(str(options["layers"]), num_layers)), "manual", None,
                          {"layers": str(options["layers"])})
-    raise AssertionError("policies other than all/manual get a card first")
+    if choice.policy == "random":
+        from layerwise.selection import random_layers
+
+        if "k" not in options:
+            raise ConfigError("--policy random needs --k, e.g. --k 3")
+        draw = options.get("draw", 0)
+        return Selection(tuple(random_layers(num_layers, options["k"], draw)), "random", None,
+                         {"k": options["k"], "draw": draw})
+    raise AssertionError("policies other than all/manual/random get a card first")
 
 
 def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibration, out_dir: Path,
@@ -128,7 +136,8 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
         own.append(AdaLoraAllocation(peft_model))
     result = train(peft_model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev,
                    train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
-                   weights_writer=own[0] if adapter.is_adaptive else None)  # La-LoRA writes its truncated adapter
+                   weights_writer=own[0] if adapter.is_adaptive else None,  # La-LoRA writes its truncated adapter
+                   validation_examples=ready.task.validation)
     return result, chosen
 
 
@@ -152,7 +161,7 @@ def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, call
     torch.manual_seed(train_config.seed)
     result = train(model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev, train_config,
                    out_dir, resume=resume, callbacks=list(callbacks), show_progress=show_progress,
-                   weights_writer=FullModelWeights())
+                   weights_writer=FullModelWeights(), validation_examples=ready.task.validation)
     return result, chosen
 
 
