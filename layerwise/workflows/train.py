@@ -75,7 +75,7 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
 
 
 def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.PathLike, *, train_config: Any,
-              selection: SelectionChoice = SelectionChoice(), adapter: AdapterChoice | None = AdapterChoice(),
+              selection: SelectionChoice | None = SelectionChoice(), adapter: AdapterChoice | None = AdapterChoice(),
               calibration: Calibration | None = None, device: str | None = None, resume: bool = False,
               overwrite: bool = False, show_progress: bool = True, callbacks: Sequence[Any] = (),
               settings: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
@@ -98,7 +98,7 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
 
 
 def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, dev: Any, *, train_config: Any,
-              selection: SelectionChoice, adapter: AdapterChoice | None, calibration: Calibration | None,
+              selection: SelectionChoice | None, adapter: AdapterChoice | None, calibration: Calibration | None,
               resume: bool, show_progress: bool, callbacks: Sequence[Any],
               settings: Mapping[str, Any] | None) -> tuple[Any, Any]:
     """The body of :func:`train_job` in its claimed ``out_dir``."""
@@ -113,7 +113,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)
-    if selection.card and adapter is not None:  # a bad --card is refused before the model loads
+    if selection is not None and selection.card and adapter is not None:  # a bad --card is refused early
         from layerwise.card import LayerCard
 
         LayerCard.load(selection.card)
