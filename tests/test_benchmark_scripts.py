@@ -59,3 +59,41 @@ def test_prefix_cache_benchmark_end_to_end(glue_dir, tmp_path):
         assert cached["prefix_cache"]["used"] and not plain["prefix_cache"]["used"]
         assert cached["final"]["accuracy"] == plain["final"]["accuracy"]
     assert "with / without cache" in done.stdout
+
+
+def test_converged_benchmark_sweeps_on_validation_then_benches_in_parts(glue_dir, tmp_path):
+    """benchmarks/converged.py on a sliver of MRPC: the sweep picks each rate by the validation split; two
+    parts (one seed each) combine into one bench whose scores are dev at the validation split's best step."""
+    out = tmp_path / "conv"
+    base = [sys.executable, str(REPO / "benchmarks" / "converged.py"), "--task", "mrpc", "--data",
+            str(glue_dir / "MRPC"), "--out", str(out), "--train-subset", "160", "--validation-fraction", "0.2",
+            "--epochs", "1", "--evals-per-epoch", "2", "--batch-size", "32", "--max-length", "48",
+            "--lora-lrs", "1e-4,5e-3", "--full-lrs", "1e-5", "--methods", "lora,full,random2"]
+    for extra in (["--seeds", "0", "--part", "a"], ["--seeds", "1", "--part", "b"],
+                  ["--seeds", "0,1", "--combine", "a,b"]):
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=900, cwd=REPO,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+    sweep = json.loads((out / "sweep.json").read_text())
+    lora = sweep["lora"]
+    assert sweep["lora_lr"] == float(max(lora, key=lambda lr: lora[lr]["validation"]))
+    assert sweep["full_lr"] == 1e-5
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert {(c["method"], c["seed"]) for c in bench["cells"]} == {
+        (m, s) for m in ("lora", "full", "random2") for s in (0, 1)}
+    assert not (out / "bench-b").exists() or not any((out / "bench-b").glob("cells/*/seed*/metrics.json"))
+    for cell in bench["cells"]:
+        folder = out / "bench" / "cells" / cell["method"] / f"seed{cell['seed']}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["selected_on"] == "validation" and metrics["validation_examples"] == 32
+        evals = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()
+                 if '"eval"' in line]
+        val = [e["validation"]["accuracy"] for e in evals]
+        chosen = evals[val.index(max(val))]
+        assert cell["score"] == chosen["eval"]["accuracy"] and metrics["best_step"] == chosen["step"]
+    # the random control draws other layers for another seed
+    layers = {c["seed"]: tuple(c["layers"]) for c in bench["cells"] if c["method"] == "random2"}
+    assert all(len(v) == 2 for v in layers.values())
+    md = (out / "converged.md").read_text()
+    assert "majority-class baseline on dev (always class 1" in md and "Learning-rate sweep" in md
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
