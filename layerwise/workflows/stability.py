@@ -81,9 +81,9 @@ def _cards_for_task(model: ModelSource, data: DataSource, seeds: Sequence[int], 
 
 def _ablation_scores(model: ModelSource, data: DataSource, num_layers: int, train_config: Any,
                      out: Path) -> list[float]:
-    """Dev score of LoRA on each single layer (same steps and seed for every layer)."""
-    import json
-
+    """Dev score of LoRA on each single layer (same steps and seed for every layer; at the validation split's
+    best step when the data hold one out, else at the end)."""
+    from layerwise.report import collect_run
     from layerwise.workflows.train import train_job
 
     scores = []
@@ -92,8 +92,7 @@ def _ablation_scores(model: ModelSource, data: DataSource, num_layers: int, trai
         if not (folder / "metrics.json").exists():
             train_job(model, data, folder, train_config=train_config,
                       selection=SelectionChoice("manual", layers=str(i)), overwrite=True, show_progress=False)
-        m = json.loads((folder / "metrics.json").read_text())
-        scores.append(float(m["final"][m["main_metric"]]))
+        scores.append(float(collect_run(folder, f"layer{i}")["score"]))
     return scores
 
 
