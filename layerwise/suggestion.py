@@ -95,18 +95,12 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
                           device=device, show_progress=show_progress, loss_fn=loss_fn)
     selection = select(card, policy, metric=metric, **options)
     if rank_budget is not None:
-        ranks = _budget_ranks(card, selection, rank_budget, rank_metric or selection.metric or "act_energy")
+        from layerwise.rank_budget import DEFAULT_RANK_METRIC, ranks_from_card
+
+        ranks = ranks_from_card(card, selection.layers, rank_budget,
+                                rank_metric or selection.metric or DEFAULT_RANK_METRIC)
     adapter = AdapterChoice(method=method, targets=targets, rank=rank, alpha=alpha,
                             ranks=dict(ranks) if ranks else None)
     exported = from_card(card, selection.layers, adapter, policy=selection.policy, metric=selection.metric,
                          params=selection.params)
     return Suggestion(card=card, selection=selection, exported=exported)
-
-
-def _budget_ranks(card: Any, selection: Any, budget: int, metric: str) -> dict[int, int]:
-    """The selected layers' ranks: ``budget`` split by ``metric``'s importance on ``card``."""
-    from layerwise.rank_budget import split_rank_budget
-
-    importance = card.importance(metric)
-    layers = list(selection.layers)
-    return dict(zip(layers, split_rank_budget([importance[i] for i in layers], budget)))
