@@ -71,9 +71,10 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
     ``metrics`` overrides the card's metrics; ``method``/``targets``/``rank``/``alpha``/``ranks`` are the
     adapter's (as ``layerwise train`` takes them). ``rank_budget`` splits a total rank over the chosen layers in
     proportion to the card's ``rank_metric`` importance (default: the policy's metric, else ``act_energy``;
-    :func:`layerwise.rank_budget.split_rank_budget`), which becomes the per-layer ranks. ``name`` is what the card and the peft config record as the
-    base model (default: ``model.name_or_path``, the hub id or folder the user loaded). The model is left as it
-    was (mode, ``requires_grad`` flags); nothing is written until :meth:`Suggestion.save`.
+    :func:`layerwise.rank_budget.split_rank_budget`), which becomes the per-layer ranks. ``name`` is what the
+    card and the peft config record as the base model (default: ``model.name_or_path``, the hub id or folder the
+    user loaded). The model is left as it was (mode, ``requires_grad`` flags); nothing is written until
+    :meth:`Suggestion.save`.
     """
     import torch
 

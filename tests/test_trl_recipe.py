@@ -48,7 +48,7 @@ def sft(tmp_path: Path, tokenizer, rows: list[str], lora_config, callbacks: list
     model = tiny_llama(vocab_size=len(tokenizer))
     args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
                          logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
-                         seed=0, max_length=16, gradient_checkpointing_kwargs={"use_reentrant": False})
+                         seed=0, max_length=16, activation_checkpointing_kwargs={"use_reentrant": False})
     assert args.gradient_checkpointing  # TRL's default, the case this recipe is about
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": rows}),
                              processing_class=tokenizer, peft_config=lora_config, callbacks=callbacks)
@@ -92,6 +92,7 @@ def test_sft_trainer_trains_exactly_the_suggested_modules_and_keeps_the_prefix_o
 
 
 def test_reentrant_checkpointing_is_refused_naming_the_setting(tmp_path) -> None:
+    """Under the old argument names too (transformers 5 mirrors them onto activation_checkpointing*)."""
     import transformers
 
     args = transformers.TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=True,

@@ -16,7 +16,8 @@ def tiny_bert(vocab_size: int = 100, *, layers: int = 2, hidden: int = 32, num_l
     return transformers.BertForSequenceClassification(config)
 
 
-def tiny_llama(vocab_size: int = 64, *, layers: int = 4, hidden: int = 32, seed: int = 0) -> transformers.LlamaForCausalLM:
+def tiny_llama(vocab_size: int = 64, *, layers: int = 4, hidden: int = 32,
+               seed: int = 0) -> transformers.LlamaForCausalLM:
     """A seeded Llama causal LM: 4 heads (2 key/value heads of width 8), intermediate size 64."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
