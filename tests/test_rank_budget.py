@@ -119,6 +119,22 @@ def test_cli_trains_the_budget_split_by_the_card_metric_at_uniform_rank_paramete
         {str(b): r for b, r in by_actnorm.items()}
 
 
+def test_run_splits_the_budget_for_the_selection_and_keeps_rank_for_uniform_lora(tiny_model: Path, data: list[str],
+                                                                                 tmp_path: Path) -> None:
+    """`layerwise run --rank-budget`: the selected run's ranks are the budget split by its own card's metric (the
+    policy's, actnorm, without --rank-metric); its uniform baseline is --rank on every block."""
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_model), *data, "--policy", "top-k", "--metric", "actnorm", "--k", str(K),
+                 "--metrics", "actnorm,act_energy", "--samples", "16", "--rank-budget", str(BUDGET), "--steps", "2",
+                 "--batch-size", "4", "--eval-max-examples", "8", "--out", str(out)]) == 0
+    actnorm = np.array(json.loads((out / "card" / "card.json").read_text())["metrics"]["actnorm"]["values"])
+    chosen = sorted(int(i) for i in np.argsort(-actnorm, kind="stable")[:K])
+    expected = dict(zip(chosen, split_rank_budget(list(actnorm[chosen]), BUDGET)))
+    assert len(set(expected.values())) > 1  # not --rank, nor budget / k, by accident
+    assert trained_ranks(out / "selected") == expected
+    assert trained_ranks(out / "uniform") == {b: 8 for b in range(LAYERS)}
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--rank-budget", "2"], "--rank-budget 2 cannot give 3 layers ranks in [1, 2]"),
     (["--rank-budget", "12", "--rank-metric", "resnorm"], "--rank-metric 'resnorm' is not on this card"),
