@@ -54,7 +54,8 @@ class LayerCard:
     data: dict[str, Any]
     """Task, source, samples, seed, batch size, max length, pooling."""
     layers: list[dict[str, Any]]
-    """Per block: index, name, params, linears (name, role, in, out)."""
+    """Per block: index, name, params, linears (name, role, in, out; ``conv1d: true`` for transformers'
+    Conv1D, whose weight is stored (in, out))."""
     metrics: dict[str, dict[str, Any]]
     probe: dict[str, Any]
     """Seconds, peak memory, batches, tokens, examples; and the weightdelta run's time if any."""

@@ -34,7 +34,8 @@ from layerwise.errors import ConfigError
 from layerwise.settings.export import FORMATS
 
 __all__ = ["FORMATS", "AXOLOTL_METHODS", "Target", "ExportedSelection", "base_model_prefix", "portable_name",
-           "from_card", "from_run", "peft_config", "axolotl_keys", "axolotl_yaml", "export_json", "write_export"]
+           "from_card", "from_run", "fan_in_fan_out", "peft_config", "axolotl_keys", "axolotl_yaml", "export_json",
+           "write_export"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Target:
     """Name inside the block (``self_attn.q_proj``)."""
     mlp: bool = False
     """True for an MLP role (IA3 scales its input)."""
+    conv1d: bool = False
+    """True for transformers' ``Conv1D`` (GPT-2): peft's ``fan_in_fan_out`` must be True for it."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def from_card(card: Any, layers: Sequence[int], adapter: Any, *, policy: str | N
         for lin in block["linears"]:
             if _fused_parts(lin["role"]) & wanted:
                 found.append(Target(i, portable_name(lin["name"], prefix), lin["name"][len(block["name"]) + 1:],
-                                    lin["role"] in MLP_ROLES))
+                                    lin["role"] in MLP_ROLES, bool(lin.get("conv1d", False))))
     if not found:
         raise ConfigError(f"--targets {adapter.targets!r} matches no linear layer in blocks {chosen} of the card")
     stack_path = card.layers[0]["name"].rsplit(".", 1)[0]
@@ -205,7 +208,8 @@ def from_run(run_dir: str | Path) -> ExportedSelection:
         if m is None:
             raise ConfigError(f"--from-run {run_dir}: module {name!r} of {cfg_path} is not inside a {pattern!r} block")
         stack_path = m["stack"]
-        found.append(Target(int(m["idx"]), portable_name(name, prefix), m["within"], _role(m["within"]) in MLP_ROLES))
+        found.append(Target(int(m["idx"]), portable_name(name, prefix), m["within"], _role(m["within"]) in MLP_ROLES,
+                            bool(config.get("fan_in_fan_out"))))  # the run's adapter was built for its modules
     ranks = a.get("ranks")
     if isinstance(ranks, dict) and ranks.get("mode") == "adaptive":
         ranks = _final_ranks(config, found)  # the ranks La-LoRA ended with, as its adapter was saved
@@ -274,6 +278,12 @@ def target_regex(sel: ExportedSelection, mlp_only: bool = False) -> str:
     return _regex([t.name for t in targets])
 
 
+def fan_in_fan_out(sel: ExportedSelection) -> bool:
+    """peft's ``fan_in_fan_out``: True when the targets are transformers' ``Conv1D`` (GPT-2 stores the weight as
+    (in, out)). A card made before layerwise recorded ``conv1d`` says False; peft then corrects it with a warning."""
+    return any(t.conv1d for t in sel.targets)
+
+
 def peft_config(sel: ExportedSelection, **peft_kwargs: Any) -> Any:
     """The peft config of ``sel`` for a freshly loaded model with any head (``task_type`` unset unless given
     in ``peft_kwargs``). Raises :class:`ConfigError` for La-LoRA's ranks, which are chosen while training."""
@@ -292,7 +302,8 @@ def peft_config(sel: ExportedSelection, **peft_kwargs: Any) -> Any:
         target_modules=tuple(names), layers=sel.layers, layers_pattern=sel.layers_pattern, rank=sel.rank,
         alpha=sel.alpha, module_ranks={t.name: sel.rank_of(t.block) for t in sel.targets if sel.ranks
                                        and t.block in sel.ranks},
-        feedforward_modules=tuple(t.name for t in sel.targets if t.mlp), fan_in_fan_out=False, dropout=sel.dropout,
+        feedforward_modules=tuple(t.name for t in sel.targets if t.mlp), fan_in_fan_out=fan_in_fan_out(sel),
+        dropout=sel.dropout,
         task_type=peft_kwargs.pop("task_type", None), total_steps=peft_kwargs.pop("total_steps", None))
     try:
         config = method.build(spec, **peft_kwargs)
@@ -330,6 +341,8 @@ def axolotl_keys(sel: ExportedSelection) -> tuple[dict[str, Any], list[str]]:
     alpha = sel.alpha if sel.alpha is not None else 2.0 * rank
     keys: dict[str, Any] = {"adapter": "lora", "lora_r": int(rank), "lora_alpha": _number(alpha),
                             "lora_dropout": float(sel.dropout)}
+    if fan_in_fan_out(sel):
+        keys["lora_fan_in_fan_out"] = True  # GPT-2's Conv1D
     within = sorted({t.within for t in sel.targets})
     if _layer_keys_exact(sel, within):
         keys.update(lora_target_modules=within, peft_layers_to_transform=list(sel.layers),

@@ -127,6 +127,9 @@ class Linear:
     """One of :data:`ROLES`, or ``"other"``; fused layers (GPT-2 ``c_attn``) are ``qkv``/``gate_up``."""
     in_features: int
     out_features: int
+    conv1d: bool = False
+    """True for transformers' ``Conv1D`` (GPT-2), whose weight is stored (in, out): peft needs
+    ``fan_in_fan_out=True`` for it."""
 
 
 @dataclass
@@ -288,7 +291,7 @@ def _generic_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | 
 
 def _make_block(index: int, name: str, module: torch.nn.Module) -> Block:
     linears = [
-        Linear(f"{name}.{rel}", _role(rel), *_features(layer))
+        Linear(f"{name}.{rel}", _role(rel), *_features(layer), conv1d=not isinstance(layer, torch.nn.Linear))
         for rel, layer in _walk_linears(module)
     ]
     return Block(index=index, name=name, module=module, linears=linears)

@@ -162,7 +162,8 @@ def _jsonable(x: Any) -> Any:
 
 def _layers_info(stack: Any) -> list[dict[str, Any]]:
     return [{"index": b.index, "name": b.name, "params": sum(p.numel() for p in b.module.parameters()),
-             "linears": [{"name": lin.name, "role": lin.role, "in": lin.in_features, "out": lin.out_features}
+             "linears": [{"name": lin.name, "role": lin.role, "in": lin.in_features, "out": lin.out_features,
+                          **({"conv1d": True} if lin.conv1d else {})}  # GPT-2's Conv1D: peft's fan_in_fan_out
                          for lin in b.linears]} for b in stack.blocks]
 
 

@@ -10,29 +10,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from layerwise.errors import ConfigError
 
-__all__ = ["split_rank_budget"]
+__all__ = ["split_rank_budget", "ranks_from_card", "DEFAULT_RANK_METRIC"]
+
+DEFAULT_RANK_METRIC = "act_energy"
+"""The card metric that splits a budget when neither the caller nor the policy names one (EVA-like: the
+variance of each block's input)."""
 
 
-def split_rank_budget(scores: Sequence[float], budget: int, r_min: int = 1, r_max: int | None = None) -> list[int]:
+def split_rank_budget(scores: Sequence[float], budget: int, r_min: int = 1, r_max: int | None = None,
+                      name: str = "rank_budget") -> list[int]:
     """Ranks summing to ``budget``, each ``r_min + `` a share of the rest proportional to ``scores``.
 
     >>> split_rank_budget([1.0, 3.0], 8, r_min=0)
     [2, 6]
     >>> split_rank_budget([1.0, 1.0, 1.0], 8)
     [3, 3, 2]
+
+    ``name`` is what errors call the budget (``--rank-budget`` on the command line).
     """
     n = len(scores)
     if n == 0:
-        raise ConfigError("rank_budget: no selected layer to give ranks to")
+        raise ConfigError(f"{name}: no selected layer to give ranks to")
     cap = budget if r_max is None else r_max
     if not (r_min * n <= budget <= cap * n):
-        raise ConfigError(f"rank_budget {budget} cannot give {n} layers ranks in [{r_min}, {cap}]; "
+        raise ConfigError(f"{name} {budget} cannot give {n} layers ranks in [{r_min}, {cap}]; "
                           f"allowed budgets: {r_min * n}..{cap * n}")
     if any(not math.isfinite(s) or s < 0 for s in scores):
-        raise ConfigError(f"rank_budget: scores must be finite and >= 0, got {list(scores)}")
+        raise ConfigError(f"{name}: scores must be finite and >= 0, got {list(scores)}")
     ranks = [r_min] * n
     free = [i for i in range(n)]
     left = budget - r_min * n
@@ -54,3 +62,15 @@ def split_rank_budget(scores: Sequence[float], budget: int, r_min: int = 1, r_ma
         left = rest
         free = [i for i in free if ranks[i] < cap]
     return ranks
+
+
+def ranks_from_card(card: Any, layers: Sequence[int], budget: int, metric: str, *, budget_name: str = "rank_budget",
+                    metric_name: str = "rank_metric") -> dict[int, int]:
+    """Block -> rank for the selected ``layers``: ``budget`` split by ``metric``'s importance on ``card`` (a
+    :class:`~layerwise.card.LayerCard`; lower-is-better metrics flipped, undefined values 0). Errors name the
+    budget and the metric as ``budget_name`` / ``metric_name`` (the flags on the command line)."""
+    if metric not in card.metrics:
+        raise ConfigError(f"{metric_name} {metric!r} is not on this card; it has: {', '.join(card.metrics)}")
+    importance = card.importance(metric)
+    chosen = sorted(int(i) for i in layers)
+    return dict(zip(chosen, split_rank_budget([importance[i] for i in chosen], budget, name=budget_name)))

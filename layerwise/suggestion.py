@@ -71,9 +71,10 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
     ``metrics`` overrides the card's metrics; ``method``/``targets``/``rank``/``alpha``/``ranks`` are the
     adapter's (as ``layerwise train`` takes them). ``rank_budget`` splits a total rank over the chosen layers in
     proportion to the card's ``rank_metric`` importance (default: the policy's metric, else ``act_energy``;
-    :func:`layerwise.rank_budget.split_rank_budget`), which becomes the per-layer ranks. ``name`` is what the card and the peft config record as the
-    base model (default: ``model.name_or_path``, the hub id or folder the user loaded). The model is left as it
-    was (mode, ``requires_grad`` flags); nothing is written until :meth:`Suggestion.save`.
+    :func:`layerwise.rank_budget.split_rank_budget`), which becomes the per-layer ranks. ``name`` is what the
+    card and the peft config record as the base model (default: ``model.name_or_path``, the hub id or folder the
+    user loaded). The model is left as it was (mode, ``requires_grad`` flags); nothing is written until
+    :meth:`Suggestion.save`.
     """
     import torch
 
@@ -95,18 +96,12 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
                           device=device, show_progress=show_progress, loss_fn=loss_fn)
     selection = select(card, policy, metric=metric, **options)
     if rank_budget is not None:
-        ranks = _budget_ranks(card, selection, rank_budget, rank_metric or selection.metric or "act_energy")
+        from layerwise.rank_budget import DEFAULT_RANK_METRIC, ranks_from_card
+
+        ranks = ranks_from_card(card, selection.layers, rank_budget,
+                                rank_metric or selection.metric or DEFAULT_RANK_METRIC)
     adapter = AdapterChoice(method=method, targets=targets, rank=rank, alpha=alpha,
                             ranks=dict(ranks) if ranks else None)
     exported = from_card(card, selection.layers, adapter, policy=selection.policy, metric=selection.metric,
                          params=selection.params)
     return Suggestion(card=card, selection=selection, exported=exported)
-
-
-def _budget_ranks(card: Any, selection: Any, budget: int, metric: str) -> dict[int, int]:
-    """The selected layers' ranks: ``budget`` split by ``metric``'s importance on ``card``."""
-    from layerwise.rank_budget import split_rank_budget
-
-    importance = card.importance(metric)
-    layers = list(selection.layers)
-    return dict(zip(layers, split_rank_budget([importance[i] for i in layers], budget)))

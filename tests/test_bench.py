@@ -100,7 +100,7 @@ def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
     from layerwise.workflows.train import AdapterChoice, SelectionChoice
 
     method, _ = find_method(_concrete(name))
-    settings = BenchSettings(rank=4, targets="q,v", card="card/card.json")
+    settings = BenchSettings(rank=4, targets="q,v", card="card/card.json", num_layers=2)
     try:
         job = build_cell(_concrete(name), 3, TrainConfig(steps=7, lr=1e-3), settings)
     except ConfigError as err:

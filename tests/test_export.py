@@ -25,7 +25,6 @@ from layerwise.profiling import _layers_info
 from layerwise.settings import AdapterChoice, AdaptiveRanks
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
-              pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
               pytest.mark.filterwarnings("ignore:The PEFT config's `base_model_name_or_path`:UserWarning")]
 
 _IDS = {"vocab_size": 100, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
@@ -255,3 +254,44 @@ def test_a_la_lora_run_exports_the_ranks_it_ended_with(tmp_path: Path) -> None:
     assert sel.ranks == final and sel.adaptive is None
     assert export.peft_config(sel).rank_pattern == {rf"layers\.{i}\.self_attn\.{p}_proj": r
                                                     for i, r in final.items() for p in "qv"}
+
+
+@pytest.mark.parametrize("targets", ["attn", "all-linear"])
+def test_gpt2_conv1d_exports_fan_in_fan_out_and_peft_applies_it_without_a_warning(tmp_path: Path,
+                                                                                   targets: str) -> None:
+    """GPT-2's linears are transformers' Conv1D (weight stored (in, out)): the exported config and a suggestion's
+    lora_config say fan_in_fan_out=True, so plain get_peft_model neither warns nor corrects anything, and they
+    adapt exactly the chosen Conv1D modules; a Llama export keeps False."""
+    import layerwise
+    from transformers.pytorch_utils import Conv1D
+
+    config = gpt2_config()
+    card = card_of(fresh(transformers.GPT2LMHeadModel, config))
+    assert all(lin.get("conv1d") for block in card.layers for lin in block["linears"])
+    sel = export.from_card(card, SELECTED, AdapterChoice(targets=targets, ranks=RANKS))
+    export.write_export(sel, "peft", tmp_path)
+    loaded = peft.LoraConfig.from_pretrained(str(tmp_path))
+    assert loaded.fan_in_fan_out is True
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(3, 100, (4, 10), generator=g)} for _ in range(2)]  # no labels
+    suggestion = layerwise.suggest(fresh(transformers.GPT2LMHeadModel, config), batches, metric="actnorm", k=2,
+                                   targets=targets)
+    wanted = {"attn": {"attn.c_attn", "attn.c_proj"},
+              "all-linear": {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}}[targets]
+    for cls in (transformers.GPT2Model, transformers.GPT2LMHeadModel):
+        for peft_config, layers in ((loaded, SELECTED), (suggestion.lora_config(), suggestion.layers)):
+            model = fresh(cls, config)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                wrapped = peft.get_peft_model(model, peft_config)
+            assert not [w for w in caught if "fan_in_fan_out" in str(w.message)], cls.__name__
+            prefix = "transformer." if cls is transformers.GPT2LMHeadModel else ""
+            expected = sorted(f"{prefix}h.{i}.{w}" for i in layers for w in wanted)  # by hand
+            assert adapted_modules(wrapped) == expected, cls.__name__
+            base = wrapped.get_base_model()
+            assert all(isinstance(base.get_submodule(n).get_base_layer(), Conv1D) for n in expected)
+            assert all(base.get_submodule(n).fan_in_fan_out for n in expected)
+    assert yaml.safe_load(export.axolotl_yaml(sel))["lora_fan_in_fan_out"] is True
+    llama = export.from_card(card_of(fresh(transformers.LlamaForCausalLM, llama_config())), SELECTED, AdapterChoice())
+    assert export.peft_config(llama).fan_in_fan_out is False
+    assert "lora_fan_in_fan_out" not in yaml.safe_load(export.axolotl_yaml(llama))

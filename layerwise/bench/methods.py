@@ -34,6 +34,8 @@ class BenchSettings:
     """The shared ``card.json``; card-based methods need it."""
     full_lr: float | None = None
     """Peak learning rate of full fine-tuning (``--full-lr``); ``None``: the bench's ``--lr``."""
+    num_layers: int | None = None
+    """Blocks of the model (from the card); methods that size a rank budget by it need it."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,16 @@ def _lalora_selected(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
 def _lalora_adapter(s: BenchSettings) -> Any:
     """La-LoRA (``--adaptive-ranks``) at r_max = ``--rank``."""
     return AdapterChoice("lora", s.targets, s.rank, adaptive=AdaptiveRanks(r_max=s.rank))
+
+
+@register_bench_method("energy-ranks", "LoRA on every layer, ranks split from a total of --rank x layers by "
+                       "act_energy (lora's parameter count)", card_metrics=("act_energy",))
+def _energy_ranks(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    selection = _from_card(s, "all", {})
+    if s.num_layers is None:
+        raise ConfigError("energy-ranks needs the model's number of blocks (BenchSettings.num_layers, from the card)")
+    budget = s.rank * s.num_layers  # uniform rank's total over every block: lora's parameter count
+    return selection, AdapterChoice("lora", s.targets, s.rank, rank_budget=budget, rank_metric="act_energy")
 
 
 # -- method names ---------------------------------------------------------------------------------------

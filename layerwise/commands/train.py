@@ -44,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     legacy_ranks(args)
     model, data, selection, adapter, train_config = (build(g, args) for g in GROUPS[:5])
-    from layerwise.workflows.train import CARD_FREE_POLICIES, train_job
+    from layerwise.workflows.train import needs_card, train_job
 
     # The calibration sample only matters when a card is made here: `--policy all --batch-size 512` must not be
     # refused because of --samples (the card's sample), which this run never draws.
-    needs_card = not selection.card and selection.policy not in CARD_FREE_POLICIES
+    makes_card = not selection.card and needs_card(selection, adapter)
     calibration = (build(GROUPS[5], args, batch_size=train_config.batch_size, max_length=train_config.max_length)
-                   if needs_card else None)
+                   if makes_card else None)
 
     out = args.out or f"runs/train-{slug(model.model)}-{slug(data.task)}-{selection.policy}"
     result, chosen = train_job(model, data, out, train_config=train_config, selection=selection, adapter=adapter,

@@ -150,6 +150,13 @@ class AdapterChoice:
     """LoRA alpha (default 2 x rank)"""
     ranks: dict[int, int] | None = flag(None, parse=parse_ranks, metavar="L:R,...")
     """per-layer ranks, e.g. 3:16,4:8 (those layers must be selected)"""
+    rank_budget: int | None = None
+    """total rank over the selected layers, split in proportion to a card metric (--rank-metric) into
+    per-layer ranks (each >= 1, summing to the budget); --rank x the number of selected layers has uniform
+    rank's parameter count when the blocks have equal widths"""
+    rank_metric: str | None = None
+    """card metric whose importance drives --rank-budget's split (default: the policy's metric, else
+    act_energy, the variance of each block's input)"""
     dropout: float = 0.0
     """adapter dropout"""
     adaptive: AdaptiveRanks | None = None
@@ -176,6 +183,7 @@ class AdapterChoice:
                 if r < 1 or layer < 0:
                     raise ConfigError(f"{flag_name(self, 'ranks')} takes layer:rank pairs with layer >= 0 and "
                                       f"rank >= 1, got {layer}:{r}")
+        self._check_budget()
         if self.adaptive is not None:
             if self.method != "lora":
                 raise ConfigError(f"--adaptive-ranks (La-LoRA) needs {flag_name(self, 'method')} lora, got "
@@ -183,6 +191,31 @@ class AdapterChoice:
             if self.ranks:
                 raise ConfigError(f"--adaptive-ranks and {flag_name(self, 'ranks')} exclude each other: La-LoRA "
                                   "chooses the per-layer ranks")
+
+    def _check_budget(self) -> None:
+        """--rank-budget and --rank-metric: a whole number >= 1, a registered metric, a method with
+        per-layer ranks, and neither --ranks nor La-LoRA beside it."""
+        from layerwise.bridge import METHODS
+        from layerwise.importance import IMPORTANCE
+
+        budget, metric = flag_name(self, "rank_budget"), flag_name(self, "rank_metric")
+        if self.rank_metric is not None:
+            if self.rank_budget is None:
+                raise ConfigError(f"{metric} chooses what drives {budget}; give {budget} too (a total rank)")
+            one_of(self, "rank_metric", tuple(IMPORTANCE))
+        if self.rank_budget is None:
+            return
+        at_least(self, "rank_budget", 1)
+        if self.ranks:
+            raise ConfigError(f"{budget} and {flag_name(self, 'ranks')} exclude each other: give a total rank to "
+                              "split, or the per-layer ranks")
+        if self.adaptive is not None:
+            raise ConfigError(f"{budget} and --adaptive-ranks exclude each other: La-LoRA chooses the ranks while "
+                              "training")
+        if not METHODS[self.method].supports_ranks:
+            allowed = ", ".join(n for n, m in METHODS.items() if m.supports_ranks)
+            raise ConfigError(f"{budget} needs per-layer ranks, which {flag_name(self, 'method')} {self.method} "
+                              f"does not have; methods with per-layer ranks: {allowed}")
 
     @property
     def is_adaptive(self) -> bool:

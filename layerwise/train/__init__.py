@@ -12,7 +12,8 @@ from typing import Any
 from layerwise.train.config import TrainConfig
 from layerwise.train.evaluate import evaluate
 
-__all__ = ["TrainConfig", "train", "TrainResult", "TrainState", "evaluate", "PhaseTimer", "PhaseTimingCallback"]
+__all__ = ["TrainConfig", "train", "TrainResult", "TrainState", "evaluate", "PhaseTimer", "PhaseTimingCallback",
+           "FrozenPrefixCallback"]
 
 _LAZY = {
     "train": "layerwise.train.loop",
@@ -20,6 +21,7 @@ _LAZY = {
     "TrainState": "layerwise.train.state",
     "PhaseTimer": "layerwise.train.phases",
     "PhaseTimingCallback": "layerwise.train.callback",
+    "FrozenPrefixCallback": "layerwise.train.prefix_callback",
 }
 
 

@@ -56,7 +56,8 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
         job = _Job(model, data, out_dir, device, show_progress)
         shared = BenchSettings(adapter.rank, adapter.targets, full_lr=bench.full_lr)
         if any(find_method(n)[0].needs_card for n in names):
-            shared = replace(shared, card=str(_ensure_card(job, adapter, calibration)))
+            card = _ensure_card(job, adapter, calibration)
+            shared = replace(shared, card=str(card), num_layers=_num_layers(card))
         # seed-major order: every method's first seed, then every method's second... so that a slow drift of the
         # machine's speed (other work, heat) falls on all methods alike instead of on the later ones
         jobs = [build_cell(n, s, train_config, shared) for s in seeds for n in names]  # flags fail here
@@ -128,6 +129,13 @@ def _check_selections(jobs: list[CellJob]) -> None:
                 select(cards[sel.card], sel.policy, metric=sel.metric, **sel.options)
             except ConfigError as err:  # the policy names its own option (--k); the bench's flags made it
                 raise ConfigError(f"--methods {job.method} (with --ks): {err}") from err
+
+
+def _num_layers(card_file: Path) -> int:
+    """The number of blocks the bench's card measured (rank budgets are sized by it)."""
+    from layerwise.card import LayerCard
+
+    return LayerCard.load(card_file).num_layers
 
 
 def _model_params(job: _Job) -> int:

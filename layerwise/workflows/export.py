@@ -18,7 +18,7 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
     card (``--card``) with ``adapter``. No model is loaded: the card holds every module name."""
     from layerwise.card import LayerCard
     from layerwise.export import from_card, from_run
-    from layerwise.workflows.train import choose_layers
+    from layerwise.workflows.train import budget_ranks, choose_layers
 
     if target.from_run:
         return from_run(target.from_run)
@@ -29,8 +29,8 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
     chosen = choose_layers(card, card.num_layers, selection)
     path = Path(selection.card) / "card.json" if Path(selection.card).is_dir() else Path(selection.card)
     source = {"card": str(path), "card_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return from_card(card, chosen.layers, adapter, policy=chosen.policy, metric=chosen.metric, params=chosen.params,
-                     source=source)
+    return from_card(card, chosen.layers, budget_ranks(adapter, card, chosen), policy=chosen.policy,
+                     metric=chosen.metric, params=chosen.params, source=source)
 
 
 def export_job(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget, out: str | os.PathLike,

@@ -68,11 +68,13 @@ def _pipeline(model: ModelSource | str, data: DataSource | str, out_dir: Path, t
         make_card(model, data, out_dir / "card", calibration=calibration, probe=probe, device=device,
                   overwrite=True, show_progress=show_progress)
     runs = {"selected": replace(selection, card=str(card_file)), "uniform": selection.uniform()}
+    # uniform LoRA is the baseline: --rank on every layer, without the selection's --rank-budget split
+    adapters = {"selected": adapter, "uniform": replace(adapter, rank_budget=None, rank_metric=None)}
     jobs = {}
     for label, choice in runs.items():
         if not (out_dir / label / "metrics.json").exists():
             again = resume and (out_dir / label / "checkpoint").exists()
-            jobs[label] = _training(model, data, out_dir / label, choice, train_config, adapter, again,
+            jobs[label] = _training(model, data, out_dir / label, choice, train_config, adapters[label], again,
                                     show_progress, device)
     lockstep = side_by_side and len(jobs) > 1
     if lockstep:

@@ -13,7 +13,7 @@ from layerwise.settings import (AdapterChoice, AdaptiveRanks, Calibration, DataS
                                 parse_ranks)
 
 __all__ = ["AdapterChoice", "AdaptiveRanks", "SelectionChoice", "train_job", "parse_ranks", "check_adaptive",
-           "make_lalora", "choose_layers", "CARD_FREE_POLICIES"]
+           "make_lalora", "choose_layers", "budget_ranks", "rank_metric_of", "needs_card", "CARD_FREE_POLICIES"]
 
 CARD_FREE_POLICIES = ("all", "manual", "random")
 """Policies that need no Layer Card."""
@@ -44,9 +44,44 @@ def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
     raise AssertionError("policies other than all/manual/random get a card first")
 
 
+def needs_card(selection: SelectionChoice, adapter: AdapterChoice | None) -> bool:
+    """Whether the run needs a Layer Card: a policy that ranks layers, or ``--rank-budget`` (split by a card
+    metric) on any policy."""
+    return adapter is not None and (selection.policy not in CARD_FREE_POLICIES or adapter.rank_budget is not None)
+
+
+def rank_metric_of(adapter: AdapterChoice, chosen: Any) -> str | None:
+    """The card metric that splits ``--rank-budget``: ``--rank-metric``, else the policy's metric, else
+    act_energy; None without a budget."""
+    from layerwise.rank_budget import DEFAULT_RANK_METRIC
+
+    if adapter.rank_budget is None:
+        return None
+    return adapter.rank_metric or chosen.metric or DEFAULT_RANK_METRIC
+
+
+def budget_ranks(adapter: AdapterChoice, card: Any, chosen: Any) -> AdapterChoice:
+    """``adapter`` with ``--rank-budget`` split over the ``chosen`` layers by the card's importance
+    (:func:`layerwise.rank_budget.ranks_from_card`) as its per-layer ``ranks``; ``adapter`` itself without a
+    budget. Errors name ``--rank-budget`` / ``--rank-metric``."""
+    from dataclasses import replace
+
+    from layerwise.rank_budget import ranks_from_card
+    from layerwise.settings.fields import flag_name
+
+    metric = rank_metric_of(adapter, chosen)
+    if metric is None:
+        return adapter
+    ranks = ranks_from_card(card, chosen.layers, adapter.rank_budget, metric,
+                            budget_name=flag_name(adapter, "rank_budget"),
+                            metric_name=flag_name(adapter, "rank_metric"))
+    return replace(adapter, ranks=ranks, rank_budget=None, rank_metric=None)
+
+
 def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibration, out_dir: Path,
-                      name: str) -> Any:
-    """The card a policy needs: ``choice.card`` (checked against the model), or a new one saved in out_dir/card."""
+                      name: str, needed: bool = False) -> Any:
+    """The card a policy (or ``needed``: a rank budget) needs: ``choice.card`` (checked against the model), or
+    a new one saved in out_dir/card."""
     from layerwise import distributed
     from layerwise.card import LayerCard
     from layerwise.profiling import profile_layers
@@ -57,7 +92,7 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
         card = LayerCard.load(choice.card)
         card.check_model(loaded.fingerprint)
         return card
-    if choice.policy in CARD_FREE_POLICIES:
+    if choice.policy in CARD_FREE_POLICIES and not needed:
         return None
     existing = out_dir / "card" / "card.json"
     if existing.exists():
@@ -120,9 +155,12 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     ready = prepare(model, data, dev)
     if adapter is None:  # full fine-tuning: every parameter of the model with its task head
         return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
-    card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name)
+    card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name,
+                             needed=needs_card(selection, adapter))
     chosen = choose_layers(card, len(ready.stack), selection)
-    _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint)
+    budget = {"rank_budget": adapter.rank_budget, "rank_metric": rank_metric_of(adapter, chosen)}
+    adapter = budget_ranks(adapter, card, chosen)  # --rank-budget: the per-layer ranks it splits into
+    _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint, budget)
     torch.manual_seed(train_config.seed)  # adapter initialisation
     peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
                                targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
@@ -228,7 +266,10 @@ def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
     return claim_output(out, overwrite)
 
 
-def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict) -> None:
+def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict,
+                     budget: Mapping[str, Any] | None = None) -> None:
+    """selection.json: the layers, the adapter they get (``ranks``: the per-layer ranks trained, also those a
+    ``budget`` split into) and the model's fingerprint."""
     from layerwise import distributed
     from layerwise.io import atomic_write_json
 
@@ -236,6 +277,8 @@ def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerp
                "adapter": {"method": adapter.method, "targets": adapter.targets, "rank": adapter.rank,
                            "alpha": adapter.alpha, "dropout": adapter.dropout,
                            "ranks": _ranks_json(adapter)}}
+    if budget and budget.get("rank_budget") is not None:
+        payload["adapter"].update(budget)
     path = out_dir / "selection.json"
     if path.exists():  # a resumed run must train the same selection
         before = json.loads(path.read_text())
