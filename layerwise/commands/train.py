@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
     print(f"trained {result.steps} steps in {result.train_seconds:.1f} s ({result.trainable_params:,} trainable "
           f"parameters); dev: {metrics}")
+    if result.best_validation is not None and result.best_metrics is not None:
+        chosen_dev = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+        print(f"the validation split was best at step {result.best_step} (weights in {out}/best); dev there: "
+              f"{chosen_dev}")
     print(f"wrote {out}/adapter (load with PeftModel.from_pretrained), metrics.json, train_log.jsonl, plots.png, "
           "config.yaml")
     if adapter.is_adaptive:
