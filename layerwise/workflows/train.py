@@ -210,11 +210,12 @@ def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
     """The run folder as a context: a resumed run's as it is, else claimed (:func:`layerwise.io.claim_output`)."""
     import contextlib
 
-    from layerwise.io import claim_output
+    from layerwise.io import check_leftovers, claim_output
 
     if resume:
         if not (out / "checkpoint").exists():
             raise ConfigError(f"--resume: {out} has no checkpoint/ to resume from")
+        check_leftovers(out, resume=True)  # an old run a killed --overwrite left aside: named, kept
         return contextlib.nullcontext(out)
     return claim_output(out, overwrite)
 
