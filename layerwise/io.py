@@ -204,7 +204,7 @@ def check_leftovers(path: str | os.PathLike, flag: str = "--out", *, resume: boo
 
     When ``path`` is missing or empty (the new run never wrote a file, or its files were already removed), the
     one old run is put back, with a log line saying so. Otherwise the user decides: a ``ConfigError`` names the
-    old run's folder and the commands that keep one or the other (with ``resume`` only a warning, since resuming
+    old run's folder and how to keep one or the other (with ``resume`` only a warning, since resuming
     the new run is the choice). Half-deleted folders a killed cleanup left (``.<name>.discarded.*``) are
     removed."""
     from layerwise.errors import ConfigError
@@ -225,11 +225,10 @@ def check_leftovers(path: str | os.PathLike, flag: str = "--out", *, resume: boo
                     "previous run, kept aside in %s, is put back", flag, path, old[0])
         return
     others = f" (and {len(old) - 1} older: {', '.join(str(p) for p in old[1:])})" if len(old) > 1 else ""
-    message = (f"{flag} {path}: an earlier --overwrite was killed before it finished; the previous run is still "
-               f"kept aside in {old[-1]}{others}. Keep the new run with `rm -r {old[-1]}`, or the previous one "
-               f"with `rm -r {path} && mv {old[-1]} {path}`, then run again")
+    message = (f"{flag} {path}: an earlier --overwrite was killed; its previous run is kept aside in "
+               f"{old[-1]}{others}: delete that to keep the new run, or put it in place of {flag} to keep the old one")
     if resume:
-        log.warning("%s", message.replace(", then run again", ""))
+        log.warning("%s", message)
         return
     raise ConfigError(message)
 

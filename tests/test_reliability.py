@@ -402,3 +402,38 @@ def test_sigterm_while_the_command_is_still_starting_is_one_line_and_no_tracebac
     assert (proc.returncode, err) == (-signal.SIGTERM, "") or \
         (proc.returncode == 130 and re.fullmatch(r"layerwise( card)?: interrupted\n", err)), (proc.returncode, err)
     assert not out.exists()
+
+
+def test_an_interrupt_that_the_code_it_hit_wrapped_is_still_the_interrupt(monkeypatch, capsys) -> None:
+    """Python 3.11 wraps an exception raised in `__set_name__` (a SIGTERM while a module defining such a class is
+    imported) in a RuntimeError: the command still ends as interrupted (130), not as an error (1)."""
+    from layerwise.cli import main
+    from layerwise.commands import models
+
+    def run(args) -> int:
+        class Hit:
+            def __set_name__(self, owner, name) -> None:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        type("Owner", (), {"hit": Hit()})
+        return 0
+
+    monkeypatch.setattr(models, "run", run)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "layerwise models: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interrupt_inside_exec_still_exits_with_130(tmp_path) -> None:
+    """CPython marks a KeyboardInterrupt raised in code run by `exec` of a string (dataclasses does it) as
+    unhandled even when `main` catches it, and a `python -m` process (as `layerwise` is run) would end with
+    SIGINT (-2) instead of main's 130."""
+    (tmp_path / "exec_interrupt.py").write_text(
+        "import os, signal, sys\nimport layerwise.commands.models as m\n"
+        "m.run = lambda args: exec('os.kill(os.getpid(), signal.SIGTERM)', {'os': os, 'signal': signal})\n"
+        "from layerwise.cli import main\nraise SystemExit(main(['models']))\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join((ENV["PYTHONPATH"], str(tmp_path)))}
+    proc = subprocess.run([sys.executable, "-m", "exec_interrupt"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, "layerwise models: interrupted\n")
