@@ -437,3 +437,13 @@ def test_an_interrupt_inside_exec_still_exits_with_130(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "exec_interrupt"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert (proc.returncode, proc.stderr) == (130, "layerwise models: interrupted\n")
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--alpha", "--weight-decay", "--max-grad-norm"])
+def test_an_infinite_number_is_refused_before_any_work(tmp_path, tiny_model, small_csv, flag, capsys) -> None:
+    """`--lr inf` passed its "> 0" check, trained, and failed at the end writing the record (inf is not JSON)."""
+    from layerwise.cli import main
+
+    assert main(train_args(tiny_model, small_csv, tmp_path / "out", flag, "inf")) == 2
+    assert capsys.readouterr().err == f"layerwise train: error: {flag} must be a finite number, got inf\n"
+    assert not (tmp_path / "out").exists()
