@@ -447,3 +447,42 @@ def test_an_infinite_number_is_refused_before_any_work(tmp_path, tiny_model, sma
     assert main(train_args(tiny_model, small_csv, tmp_path / "out", flag, "inf")) == 2
     assert capsys.readouterr().err == f"layerwise train: error: {flag} must be a finite number, got inf\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_max_length_beyond_the_models_positions_is_refused_where_the_model_would_fail(family: str) -> None:
+    """The limit `fits_positions` enforces is where the real model stops working: a forward of `limit` tokens
+    runs, one of `limit + 1` fails (RoBERTa's position ids start after its padding index: 130 - 2 = 128)."""
+    import torch
+    import transformers
+
+    from layerwise.errors import ConfigError
+    from layerwise.workflows.prepare import fits_positions
+
+    config_class, model_class = {"bert": (transformers.BertConfig, transformers.BertModel),
+                                 "roberta": (transformers.RobertaConfig, transformers.RobertaModel)}[family]
+    config = config_class(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=130, pad_token_id=1)
+    model = model_class(config).eval()
+    limit = 128 if family == "roberta" else 130
+    with torch.no_grad():
+        model(torch.full((1, limit), 5))
+        with pytest.raises((IndexError, RuntimeError)):
+            model(torch.full((1, limit + 1), 5))
+    fits_positions(limit, model)
+    with pytest.raises(ConfigError, match=rf"^--max-length {limit + 1} is more than the {limit} positions this "
+                                          rf"model can embed \({model_class.__name__}: max_position_embeddings\); "
+                                          rf"use --max-length {limit} or less$"):
+        fits_positions(limit + 1, model)
+
+
+def test_max_length_beyond_the_positions_is_one_line_before_training(tmp_path, tiny_model, small_csv,
+                                                                     capsys) -> None:
+    """It was `RuntimeError: The size of tensor a (302) must match the size of tensor b (128)` at the first step."""
+    from layerwise.cli import main
+
+    assert main(train_args(tiny_model, small_csv, tmp_path / "out", "--max-length", "512")) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "layerwise train: error: --max-length 512 is more than the 128 positions this model can embed "
+        "(BertForSequenceClassification: max_position_embeddings); use --max-length 128 or less")
+    assert not (tmp_path / "out").exists()
