@@ -486,3 +486,19 @@ def test_max_length_beyond_the_positions_is_one_line_before_training(tmp_path, t
         "layerwise train: error: --max-length 512 is more than the 128 positions this model can embed "
         "(BertForSequenceClassification: max_position_embeddings); use --max-length 128 or less")
     assert not (tmp_path / "out").exists()
+
+
+def test_trains_own_card_is_checked_against_the_disk_before_profiling(tmp_path, tiny_model, small_csv, monkeypatch,
+                                                                      capsys) -> None:
+    """`train --policy top-k` without --card makes its card in --out/card: the same check as `layerwise card`."""
+    from layerwise import profiling
+    from layerwise.cli import main
+
+    _disk_with(monkeypatch, 2**19)
+    monkeypatch.setattr(profiling, "profile_layers", lambda *a, **k: pytest.fail("profiled"))
+    out = tmp_path / "out"
+    assert main(train_args(tiny_model, small_csv, out, "--policy", "top-k", "--k", "1")) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"layerwise train: error: --out {out}: the card needs about ") and \
+        line.endswith(" MiB but its disk has 0.5 MiB free; free some space or choose another --out")
+    assert not out.exists()

@@ -40,7 +40,9 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
                       name: str) -> Any:
     """The card a policy needs: ``choice.card`` (checked against the model), or a new one saved in out_dir/card."""
     from layerwise import distributed
-    from layerwise.card import LayerCard
+    from layerwise.card import LayerCard, estimated_card_bytes
+    from layerwise.importance import IMPORTANCE
+    from layerwise.io import check_free_space
     from layerwise.profiling import profile_layers
     from layerwise.workflows.card import calibration_batches, calibration_info
 
@@ -56,6 +58,8 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
         card = LayerCard.load(existing)
         card.check_model(loaded.fingerprint)
         return card
+    if distributed.is_main():  # before the profile, the long part
+        check_free_space(out_dir, estimated_card_bytes(len(ready.stack), len(IMPORTANCE)), "--out", "the card")
     batches = calibration_batches(ready.task, loaded.tokenizer, calibration)
     card = profile_layers(loaded.model, batches, name=name, stack=ready.stack,
                           data_info=calibration_info(ready.task, calibration), device=ready.device,
