@@ -48,37 +48,77 @@ DEBUG_HELP = f"show the Python traceback of an error (or set {DEBUG_ENV}=1)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse ``argv`` and run the chosen subcommand; user errors print without a traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point: parse ``argv`` and run the chosen subcommand; user errors print without a traceback.
+
+    SIGTERM is an interrupt from here on, before the subcommands' modules are imported: ``timeout`` or a
+    scheduler stopping a command that is still starting gets status 130 and one ``interrupted`` line. (A
+    SIGTERM in the interpreter's own start, before this line, ends the process as the signal does by default:
+    status 143 in a shell, no output, nothing started.)"""
+    with _sigterm_interrupts() as term:
+        command = None
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = getattr(args, "command", None)
+            return _run(parser, args, argv, term)
+        except Exception:
+            if not term.received:
+                raise
+            return _interrupted(command)  # the interrupt, wrapped by the code it hit (RuntimeError by __set_name__)
+        except KeyboardInterrupt:
+            return _interrupted(command)
+
+
+def _interrupted(command: str | None) -> int:
+    print(f"layerwise{' ' + command if command else ''}: interrupted", file=sys.stderr)
+    _forget_interrupt()
+    return 130
+
+
+def _forget_interrupt() -> None:
+    """Keep the exit status 130 of a handled interrupt. CPython (3.11) marks an interrupt raised inside code
+    run by ``exec`` of a string (as ``dataclasses`` does while a module defining a dataclass is imported) as
+    unhandled, even when caught, and the interpreter then ends itself with SIGINT (status -2) whatever ``main``
+    returned; every ``exec`` clears that mark when it starts, so one empty ``exec`` after the catch clears it."""
+    exec("None")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None,
+         term: _Termination) -> int:
+    """Run the parsed subcommand; every error but an interrupt becomes one line and an exit status (an error
+    after a SIGTERM is the interrupt, which the code it hit may have wrapped or answered with an error)."""
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from layerwise.errors import LayerwiseError
-
     _quiet_other_ranks()
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         if getattr(args, "config", None):
             args = _with_config(parser, args, argv)
-        with _diagnostics_to_stderr(args.command), _sigterm_interrupts():
+        with _diagnostics_to_stderr(args.command):
             code = int(args.run(args) or 0)
             sys.stdout.flush()  # here, where a closed pipe (`| head`) is caught, not at interpreter exit
         return code
     except BrokenPipeError:
         return _stdout_closed()
-    except LayerwiseError as err:
-        _traceback_if(debug)
-        print(f"layerwise {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
+    except Exception as err:
+        if term.received:
+            raise KeyboardInterrupt from None
+        return _error(err, args.command, getattr(args, "out", None), debug)
+
+
+def _error(err: Exception, command: str, out: str | None, debug: bool) -> int:
+    """``err`` (being handled) as one line on stderr, and the exit status: 2 for a user error (a
+    ``LayerwiseError``), else 1 with the file at fault; the traceback too with ``debug``."""
+    from layerwise.errors import LayerwiseError
+
+    _traceback_if(debug)
+    if isinstance(err, LayerwiseError):
+        print(f"layerwise {command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"layerwise {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # anything else: one line naming the file at fault; the traceback with --debug
-        _traceback_if(debug)
-        print(f"layerwise {args.command}: error: {_describe(err, getattr(args, 'out', None))}"
-              + ("" if debug else " (--debug shows the traceback)"), file=sys.stderr)
-        return 1
+    print(f"layerwise {command}: error: {_describe(err, out)}" + ("" if debug else " (--debug shows the traceback)"),
+          file=sys.stderr)
+    return 1
 
 
 def _traceback_if(debug: bool) -> None:
@@ -124,28 +164,36 @@ def _free_bytes(out: str | None) -> int | None:
         return None
 
 
+class _Termination:
+    """Whether a SIGTERM arrived while :func:`_sigterm_interrupts` was in force."""
+
+    received: bool = False
+
+
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def _sigterm_interrupts() -> Iterator[_Termination]:
     """While the command runs, SIGTERM (schedulers, ``timeout``) raises ``KeyboardInterrupt`` like Ctrl-C, so
     cleanups run (an ``--overwrite`` puts the old run back); training defers it to the next step boundary and
     saves a checkpoint (``layerwise.train.interrupt``). A process that ignores SIGTERM keeps ignoring it."""
     import signal
     import threading
 
+    term = _Termination()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield term
         return
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_IGN or previous is None:
-        yield
+        yield term
         return
 
     def handle(signum: int, frame: object) -> None:
+        term.received = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handle)
     try:
-        yield
+        yield term
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -116,3 +116,21 @@ def test_label_intent_settings_check_themselves() -> None:
         DataSource(num_labels=3, label_names="a,b")
     with pytest.raises(ConfigError, match="--num-labels 3: task 'sst2' has 2 classes"):
         load_task("sst2", None, num_labels=3)
+
+
+def test_a_file_without_usable_rows_says_so_and_not_that_the_label_column_is_odd(tmp_path: Path) -> None:
+    header = _write(tmp_path / "header.csv", ["text,label"])
+    with pytest.raises(DataError, match=r"^.*header\.csv: no usable rows \(no rows skipped\)$"):
+        load_task("csv", header)
+    short = _write(tmp_path / "short.csv", ["text,label", "one field", "another"])
+    with pytest.raises(DataError, match=r"short\.csv: no usable rows \(skipped: 2 too few fields \(expected 2\), "
+                                        r"first at .*short\.csv:2\)$"):
+        load_task("csv", short)
+
+
+@pytest.mark.skipif(not Path("/dev/null").is_char_device(), reason="needs /dev/null")
+def test_a_device_as_data_is_refused_before_reading() -> None:
+    """/dev/zero was read without end until the kernel killed the process for memory; /dev/null stands in for
+    it here (a device too, but one that ends: without the check it is 'empty', another message)."""
+    with pytest.raises(DataError, match=r"^--data /dev/null: not a file or folder \(a device or socket\)"):
+        load_task("csv", "/dev/null")

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from layerwise.train import TrainConfig
 COMMANDS = {"card": card.GROUPS, "train": train.GROUPS, "run": run.GROUPS, "bench": bench.GROUPS,
             "stability": stability.GROUPS, "inspect": inspect.GROUPS, "export": export.GROUPS}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-BAD_VALUES = (-1, 0, -10**9, 10**12, 1.5, -0.5, 2.0, math.nan, "bogus", "", None, True)
+BAD_VALUES = (-1, 0, -10**9, 10**12, 1.5, -0.5, 2.0, math.nan, math.inf, -math.inf, "bogus", "", None, True)
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -64,6 +65,25 @@ def test_every_error_a_field_raises_names_a_flag_its_command_has(command: str) -
                 assert not missing, f"{command}: {message!r} names {missing}, which `layerwise {command}` lacks"
                 checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_every_float_setting_refuses_a_value_that_is_not_finite(value: float) -> None:
+    """`--lr inf` passed "> 0" and ran to the end, where the run's record could not be written as JSON."""
+    seen = set()
+    for groups in COMMANDS.values():
+        for group in groups:
+            for f in group.fields():
+                kind = typing.get_type_hints(group.cls)[f.name]
+                if float not in (kind, *typing.get_args(kind)) or (group.cls, f.name) in seen:
+                    continue
+                seen.add((group.cls, f.name))
+                base = {g.name: group.default(g) for g in cli_fields(group.cls) if g.name not in group.fixed}
+                base = {k: v for k, v in base.items() if not dataclasses.is_dataclass(v)}
+                with pytest.raises(ConfigError) as err:
+                    group.cls(**{**base, **dict(group.fixed), f.name: value})
+                assert str(err.value) == f"{flag_name(group.cls, f.name)} must be a finite number, got {value!r}"
+    assert len(seen) >= 10  # lr, weight_decay, warmup_ratio, max_grad_norm, alpha, dropout, gamma, share, ...
 
 
 def test_the_train_seed_error_names_the_train_seed_flag() -> None:

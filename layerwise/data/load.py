@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def load_task(
             raise ConfigError(f"--data is required for task {name!r}: {source.data_help.format(task=name)}")
         if not path.exists():
             raise DataError(f"--data {path}: no such file or directory")
+        if not (path.is_file() or path.is_dir() or stat.S_ISFIFO(path.stat().st_mode)):
+            # a device (/dev/zero, /dev/urandom) is read without end, until the memory is gone
+            raise DataError(f"--data {path}: not a file or folder (a device or socket); give a data file or folder")
     request = SourceRequest(task.strip(), spec, path, (text_column, pair_column, label_column), kind,
                             dev_fraction, seed, num_labels, None if label_names is None else tuple(label_names))
     return source.fn(request)

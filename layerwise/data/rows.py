@@ -264,6 +264,8 @@ def load_files(path: Path, cols: Columns, spec: TaskSpec | None, kind: str | Non
     paths = _split_files(path) if path.is_dir() else [path]
     tables = [read_table(p, skips, fmt) for p in paths]
     raws = [raw_rows(t, cols, skips) for t in tables]
+    if spec is None and not raws[0]:  # said before the label checks, which would speak of a column of 0 values
+        raise DataError(f"{tables[0].path}: no usable rows ({_skip_summary(skips)})")
     if spec is None:
         spec = infer_spec(raws[0], kind, cols.pair is not None, tables[0].path, intent)
     return finish(spec, raws, dev_fraction, seed, skips, " + ".join(str(p) for p in paths), label_range)

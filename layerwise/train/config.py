@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
-from layerwise.settings.fields import at_least, flag, one_of
+from layerwise.settings.fields import at_least, finite_numbers, flag, one_of
 from layerwise.settings.fields import flag_name as _field_flag
 
 __all__ = ["TrainConfig", "SCHEDULERS", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
@@ -82,6 +82,7 @@ class TrainConfig:
     is the card's)."""
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         at_least(self, "steps", 1)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError(f"{flag_name('lr')} must be > 0, got {self.lr}")

@@ -50,7 +50,9 @@ def make_card(model: ModelSource | str, data: DataSource | str | None, out: str 
     without a task head and no data is read (``layerwise.weight_card``).
     """
     from layerwise import distributed, weight_card
-    from layerwise.io import claim_output, write_settings
+    from layerwise.card import estimated_card_bytes
+    from layerwise.importance import IMPORTANCE
+    from layerwise.io import check_free_space, claim_output, write_settings
     from layerwise.layers import parse_targets
     from layerwise.profiling import profile_layers
     from layerwise.workflows.prepare import data_source, model_source
@@ -63,6 +65,8 @@ def make_card(model: ModelSource | str, data: DataSource | str | None, out: str 
         if out_dir is not None and distributed.is_main():
             write_settings(out_dir, settings)
         loaded, stack, batches, info = _load_for_card(model, data, dev, calibration, data_free)
+        if out_dir is not None and distributed.is_main():  # before the profile, the long part
+            check_free_space(out_dir, estimated_card_bytes(len(stack), len(IMPORTANCE), plots), "--out", "the card")
         card = profile_layers(loaded.model, batches, probe.metrics, name=model.model, stack=stack, data_info=info,
                               rank=probe.rank, targets=parse_targets(probe.targets), pooling=probe.pooling_or_none,
                               device=dev, weightdelta_steps=probe.weightdelta_steps, seed=calibration.seed,

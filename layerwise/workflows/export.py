@@ -35,13 +35,17 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
 
 def export_job(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget, out: str | os.PathLike,
                *, overwrite: bool = False, settings: Mapping[str, Any] | None = None) -> tuple[Any, list[Path]]:
-    """Write the exported selection as ``target.format`` into ``out`` (refused when ``out`` holds files,
-    unless ``overwrite``); returns (ExportedSelection, files written)."""
+    """Write the exported selection as ``target.format`` into ``out``; returns (ExportedSelection, files
+    written). ``out`` is claimed like every command's (:func:`layerwise.io.claim_output`): a folder holding files
+    is refused unless ``overwrite``, which replaces only a layerwise output folder (an export holds
+    ``config.yaml`` when ``settings`` are given, as the command gives them, or ``selection.json``), moved aside
+    first and put back if the export fails."""
     from layerwise.export import write_export
-    from layerwise.io import prepare_output_dir, write_settings
+    from layerwise.io import check_writable_dir, claim_output, write_settings
 
+    check_writable_dir(out, "--out")  # before the card is read
     exported = exported_selection(selection, adapter, target)
-    out_dir = prepare_output_dir(out, overwrite)
-    files = write_export(exported, target.format, out_dir)
-    written = write_settings(out_dir, settings)
+    with claim_output(out, overwrite) as out_dir:  # an old export is moved aside, and put back on failure
+        files = write_export(exported, target.format, out_dir)
+        written = write_settings(out_dir, settings)
     return exported, files + ([written] if written else [])

@@ -8,7 +8,7 @@ from typing import Any
 
 from layerwise.settings import DataSource, ModelSource
 
-__all__ = ["Prepared", "prepare", "model_source", "data_source"]
+__all__ = ["Prepared", "prepare", "model_source", "data_source", "fits_positions"]
 
 
 @dataclass
@@ -46,5 +46,25 @@ def prepare(model: ModelSource | str, data: DataSource | str, device: Any, task:
     spec = task_data.task
     loaded = load_model(model.model, head=spec.head, num_labels=spec.num_labels, cache_dir=model.cache_dir,
                         trust_remote_code=model.trust_remote_code)
+    fits_positions(data.max_length, loaded.model)
     loaded.model.to(device)
     return Prepared(task_data, loaded, find_layer_stack(loaded.model, model.layers_path), device)
+
+
+def fits_positions(max_length: int, model: Any) -> None:
+    """Refuse a ``--max-length`` beyond the positions the model can embed (``max_position_embeddings``, less
+    the padding offset of RoBERTa-style position ids): the first batch with a longer example would fail deep
+    in the model with a tensor size mismatch, after the loading (and in ``run`` after the whole card stage)."""
+    import torch
+
+    from layerwise.errors import ConfigError
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return
+    limit -= next((m.padding_idx + 1 for m in model.modules()  # position ids after the padding index (RoBERTa)
+                   if isinstance(m, torch.nn.Embedding) and m.num_embeddings == limit and m.padding_idx is not None),
+                  0)
+    if max_length > limit:
+        raise ConfigError(f"--max-length {max_length} is more than the {limit} positions this model can embed "
+                          f"({type(model).__name__}: max_position_embeddings); use --max-length {limit} or less")

@@ -33,7 +33,7 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
     parallel and only rank 0 writes.
     """
     from layerwise import distributed
-    from layerwise.io import claim_output
+    from layerwise.io import check_leftovers, claim_output
     from layerwise.workflows.card import resolve_device
 
     resolve_device(device)  # joins the process group under torchrun / accelerate launch
@@ -41,6 +41,8 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
         raise ConfigError("--side-by-side trains two runs in one process; it cannot be combined with "
                           "torchrun / accelerate launch (drop one of them)")
     out_dir = Path(out)
+    if resume:
+        check_leftovers(out_dir, resume=True)  # an old run a killed --overwrite left aside: named, kept
     with contextlib.nullcontext(out_dir) if resume else claim_output(out_dir, overwrite):
         return _pipeline(model, data, out_dir, train_config, selection, adapter, calibration, probe, device, resume,
                          show_progress, side_by_side, settings)

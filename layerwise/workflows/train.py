@@ -83,7 +83,9 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
     """The card a policy (or ``needed``: a rank budget) needs: ``choice.card`` (checked against the model), or
     a new one saved in out_dir/card."""
     from layerwise import distributed
-    from layerwise.card import LayerCard
+    from layerwise.card import LayerCard, estimated_card_bytes
+    from layerwise.importance import IMPORTANCE
+    from layerwise.io import check_free_space
     from layerwise.profiling import profile_layers
     from layerwise.workflows.card import calibration_batches, calibration_info
 
@@ -99,6 +101,8 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
         card = LayerCard.load(existing)
         card.check_model(loaded.fingerprint)
         return card
+    if distributed.is_main():  # before the profile, the long part
+        check_free_space(out_dir, estimated_card_bytes(len(ready.stack), len(IMPORTANCE)), "--out", "the card")
     batches = calibration_batches(ready.task, loaded.tokenizer, calibration)
     card = profile_layers(loaded.model, batches, name=name, stack=ready.stack,
                           data_info=calibration_info(ready.task, calibration), device=ready.device,
@@ -257,11 +261,12 @@ def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
     """The run folder as a context: a resumed run's as it is, else claimed (:func:`layerwise.io.claim_output`)."""
     import contextlib
 
-    from layerwise.io import claim_output
+    from layerwise.io import check_leftovers, claim_output
 
     if resume:
         if not (out / "checkpoint").exists():
             raise ConfigError(f"--resume: {out} has no checkpoint/ to resume from")
+        check_leftovers(out, resume=True)  # an old run a killed --overwrite left aside: named, kept
         return contextlib.nullcontext(out)
     return claim_output(out, overwrite)
 
