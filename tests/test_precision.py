@@ -1,0 +1,154 @@
+"""Model dtypes (--dtype), quantized loading (--quantize) and mixed-precision training: what each device
+allows, and a 16-bit card that ranks the blocks like the float32 one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from layerwise.errors import ConfigError
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+RANKED = ("actnorm", "cka", "act_energy", "gradnorm", "fisher", "resnorm")
+"""The metrics whose bf16 ranking must agree with fp32 (taylor is unstable even in fp32)."""
+
+
+def tiny_llama(layers: int = 8, hidden: int = 64, seed: int = 0) -> transformers.LlamaForCausalLM:
+    """A seeded random Llama decoder (4 heads, 2 KV heads, MLP width 128), float32."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden,
+                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, pad_token_id=0)
+    return transformers.LlamaForCausalLM(config)
+
+
+def tiny_bert_classifier(layers: int = 8, seed: int = 0) -> transformers.BertForSequenceClassification:
+    from tests.tiny_models import tiny_bert
+
+    return tiny_bert(layers=layers, hidden=64, seed=seed)
+
+
+def distinct_blocks(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Scale each block's weights by its own factor (0.5 to 2.5 in a seeded order), so the blocks differ in
+    every metric (a random BERT's LayerNorm makes every block's output norm the same)."""
+    from layerwise.layers import find_layer_stack
+
+    blocks = find_layer_stack(model).blocks
+    factors = torch.linspace(0.5, 2.5, len(blocks))[torch.randperm(len(blocks),
+                                                                   generator=torch.Generator().manual_seed(seed))]
+    with torch.no_grad():
+        for block, f in zip(blocks, factors.tolist()):
+            for p in block.module.parameters():
+                p.mul_(f)
+    return model
+
+
+def _batches(seed: int, n: int = 6, batch: int = 8, length: int = 24, vocab: int = 100,
+             causal: bool = False) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, vocab, (batch, length), generator=g)
+        lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
+        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        ids = ids * mask
+        labels = torch.where(mask.bool(), ids, -100) if causal else torch.randint(0, 2, (batch,), generator=g)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+@pytest.mark.parametrize("make, causal", [(tiny_bert_classifier, False), (tiny_llama, True)],
+                         ids=["bert", "llama"])
+def test_bf16_card_ranks_the_blocks_like_the_fp32_card(make, causal, one_thread) -> None:
+    from scipy.stats import kendalltau
+
+    from layerwise.profiling import profile_layers
+
+    batches = _batches(1, causal=causal)
+    metrics = ",".join(RANKED)
+    model = distinct_blocks(make()).eval()
+    fp32 = profile_layers(model, batches, metrics, name="tiny", show_progress=False, n_boot=20)
+    bf16 = profile_layers(model.to(torch.bfloat16), batches, metrics, name="tiny", show_progress=False, n_boot=20)
+    assert fp32.probe["model_dtype"] == "float32" and bf16.probe["model_dtype"] == "bfloat16"
+    for name in RANKED:
+        a, b = fp32.values(name), bf16.values(name)
+        assert all(isinstance(v, float) and v == v for v in a + b), name
+        tau = kendalltau(a, b).statistic
+        assert tau >= 0.85, f"{name}: tau {tau:.3f} between the bf16 and the fp32 card"
+
+
+def test_bf16_gradients_are_squared_and_summed_in_float32_at_least(one_thread) -> None:
+    """The probe's per-block sum of squared gradients of a bf16 model equals the float64 sum of the same bf16
+    gradients (computed here by hand) to float32 precision; summed in bf16 it would be off by ~1e-3."""
+    from layerwise.layers import find_layer_stack
+    from layerwise.probe.runner import run_probe
+
+    model = distinct_blocks(tiny_llama(layers=3)).eval().to(torch.bfloat16)
+    stack = find_layer_stack(model)
+    batch = _batches(2, n=1, causal=True)[0]
+    model(**batch).loss.backward()
+    expected = []
+    for block in stack.blocks:
+        grads = [model.get_submodule(lin.name).weight.grad.double() for lin in block.linears]
+        expected.append(sum(float((g * g).sum()) for g in grads))
+    model.zero_grad(set_to_none=True)
+    result = run_probe(model, stack, [batch], ["param_grad"], show_progress=False)
+    got = result.stats.grad_sq[0].tolist()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_dtype_auto_is_float32_on_the_cpu_and_16_bit_where_the_cpu_lacks_it_is_refused() -> None:
+    from layerwise.models.precision import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    assert resolve_dtype("float32", torch.device("cpu")) == "float32"
+    with pytest.raises(ConfigError, match=r"^--dtype float16 is not supported on cpu \(allowed there: auto, "
+                                          r"float32, bfloat16\); float16 needs a CUDA device"):
+        resolve_dtype("float16", "cpu")
+    with pytest.raises(ConfigError, match="--dtype must be one of auto, float32, bfloat16, float16, got 'half'"):
+        resolve_dtype("half", "cpu")
+
+
+def test_model_source_checks_dtype_and_quantize_naming_the_flags() -> None:
+    from layerwise.settings import ModelSource
+
+    assert ModelSource().dtype == "auto" and ModelSource().quantize == "none"
+    with pytest.raises(ConfigError, match="^--dtype must be one of auto, float32, bfloat16, float16"):
+        ModelSource(dtype="fp16")
+    with pytest.raises(ConfigError, match="^--quantize must be one of none, 4bit, 8bit"):
+        ModelSource(quantize="2bit")
+
+
+def test_quantized_loading_is_refused_without_bitsandbytes_or_a_gpu(monkeypatch) -> None:
+    import importlib.util
+
+    from layerwise.models import precision
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(precision.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match="^--quantize 4bit needs the bitsandbytes package, which is not installed"):
+        precision.check_quantization("4bit", "cpu")
+    monkeypatch.setattr(precision.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^--quantize 8bit needs a CUDA device \(the run is on cpu\)"):
+        precision.check_quantization("8bit", "cpu")
+    precision.check_quantization("none", "cpu")  # nothing to check
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--dtype", "float16"], "--dtype float16 is not supported on cpu"),
+    (["--quantize", "4bit"], "--quantize 4bit needs"),
+], ids=["float16", "4bit"])
+def test_the_cli_refuses_what_the_cpu_lacks_in_one_line(flags, says, tmp_path) -> None:
+    from tests.test_cli import layerwise
+
+    out = tmp_path / "card"
+    proc = layerwise("card", "--device", "cpu", *flags, "--samples", "16", "--out", str(out), check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists()  # refused before anything was written
