@@ -3,6 +3,8 @@ allows, and a 16-bit card that ranks the blocks like the float32 one."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import transformers
@@ -152,3 +154,75 @@ def test_the_cli_refuses_what_the_cpu_lacks_in_one_line(flags, says, tmp_path) -
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "Traceback" not in proc.stderr
     assert not out.exists()  # refused before anything was written
+
+
+def test_float16_loss_scaling_skips_an_overflowing_step_and_unscales_before_the_update() -> None:
+    """GradScaler's documented rules, checked by hand: initial scale 2**16; a step whose scaled gradient is
+    inf is skipped and halves the scale; otherwise the update uses the true (unscaled) gradient."""
+    from layerwise.train.precision import Precision
+
+    prec = Precision(torch.float16, "cpu")
+    assert prec.enabled and prec.scaling is not None and len(prec.stateful()) == 1
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    prec.backward(w.sum() * 1e35)  # gradient 1e35 * 2**16 overflows float32
+    prec.unscale(opt)
+    prec.step(opt)
+    assert w.detach().tolist() == [1.0, -2.0]  # skipped
+    assert prec.scaling.scaler.get_scale() == 2.0**15
+    opt.zero_grad()
+    prec.backward((w * torch.tensor([3.0, 5.0])).sum())  # true gradient (3, 5)
+    prec.unscale(opt)
+    assert w.grad.tolist() == [3.0, 5.0]  # clipping sees the true gradient
+    prec.step(opt)
+    assert w.detach().tolist() == pytest.approx([1.0 - 0.3, -2.0 - 0.5])
+    assert Precision.stateful(Precision(torch.float32)) == () and not Precision(torch.float32).enabled
+
+
+def test_compute_dtype_and_fp32_master_weights() -> None:
+    from layerwise.train.precision import Precision, compute_dtype
+
+    lin = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    head = torch.nn.Linear(4, 2).to(torch.bfloat16)
+    lin.requires_grad_(False)
+    model = torch.nn.Sequential(lin, head)
+    assert compute_dtype(model) == torch.bfloat16
+    params = list(head.parameters())
+    ids = [id(p) for p in params]
+    prec = Precision.for_model(model, params)
+    assert prec.dtype == torch.bfloat16 and prec.device_type == "cpu" and prec.scaling is None
+    assert [id(p) for p in head.parameters()] == ids and all(p.dtype == torch.float32 for p in head.parameters())
+    assert lin.weight.dtype == torch.bfloat16
+    with prec.autocast():  # bf16 body, fp32 head: autocast makes them meet
+        y = model(torch.randn(3, 4, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    assert compute_dtype(torch.nn.Linear(2, 2)) == torch.float32
+
+
+def test_a_bf16_model_trains_with_float32_adapters_on_the_cpu(tokenizer, tmp_path, one_thread) -> None:
+    import random
+
+    import peft
+
+    from layerwise.data import load_task
+    from layerwise.train import TrainConfig, train
+    from tests.tiny_models import tiny_bert
+
+    data = load_task("rotten-tomatoes")
+    rng = random.Random(0)
+    train_ex, dev_ex = rng.sample(data.train, 64), rng.sample(data.dev, 32)
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    model = peft.get_peft_model(tiny_bert(tokenizer.vocab_size).to(torch.bfloat16), lora)
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = TrainConfig(steps=6, lr=5e-3, batch_size=8, max_length=32, prefix_cache="off")
+    result = train(model, tokenizer, data.task, train_ex, dev_ex, cfg, tmp_path / "run", show_progress=False)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(trained) == set(before) and all(p.dtype == torch.float32 for p in trained.values())
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert any(not torch.equal(before[n], p.detach()) for n, p in trained.items() if "lora_B" in n)
+    from layerwise.train.log import read_log, step_lines
+
+    losses = [r["loss"] for r in step_lines(read_log(result.log_path))]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert 0.0 <= result.final_metrics["accuracy"] <= 1.0
