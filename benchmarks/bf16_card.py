@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         stab16 = (bf16.metric(name).get("stability") or {}).get("kendall_tau_mean")
         floor = max(0.85 if name in TARGET else -1.0, stab32 if stab32 is not None else -1.0)
         rows.append({"metric": name, "tau_bf16_fp32": tau, "stability_fp32": stab32, "stability_bf16": stab16,
-                     "target": floor, "met": tau >= floor - 1e-12})
+                     "target": floor, "met": tau >= floor - 1e-12, "values_fp32": a, "values_bf16": b})
     result = {"model": args.model, "task": args.task, "samples": args.samples, "batch_size": args.batch_size,
               "max_length": args.max_length, "threads": args.threads, "seconds": seconds, "rows": rows}
     print(f"{args.model} / {args.task}: {args.samples} samples, batch {args.batch_size}, up to {args.max_length} "

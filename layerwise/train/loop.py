@@ -161,6 +161,10 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
         raise ModelError("the model has no trainable parameters; wrap it with peft (LoRA) before training")
     precision = Precision.for_model(model, params)  # 16-bit base: float32 master weights, autocast
     callbacks = (*callbacks, *precision.stateful())  # float16's loss scale is checkpointed
+    if config.gradient_checkpointing:
+        from layerwise.train.recompute import prepare_gradient_checkpointing
+
+        prepare_gradient_checkpointing(model)  # the adapted blocks only; the frozen prefix stays out of autograd
     features = encode_examples(train_examples, tokenizer, task, config.max_length)
     if not features:
         raise DataError(f"task {task.name!r} has no training examples")
