@@ -226,3 +226,46 @@ def test_a_bf16_model_trains_with_float32_adapters_on_the_cpu(tokenizer, tmp_pat
     losses = [r["loss"] for r in step_lines(read_log(result.log_path))]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert 0.0 <= result.final_metrics["accuracy"] <= 1.0
+
+
+class FakeInt8Linear(torch.nn.Linear):
+    """A linear layer whose weight is stored as int8 with a per-row scale (like a bitsandbytes layer, its weight
+    is not floating point and cannot have a gradient)."""
+
+    def __init__(self, lin: torch.nn.Linear) -> None:
+        super().__init__(lin.in_features, lin.out_features, bias=lin.bias is not None)
+        w = lin.weight.detach()
+        scale = w.abs().amax(1, keepdim=True) / 127
+        self.weight = torch.nn.Parameter(torch.round(w / scale).to(torch.int8), requires_grad=False)
+        self.register_buffer("scale", scale)
+        if lin.bias is not None:
+            self.bias = torch.nn.Parameter(lin.bias.detach().clone())
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.dequantized(), self.bias)
+
+
+def test_a_card_of_quantized_weights_measures_the_residual_signal_and_refuses_weight_gradients() -> None:
+    from layerwise.layers import find_layer_stack
+    from layerwise.probe.runner import run_probe
+
+    fp = distinct_blocks(tiny_llama(layers=3)).eval()
+    q = distinct_blocks(tiny_llama(layers=3)).eval()
+    for block in find_layer_stack(q).blocks:
+        for lin in block.linears:
+            parent, _, leaf = lin.name.rpartition(".")
+            fake = FakeInt8Linear(q.get_submodule(lin.name))
+            setattr(q.get_submodule(parent), leaf, fake)
+            fp.get_submodule(lin.name).weight.data.copy_(fake.dequantized())  # the same function in float
+    batches = _batches(4, n=2, causal=True)
+    got = run_probe(q, find_layer_stack(q), batches, ["out_grad"], show_progress=False)
+    ref = run_probe(fp, find_layer_stack(fp), batches, ["out_grad"], show_progress=False)
+    for a, b in zip(got.stats.out_grad, ref.stats.out_grad):
+        assert float(a.value().abs().max()) > 0
+        torch.testing.assert_close(a.value(), b.value(), rtol=1e-4, atol=1e-7)
+    assert all(p.grad is None for p in q.parameters())
+    with pytest.raises(ConfigError, match=r"^gradnorm, fisher and taylor .* quantized model \(--quantize\)"):
+        run_probe(q, find_layer_stack(q), batches, ["param_grad"], show_progress=False)

@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from layerwise.layers import find_layer_stack
+import layerwise
 from layerwise.train.recompute import input_grads_enabled, prepare_gradient_checkpointing
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
@@ -81,7 +82,7 @@ def test_input_grads_enabled_below_the_lowest_adapter_are_removed_with_a_warning
     backward = step(model)[1]
     assert backward == [1] * LAYERS  # every frozen block below the adapters now runs its backward
     with pytest.warns(UserWarning, match="lowest adapter is on block 4: the backward would run through the 4 frozen"):
-        handle = prepare_gradient_checkpointing(model)
+        handle = layerwise.prepare_gradient_checkpointing(model)  # the public helper
     assert handle.removed_input_grads and not input_grads_enabled(model)
     grads, backward, _ = step(model)
     assert backward == [0, 0, 0, 0, 1, 1]
