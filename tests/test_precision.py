@@ -269,3 +269,30 @@ def test_a_card_of_quantized_weights_measures_the_residual_signal_and_refuses_we
     assert all(p.grad is None for p in q.parameters())
     with pytest.raises(ConfigError, match=r"^gradnorm, fisher and taylor .* quantized model \(--quantize\)"):
         run_probe(q, find_layer_stack(q), batches, ["param_grad"], show_progress=False)
+
+
+def test_input_covariance_of_a_bf16_model_equals_the_float64_sums_of_its_states(one_thread) -> None:
+    """What act_energy reads: the centred Gram of each block's real-token inputs, from a bf16 model's own
+    states, equals the float64 computation from those states (captured here by hand)."""
+    from layerwise.layers import find_layer_stack
+    from layerwise.probe.runner import run_probe
+
+    model = distinct_blocks(tiny_llama(layers=3)).eval().to(torch.bfloat16)
+    stack = find_layer_stack(model)
+    batches = _batches(5, n=3, causal=True)
+    rows: dict[int, list[torch.Tensor]] = {b.index: [] for b in stack.blocks}
+    handles = [b.module.register_forward_pre_hook(
+        lambda m, a, kw, i=b.index: rows[i].append((a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True)
+        for b in stack.blocks]
+    with torch.no_grad():
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    for h in handles:
+        h.remove()
+    result = run_probe(model, stack, batches, ["input_cov"], show_progress=False)
+    for i, states in rows.items():
+        x = torch.cat([s[m.bool()] for s, m in zip(states, (b["attention_mask"] for b in batches))]).double()
+        xc = x - x.mean(0)
+        want = xc.T @ xc  # float32 products per batch: agreement to float32 rounding of the largest entry
+        torch.testing.assert_close(result.stats.input_cov[i].centred(), want, rtol=1e-5,
+                                   atol=1e-6 * float(want.abs().max()))
