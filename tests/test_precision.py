@@ -296,3 +296,40 @@ def test_input_covariance_of_a_bf16_model_equals_the_float64_sums_of_its_states(
         want = xc.T @ xc  # float32 products per batch: agreement to float32 rounding of the largest entry
         torch.testing.assert_close(result.stats.input_cov[i].centred(), want, rtol=1e-5,
                                    atol=1e-6 * float(want.abs().max()))
+
+
+def test_a_float16_run_checkpoints_its_loss_scale_and_resumes_exactly(tokenizer, tmp_path, one_thread) -> None:
+    """float16 on the CPU through train() (the CLI refuses it there; the loop does not care where): the
+    GradScaler's state is in the checkpoint, a resumed run continues its growth count (6 good steps, not 3) and
+    ends with the uninterrupted run's adapter bit for bit."""
+    import random
+
+    import peft
+    from safetensors.torch import load_file
+
+    from layerwise.data import load_task
+    from layerwise.train import TrainConfig, train
+    from tests.tiny_models import tiny_bert
+
+    data = load_task("rotten-tomatoes")
+    rng = random.Random(0)
+    train_ex, dev_ex = rng.sample(data.train, 64), rng.sample(data.dev, 16)
+    cfg = TrainConfig(steps=6, lr=5e-3, batch_size=8, max_length=32, prefix_cache="off")
+
+    class StopAt3:
+        def on_step_end(self, state) -> None:
+            state.should_stop = state.should_stop or state.step == 3
+
+    def run(out, **kwargs):
+        lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+        model = peft.get_peft_model(tiny_bert(tokenizer.vocab_size, layers=2).to(torch.float16), lora)
+        return train(model, tokenizer, data.task, train_ex, dev_ex, cfg, out, show_progress=False, **kwargs)
+
+    whole = run(tmp_path / "whole")
+    assert run(tmp_path / "resumed", callbacks=[StopAt3()]).steps == 3
+    resumed = run(tmp_path / "resumed", resume=True)
+    state = torch.load(tmp_path / "resumed" / "checkpoint" / "callbacks.pt", weights_only=True)["LossScaling"]
+    assert state["scale"] == 2.0**16 and state["_growth_tracker"] == 6
+    a = load_file(whole.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
