@@ -104,7 +104,8 @@ def main() -> None:
     for label in RUNS:
         base = label.removesuffix("+ckpt")
         t, t0 = statistics.median(times[label]), statistics.median(times[base])
-        print(f"| {label} | {t:.2f} | {t / t0:.3f} | {memory[label] / 2**20:.0f} | {memory[label] / memory[base]:.3f} |")
+        print(f"| {label} | {t:.2f} | {t / t0:.3f} | {memory[label] / 2**20:.0f} "
+              f"| {memory[label] / memory[base]:.3f} |")
     if args.out:
         Path(args.out, "gradient_checkpointing.json").write_text(json.dumps({"times": times, "peaks": memory}))
 
