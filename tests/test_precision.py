@@ -333,3 +333,16 @@ def test_a_float16_run_checkpoints_its_loss_scale_and_resumes_exactly(tokenizer,
     a = load_file(whole.adapter_dir / "adapter_model.safetensors")
     b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_scores_a_bf16_model_with_a_float32_head(tokenizer) -> None:
+    """After training a bf16 base its head is float32 (master weights): ``evaluate`` runs it under autocast."""
+    from layerwise.data import load_task
+    from layerwise.train import evaluate
+    from tests.tiny_models import tiny_bert
+
+    data = load_task("rotten-tomatoes")
+    model = tiny_bert(tokenizer.vocab_size).to(torch.bfloat16)
+    model.classifier.float()
+    metrics = evaluate(model, data.dev[:16], data.task, tokenizer, batch_size=8, max_length=32)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and math.isfinite(metrics["loss"])
