@@ -124,3 +124,24 @@ def test_the_training_loop_with_gradient_checkpointing_ends_with_the_same_adapte
     assert set(adapters[True]) == set(adapters[False])
     for name, value in adapters[True].items():
         torch.testing.assert_close(value, adapters[False][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_helper_in_a_hugging_face_trainer_keeps_the_prefix_out_of_the_backward(tmp_path) -> None:
+    """The README's recipe: checkpointing left off in the Trainer's arguments, the helper on the
+    model; the Trainer's steps recompute the adapted blocks and never run a backward below them."""
+    model = top2_llama()
+    model.enable_input_require_grads()  # as a model prepared for kbit / TRL training arrives
+    with pytest.warns(UserWarning, match="input grads enabled"):
+        layerwise.prepare_gradient_checkpointing(model)
+    blocks = find_layer_stack(model).blocks
+    backward, forward = [0] * LAYERS, [0] * LAYERS
+    for b in blocks:
+        b.module.register_full_backward_hook(lambda m, gi, go, i=b.index: backward.__setitem__(i, backward[i] + 1))
+        b.module.self_attn.register_forward_hook(lambda m, a, o, i=b.index: forward.__setitem__(i, forward[i] + 1))
+    rows = [{k: v[i] for k, v in batch().items()} for i in range(4)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
+                                          report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
+                                          seed=0)  # activation (gradient) checkpointing off: the default
+    transformers.Trainer(model=model, args=args, train_dataset=rows).train()
+    assert backward == [0, 0, 0, 0, 2, 2]  # one backward per step, adapted blocks only
+    assert forward == [2, 2, 2, 2, 4, 4]  # each step recomputes the adapted blocks once

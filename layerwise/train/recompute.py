@@ -131,7 +131,8 @@ def _drop_input_grads(model: torch.nn.Module, stack: Any, lowest: int | None, wa
                       f"gradient_checkpointing=True in the Trainer or TRL sets it), but its lowest adapter is on "
                       f"block {lowest}: the backward would run through the {lowest} frozen block(s) below it. "
                       "layerwise removed that hook and checkpoints only the adapted blocks (non-reentrant); "
-                      "leave gradient_checkpointing off in the Trainer's arguments", UserWarning, stacklevel=3)
+                      "leave gradient (activation) checkpointing off in the Trainer's arguments",
+                      UserWarning, stacklevel=3)
     return True
 
 
