@@ -207,9 +207,9 @@ def _collect_param_grads(hooks: ProbeHooks, weights: dict[int, list[torch.nn.Par
                 continue
             g = w.grad.reshape(-1)
             if g.dtype != torch.float32:  # a 16-bit model: squared and summed in float32, never in its dtype
-                g = g.float()
-            # dot products: no temporary the size of the weight in float32 (float32 accumulation, stored as
-            # float64); kept on the device, no host sync
+                g = g.float()  # (one float32 copy of this weight's gradient at a time)
+            # dot products: no squared temporary (float32 accumulation, stored as float64); kept on the
+            # device, no host sync
             sq[index] += torch.dot(g, g)
             wg[index] += torch.dot(w.detach().reshape(-1).to(g.dtype), g)
             counts[index] += g.numel()

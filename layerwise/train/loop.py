@@ -365,9 +365,8 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
     state, every = run.state, run.config.eval_every
     if state.last_eval_step == state.step or not (force or (every and state.step % every == 0)):
         return
-    with run.precision.autocast():
-        metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
-                                          prefix=run.prefix)
+    metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
+                                      prefix=run.prefix)
     state.last_metrics, state.last_eval_step = metrics, state.step
     run.log.write_eval(state.step, metrics)
     _update_best(run, metrics)
