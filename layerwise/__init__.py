@@ -8,7 +8,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "suggest", "Suggestion"]
+__all__ = ["__version__", "suggest", "Suggestion", "prepare_gradient_checkpointing"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from layerwise import suggestion as module
 
         return getattr(module, name)
+    if name == "prepare_gradient_checkpointing":  # for Trainer / TRL users (layerwise.train.recompute)
+        from layerwise.train.recompute import prepare_gradient_checkpointing
+
+        return prepare_gradient_checkpointing
     raise AttributeError(f"module 'layerwise' has no attribute {name!r}")

@@ -171,4 +171,13 @@ def _probe_info(result: Any) -> dict[str, Any]:
     s = result.stats
     return {"seconds": result.seconds, "peak_memory": result.peak_memory, "start_memory": result.start_memory,
             "batches": s.batches, "examples": s.examples, "tokens": s.tokens, "backward": result.backward,
-            "device": str(next(iter(result.stack.blocks[0].module.parameters())).device)}
+            "device": str(next(iter(result.stack.blocks[0].module.parameters())).device),
+            "model_dtype": _model_dtype(result.stack)}
+
+
+def _model_dtype(stack: Any) -> str:
+    """The dtype the blocks computed in (their first floating-point weight's); statistics are float32/64."""
+    for p in stack.blocks[0].module.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return "quantized"

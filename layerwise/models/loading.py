@@ -116,6 +116,8 @@ def load_model(
     trust_remote_code: bool = False,
     dtype: str = "float32",
     seed: int = 0,
+    quantization: Any = None,
+    device: Any = None,
 ) -> LoadedModel:
     """Resolve ``name`` and load it with a task ``head`` (one of :data:`HEADS`).
 
@@ -123,7 +125,10 @@ def load_model(
     initialised from ``seed``, so two loads give the same head (the global RNG is left as it was).
     Remote code runs only with
     ``trust_remote_code=True`` (the CLI's ``--trust-remote-code``). Weights load from safetensors
-    wherever the model folder has them.
+    wherever the model folder has them. ``dtype`` is a concrete dtype name (see
+    :func:`layerwise.models.precision.resolve_dtype` for ``auto``); ``quantization`` a transformers
+    quantization config (:func:`layerwise.models.precision.quantization_config`), whose weights are placed on
+    ``device`` while loading (a quantized model cannot be moved afterwards).
     """
     import torch
     import transformers
@@ -137,6 +142,9 @@ def load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype)}
     if source.kind != "hub" and any(Path(source.path).glob("*.safetensors")):
         kwargs["use_safetensors"] = True
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": str(device if device is not None else "cuda")}
     auto, extra = _auto_class(transformers, head, num_labels)
     try:
         # The load report (e.g. "classifier.weight MISSING" for a fresh head) is expected, not news.

@@ -18,15 +18,21 @@ __all__ = ["ProbeHooks", "pool_tokens"]
 
 
 def pool_tokens(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """One vector per example: ``first`` token, ``last`` real token, or ``mean`` over real tokens; (B, d)."""
+    """One vector per example: ``first`` token, ``last`` real token, or ``mean`` over real tokens; (B, d),
+    float32 at least (a 16-bit model's states are upcast before they are summed)."""
     if pooling == "first":
-        return h[:, 0]
+        return _at_least_f32(h[:, 0])
     if pooling == "last":
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (mask.long() * positions).argmax(1)  # (B,) index of the last real token
-        return h[torch.arange(h.shape[0], device=h.device), last]
-    m = mask.unsqueeze(-1).to(h.dtype)
+        return _at_least_f32(h[torch.arange(h.shape[0], device=h.device), last])
+    m = mask.unsqueeze(-1).to(torch.promote_types(h.dtype, torch.float32))  # (B, T, 1); promotes h * m
     return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or as it is when it is already float32 or float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _first_tensor(value: Any) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -101,6 +102,11 @@ def run_probe(
             f"{need / 2**30:.1f} GiB (limit {max_stat_memory / 2**30:.1f} GiB, --max-stat-memory); raise the "
             "limit, or choose metrics without covariances (actnorm, gradnorm, fisher, taylor, cost)")
     backward = bool(wanted & set(BACKWARD_STATISTICS))
+    quantized = backward and _quantized(model, stack)
+    if quantized and "param_grad" in wanted:
+        raise ConfigError("gradnorm, fisher and taylor read the gradients of the blocks' weights, which a quantized "
+                          "model (--quantize) does not have; with quantized weights choose --metrics among actnorm, "
+                          "cka, act_energy, resnorm, coupling and cost")
     stats = ProbeStats(num_blocks=len(stack), hidden=hidden, wanted=wanted, device=_device_of(model, device))
     pooling = pooling or default_pooling(model)
     hooks = ProbeHooks(stack, stats, pooling, projection_modules(model, stack) if "out_norm" in wanted else None)
@@ -108,8 +114,10 @@ def run_probe(
     model.eval()
     flags = _enable_block_grads(model, stack) if backward else None
     weights = {b.index: _block_weights(model, b) for b in stack.blocks} if backward else {}
+    # quantized weights get no gradient: the graph then starts at the embeddings' output (QLoRA's way)
+    graph = _input_grads(model) if quantized else contextlib.nullcontext()
     try:
-        with hooks, PeakMemory(device) as mem:
+        with hooks, graph, PeakMemory(device) as mem:
             start = time.perf_counter()
             for batch in _iterate(batches, show_progress):
                 _probe_batch(model, hooks, batch, device, weights, loss_fn)
@@ -198,10 +206,12 @@ def _collect_param_grads(hooks: ProbeHooks, weights: dict[int, list[torch.nn.Par
             if w.grad is None:
                 continue
             g = w.grad.reshape(-1)
-            # dot products: no temporary the size of the weight (float32 accumulation, stored as float64);
-            # kept on the device, no host sync
+            if g.dtype != torch.float32:  # a 16-bit model: squared and summed in float32, never in its dtype
+                g = g.float()  # (one float32 copy of this weight's gradient at a time)
+            # dot products: no squared temporary (float32 accumulation, stored as float64); kept on the
+            # device, no host sync
             sq[index] += torch.dot(g, g)
-            wg[index] += torch.dot(w.detach().reshape(-1), g)
+            wg[index] += torch.dot(w.detach().reshape(-1).to(g.dtype), g)
             counts[index] += g.numel()
             w.grad = None
     stats.grad_sq.append(sq)
@@ -210,7 +220,29 @@ def _collect_param_grads(hooks: ProbeHooks, weights: dict[int, list[torch.nn.Par
 
 
 def _block_weights(model: torch.nn.Module, block: Any) -> list[torch.nn.Parameter]:
-    return [model.get_submodule(lin.name).weight for lin in block.linears]
+    """The block's floating-point linear weights (quantized ones cannot have gradients)."""
+    return [w for w in (model.get_submodule(lin.name).weight for lin in block.linears) if w.is_floating_point()]
+
+
+def _quantized(model: torch.nn.Module, stack: Any) -> bool:
+    """Whether any linear weight of the blocks is stored quantized (not floating point: bitsandbytes)."""
+    return any(not model.get_submodule(lin.name).weight.is_floating_point()
+               for block in stack.blocks for lin in block.linears)
+
+
+@contextlib.contextmanager
+def _input_grads(model: torch.nn.Module):
+    """Make the input embeddings' output require grad during the pass (hook removed after)."""
+    embeddings = model.get_input_embeddings()
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        output.requires_grad_(True)
+
+    handle = embeddings.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _enable_block_grads(model: torch.nn.Module, stack: Any) -> dict[str, bool]:

@@ -4,7 +4,7 @@ writes are generated from the fields (see :mod:`layerwise.commands.flags`), and 
 raise a :class:`~layerwise.errors.ConfigError` naming its own flag.
 
 =====================  ==========================================================
-``ModelSource``        model, cache dir, remote code, layers path
+``ModelSource``        model, cache dir, remote code, layers path, dtype, quantization
 ``DataSource``         task, data, columns, kind, dev fraction, max length
 ``Calibration``        the calibration sample of the Layer Card
 ``ProbeSettings``      which card metrics, CKA pooling, cost rank and targets

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from layerwise.errors import ConfigError
-from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name
+from layerwise.models.precision import DTYPES, QUANTIZATIONS
+from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name, one_of
 
 __all__ = ["ModelSource", "DataSource", "DEFAULT_MODEL", "DEFAULT_TASK", "KINDS"]
 
@@ -31,11 +32,20 @@ class ModelSource:
     layers_path: str | None = None
     """dotted path to the ModuleList of transformer blocks, for architectures layerwise does not recognise
     (e.g. model.decoder.layers)"""
+    dtype: str = flag("auto", choices=DTYPES)
+    """dtype of the model's weights: auto (bfloat16 on a CUDA device that supports it, float32 on the CPU),
+    float32, bfloat16 (also on the CPU) or float16 (CUDA only); the card's statistics and the adapters'
+    weights stay float32/float64 whatever it is"""
+    quantize: str = flag("none", choices=QUANTIZATIONS)
+    """load the frozen base weights quantized: 4bit (NF4, QLoRA's recipe) or 8bit through bitsandbytes (needs
+    the bitsandbytes package and a CUDA device); none keeps --dtype weights"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(f"{flag_name(self, 'model')} must name a model (a folder, .gguf file, alias or "
                               f"hub id), got {self.model!r}")
+        one_of(self, "dtype", DTYPES)
+        one_of(self, "quantize", QUANTIZATIONS)
         if isinstance(self.cache_dir, str) and self.cache_dir:
             from layerwise.io import check_writable_dir
 

@@ -77,6 +77,11 @@ class TrainConfig:
     """Folder of the disk prefix cache, shared by runs over the same model prefix and data (default: the run's
     ``prefix_cache/`` folder)."""
 
+    gradient_checkpointing: bool = False
+    """Recompute the adapted blocks' activations in the backward instead of keeping them (less memory, about
+    one more forward of those blocks per step); only blocks with a trainable parameter are checkpointed and the
+    frozen blocks below the lowest adapter stay out of the backward (see ``layerwise.train.recompute``)."""
+
     FLAGS: ClassVar[dict[str, str]] = {"seed": "train-seed"}
     """Fields whose flag is not their name with dashes (``seed`` is ``--train-seed``: ``--calibration-seed``
     is the card's)."""

@@ -71,15 +71,19 @@ def run_eval(model: Any, data: EvalSet, gen_max_new_tokens: int = 256, prefix: A
     """Every metric of the task plus ``loss`` (where labels exist) on ``data``; restores train mode after.
 
     ``prefix`` (a ``layerwise.train.prefix_cache.PrefixCache``) feeds the loss batches from its evaluation
-    cache, where ``data``'s batches start at batch ``prefix_offset``; generation always runs the whole model."""
+    cache, where ``data``'s batches start at batch ``prefix_offset``; generation always runs the whole model. A
+    model with 16-bit frozen weights (``--dtype``) runs under autocast in their dtype, so its float32 trained
+    parameters (adapters, head) meet its 16-bit activations."""
     import torch
 
     from layerwise.evaluation import compute_metrics
+    from layerwise.train.precision import Precision, compute_dtype
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), Precision(compute_dtype(model), device.type).autocast():
             loss, outputs = _loss_and_outputs(model, data, prefix, prefix_offset)
             if data.task.kind == "causal-lm":
                 predictions = _generate(model, data, gen_max_new_tokens)

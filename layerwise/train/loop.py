@@ -124,6 +124,8 @@ class _Run:
     prefix_report: Any = None
     valset: EvalSet | None = None
     """The validation split that chooses the checkpoint, or None (the dev set chooses)."""
+    precision: Any = None
+    """Autocast and loss scaling of a 16-bit model (``layerwise.train.precision.Precision``)."""
 
 
 def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
@@ -162,11 +164,18 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
            callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None) -> _Run:
     from layerwise.data.collate import Collator, encode_examples
     from layerwise.evaluation import get_metric
+    from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
 
     params = list(trainable_parameters(model).values())
     if not params:
         raise ModelError("the model has no trainable parameters; wrap it with peft (LoRA) before training")
+    precision = Precision.for_model(model, params)  # 16-bit base: float32 master weights, autocast
+    callbacks = (*callbacks, *precision.stateful())  # float16's loss scale is checkpointed
+    if config.gradient_checkpointing:
+        from layerwise.train.recompute import prepare_gradient_checkpointing
+
+        prepare_gradient_checkpointing(model)  # the adapted blocks only; the frozen prefix stays out of autograd
     features = encode_examples(train_examples, tokenizer, task, config.max_length)
     if not features:
         raise DataError(f"task {task.name!r} has no training examples")
@@ -199,7 +208,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
                 log=parallel.open_log(out_dir / LOG_NAME, keep_through=state.step if resume else None),
                 callbacks=tuple(callbacks), higher_is_better=get_metric(task.main_metric).higher_is_better,
                 device=device, saved_step=state.step if resume else -1, engine=parallel.wrap_model(model),
-                prefix=prefix, prefix_report=prefix_report, valset=valset)
+                prefix=prefix, prefix_report=prefix_report, valset=valset, precision=precision)
 
 
 def _eval_sets(valset: EvalSet | None, evalset: EvalSet) -> list[EvalSet]:
@@ -304,12 +313,13 @@ def _train_step(run: _Run) -> None:
     for k in range(cfg.grad_accum):
         batch, hidden = _micro_batch(run, state.step * cfg.grad_accum + k)
         with parallel.accumulation(run.engine, last=k == cfg.grad_accum - 1):  # DDP: one all-reduce per step
-            with timer.phase("forward"), run.prefix.feeding(hidden) if hidden is not None else nullcontext():
+            with timer.phase("forward"), run.precision.autocast(), \
+                    run.prefix.feeding(hidden) if hidden is not None else nullcontext():
                 loss = run.engine(**batch).loss
                 if cfg.grad_accum > 1:  # the step's gradient is the mean over its micro-batches
                     loss = loss / cfg.grad_accum
             with timer.phase("backward"):
-                loss.backward()
+                run.precision.backward(loss)
         total = loss.detach() if total is None else total + loss.detach()
     with timer.phase("optimizer"):
         _optimizer_step(run)
@@ -335,12 +345,13 @@ def _micro_batch(run: _Run, n: int) -> tuple[dict, torch.Tensor | None]:
 
 
 def _optimizer_step(run: _Run) -> None:
+    run.precision.unscale(run.optimizer)  # float16: clip and log the true gradients
     if run.config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
     for callback in run.callbacks:  # e.g. La-LoRA keeps the pruned slices of its factors
         if isinstance(callback, BeforeOptimizerStep):
             callback.before_optimizer_step(run.optimizer)
-    run.optimizer.step()
+    run.precision.step(run.optimizer)
     for callback in run.callbacks:  # e.g. La-LoRA restores them and reallocates ranks
         if isinstance(callback, AfterOptimizerStep):
             callback.after_optimizer_step(run.state.step + 1)

@@ -82,11 +82,12 @@ def _load_for_card(model: ModelSource, data: DataSource | str | None, dev: Any, 
     metrics only): no task, no head, no batches."""
     from layerwise import weight_card
     from layerwise.layers import find_layer_stack
-    from layerwise.workflows.prepare import prepare
+    from layerwise.workflows.prepare import load_precision, load_source, prepare
 
     if data is None:
-        loaded, batches, info = weight_card.load_without_task(model.model, model.cache_dir, model.trust_remote_code)
-        loaded.model.to(dev)
+        # the model without a task head (its fingerprint is the same as with any head), no batches
+        loaded = load_source(model, dev, load_precision(model, dev), head="base")
+        batches, info = [], dict(weight_card.DATA_FREE_INFO)
         return loaded, find_layer_stack(loaded.model, model.layers_path), batches, info
     ready = prepare(model, data, dev)
     batches = [] if data_free else calibration_batches(ready.task, ready.loaded.tokenizer, calibration)

@@ -8,7 +8,8 @@ from typing import Any
 
 from layerwise.settings import DataSource, ModelSource
 
-__all__ = ["Prepared", "prepare", "model_source", "data_source", "fits_positions"]
+__all__ = ["Prepared", "prepare", "model_source", "data_source", "fits_positions", "load_precision",
+           "load_source"]
 
 
 @dataclass
@@ -36,19 +37,41 @@ def data_source(data: DataSource | str) -> DataSource:
 
 
 def prepare(model: ModelSource | str, data: DataSource | str, device: Any, task: Any = None) -> Prepared:
-    """Load ``data`` (or use the already loaded ``task``) and ``model`` with the task's head, put the model
-    on ``device`` (resolved with :func:`layerwise.device.resolve_device`) and find its layer stack."""
+    """Load ``data`` (or use the already loaded ``task``) and ``model`` with the task's head, in the model's
+    ``--dtype`` (and ``--quantize``) as ``device`` allows, put it on ``device`` (resolved with
+    :func:`layerwise.device.resolve_device`) and find its layer stack."""
     from layerwise.layers import find_layer_stack
-    from layerwise.models import load_model
 
     model, data = model_source(model), data_source(data)
+    precision = load_precision(model, device)  # refused before the data or the weights are read
     task_data = task if task is not None else data.load()
     spec = task_data.task
-    loaded = load_model(model.model, head=spec.head, num_labels=spec.num_labels, cache_dir=model.cache_dir,
-                        trust_remote_code=model.trust_remote_code)
+    loaded = load_source(model, device, precision, head=spec.head, num_labels=spec.num_labels)
     fits_positions(data.max_length, loaded.model)
-    loaded.model.to(device)
     return Prepared(task_data, loaded, find_layer_stack(loaded.model, model.layers_path), device)
+
+
+def load_precision(model: ModelSource, device: Any) -> tuple[str, Any]:
+    """The concrete dtype of ``model.dtype`` on ``device`` and its quantization config (None without
+    ``--quantize``); a dtype or quantization the device lacks is a ``ConfigError`` naming the flag."""
+    from layerwise.models.precision import check_quantization, quantization_config, resolve_dtype
+    from layerwise.settings import flag_name
+
+    dtype = resolve_dtype(model.dtype, device, flag_name(model, "dtype"))
+    check_quantization(model.quantize, device, flag_name(model, "quantize"))
+    return dtype, quantization_config(model.quantize, dtype)
+
+
+def load_source(model: ModelSource, device: Any, precision: tuple[str, Any], **head: Any) -> Any:
+    """``load_model`` with ``model``'s settings and ``precision`` (from :func:`load_precision`), on ``device``."""
+    from layerwise.models import load_model
+
+    dtype, quantization = precision
+    loaded = load_model(model.model, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code,
+                        dtype=dtype, quantization=quantization, device=device, **head)
+    if quantization is None:  # a quantized model is placed while loading and cannot be moved
+        loaded.model.to(device)
+    return loaded
 
 
 def fits_positions(max_length: int, model: Any) -> None:
