@@ -155,6 +155,25 @@ def test_a_bench_made_before_a_training_field_existed_resumes_at_its_default(tmp
         _check_resume(tmp_path, {"model": "m", "train_config": TrainConfig(steps=6).to_dict()})
 
 
+def test_a_bench_resumes_only_with_the_same_carving_and_precision(tmp_path) -> None:
+    from layerwise.bench.cells import bench_config, check_resume as _check_resume
+    from layerwise.settings import Calibration, DataSource, ModelSource
+
+    def config(**data):
+        return bench_config(ModelSource("minilm"), DataSource("mrpc", **data), TrainConfig(steps=5), 8, "q,v",
+                            Calibration())
+
+    old = config()
+    del old["carving"], old["precision"]  # a bench recorded before these were
+    (tmp_path / "bench_config.json").write_text(json.dumps(old))
+    _check_resume(tmp_path, config())  # at their defaults: the same data
+    with pytest.raises(ConfigError, match="--validation-fraction is 0.1, was None"):
+        _check_resume(tmp_path, config(validation_fraction=0.1))
+    (tmp_path / "bench_config.json").write_text(json.dumps(config(validation_fraction=0.1)))
+    with pytest.raises(ConfigError, match="--train-subset is 100, was None"):
+        _check_resume(tmp_path, config(validation_fraction=0.1, train_subset=100))
+
+
 def test_render_synthetic_bench(tmp_path) -> None:
     from layerwise.bench.render import k_sweep, render_bench_md, write_bench
 

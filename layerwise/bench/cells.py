@@ -120,7 +120,10 @@ def bench_config(model: ModelSource, data: DataSource, train_config: Any, rank: 
         path = str(Path(path).resolve())  # the same folder however it was written
     config = {"model": model.model, "task": data.task, "data": path, "train_config": train, "rank": rank,
               "targets": targets, "calibration": asdict(calibration), "columns": data.columns,
-              "regression": data.kind == "regression"}
+              "regression": data.kind == "regression",
+              "carving": {"train_subset": data.train_subset, "validation_fraction": data.validation_fraction,
+                          "max_length": data.max_length},
+              "precision": {"dtype": model.dtype, "quantize": model.quantize}}
     if data.kind not in (None, "regression"):
         config["kind"] = data.kind
     return config
@@ -150,12 +153,19 @@ def check_resume(out: Path, config: dict[str, Any]) -> None:
 
 
 def _train_defaults() -> dict[str, Any]:
-    """``{"train_config.<field>": default}`` for the TrainConfig fields that have one."""
+    """``{"train_config.<field>": default}`` for the TrainConfig fields that have one, and the defaults of the
+    data carving and model precision settings (recorded since 2026-11-29)."""
     from dataclasses import MISSING, fields
 
+    from layerwise.settings import DataSource, ModelSource
     from layerwise.train import TrainConfig
 
-    return {f"train_config.{f.name}": f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    out = {f"train_config.{f.name}": f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    data, model = DataSource(), ModelSource()
+    out.update({"carving.train_subset": data.train_subset, "carving.validation_fraction": data.validation_fraction,
+                "carving.max_length": data.max_length, "precision.dtype": model.dtype,
+                "precision.quantize": model.quantize})
+    return out
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
