@@ -17,8 +17,9 @@ __all__ = ["MODEL", "DATA", "PROBE", "ADAPTER", "selection_group", "calibration_
            "add_common", "add_place_flags", "legacy_ranks", "settings_record", "DEFAULT_MODEL", "DEFAULT_TASK",
            "DEFAULT_LR", "DEFAULT_STEPS"]
 
-DEFAULT_LR = 5e-4
-"""Peak learning rate of ``train`` and ``run`` (the bundled default task learns at it)."""
+DEFAULT_LR = 2e-3
+"""Peak learning rate of the commands: uniform LoRA's best of 5e-4, 2e-3 and 5e-3 on a validation split of
+MRPC train with MiniLM (``benchmarks/converged.py``, 2026-11-29). ``TrainConfig``'s own default stays 5e-4."""
 DEFAULT_STEPS = 150
 """Optimizer steps of ``train`` and ``run``."""
 
