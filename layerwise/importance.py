@@ -154,7 +154,8 @@ def cka(result: Any, options: dict) -> MetricValues:
         value = linear_cka(xx, yy, cross, tiny)
         if value is None:
             side = "input" if xx.norm() <= tiny else "output"
-            undefined[i] = CKA_UNDEFINED.format(i=i, side=side, pooling=result.pooling)
+            undefined[i] = CKA_UNDEFINED.format(i=i + getattr(result, "block_offset", 0), side=side,
+                                                pooling=result.pooling)
         values.append(None if value is None else 1.0 - value)
     per_batch = _stack(s.pooled_batches)
     if per_batch is not None and undefined:

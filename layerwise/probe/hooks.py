@@ -245,6 +245,8 @@ class ProbeHooks:
             d_out, d_in = g.shape[-1], x.shape[-1]
             gf, xf = g.reshape(-1, d_out).float(), x.detach().reshape(-1, d_in).float()  # (B*T, d)
             # Padding rows carry zero gradient (no real token reads them), so G sums real tokens only.
+            if self.stats.out_sketch is not None:  # projected: S^T g^T x, (k, d_in)
+                gf = gf @ self.stats.out_sketch  # (B*T, k)
             c = gf.T @ xf  # this batch's g^T x, (d_out, d_in)
             self.stats.out_grad[i].add(c)
             scale = xf.pow(2).mean(0).clamp_min(1e-12).sqrt()  # per-feature scale of this batch, (d_in,)
