@@ -178,7 +178,8 @@ def plan_statistics(num_blocks: int, hidden: int, statistics: Iterable[str], bud
 
 def projected_peak(*, hidden: int, num_blocks: int, mlp: int, kv_dim: int | None = None, vocab: int = 32000,
                    statistics: Iterable[str] = (), budget: int | None = None, dtype_bytes: int = 4,
-                   batch: int = 8, tokens: int = 128, param_grads: bool = True) -> dict[str, int]:
+                   batch: int = 8, tokens: int = 128, param_grads: bool = True,
+                   tied_embeddings: bool = False) -> dict[str, int]:
     """Projected peak bytes of a card's probe pass from a decoder's shapes (Llama-style blocks: q, k, v, o and a
     gated MLP), by component. ``budget`` None: the statistics exact in one pass; else as
     :func:`plan_statistics` would store them.
@@ -191,7 +192,8 @@ def projected_peak(*, hidden: int, num_blocks: int, mlp: int, kv_dim: int | None
     kv = hidden if kv_dim is None else kv_dim
     wanted = frozenset(statistics)
     block_linear = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * mlp
-    weights = (num_blocks * (block_linear + 2 * hidden) + 2 * vocab * hidden) * dtype_bytes
+    embeddings = (1 if tied_embeddings else 2) * vocab * hidden  # input embeddings and the LM head
+    weights = (num_blocks * (block_linear + 2 * hidden) + embeddings) * dtype_bytes
     backward = bool(wanted & {"out_grad", "param_grad"})
     grads = num_blocks * block_linear * dtype_bytes if backward and param_grads else 0
     n = batch * tokens
