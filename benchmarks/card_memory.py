@@ -76,7 +76,7 @@ def projections(args: argparse.Namespace, shapes: dict) -> dict:
     stats = {s for m in get_metrics(args.metrics) for s in m.statistics}
     no_coupling = {s for m in get_metrics(args.metrics) if m.name != "coupling" for s in m.statistics}
     llama3 = dict(hidden=4096, num_blocks=32, mlp=14336, kv_dim=1024, vocab=128256, dtype_bytes=2, batch=8,
-                  tokens=128)
+                  tokens=128, examples=256)  # the card's default --samples
     return {args.model + " float32": projected_peak(**shapes, statistics=stats, dtype_bytes=4),
             args.model + " bfloat16": projected_peak(**shapes, statistics=stats, dtype_bytes=2),
             "Llama-3-8B bf16, exact": projected_peak(**llama3, statistics=stats),

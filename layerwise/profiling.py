@@ -80,10 +80,11 @@ def profile_layers(
     plan = None
     if statistics:
         plan = plan_statistics(len(stack), _hidden_size(model, stack), statistics, max_stat_memory, sketch_dim,
-                               groupable=not any(m.name in _CROSS_BLOCK for m in chosen))
+                               groupable=not any(m.name in _CROSS_BLOCK for m in chosen),
+                               examples=_examples(batches))
         if plan.passes == 1:
             result, ranks_info = _probe_all_ranks(model, stack, batches, statistics, pooling, device,
-                                                  max_stat_memory, show_progress, loss_fn, plan.sketch_dim)
+                                                  max_stat_memory, show_progress, loss_fn, plan)
         else:
             result, ranks_info, grouped = _probe_in_groups(model, stack, batches, chosen, plan, pooling, device,
                                                            show_progress, loss_fn)
@@ -126,7 +127,7 @@ def profile_layers(
 
 def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict], statistics: set[str],
                      pooling: str | None, device: Any, max_stat_memory: int, show_progress: bool,
-                     loss_fn: Any = None, sketch_dim: int | None = None) -> tuple[Any, dict]:
+                     loss_fn: Any = None, plan: Any = None) -> tuple[Any, dict]:
     """The probe pass; in a data-parallel run each rank probes batches i % world == rank and the statistics
     are reduced over ranks (``layerwise.probe.reduce``), so every rank holds the single-process card."""
     from layerwise import distributed
@@ -138,7 +139,7 @@ def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
         raise ConfigError(f"{len(batches)} calibration batch(es) for {world} processes: every process needs at "
                           "least one; raise --samples or lower --batch-size")
     result = run_probe(model, stack, distributed.shard(batches), statistics, pooling, device, max_stat_memory,
-                       show_progress and distributed.is_main(), loss_fn, sketch_dim)
+                       show_progress and distributed.is_main(), loss_fn, plan)
     return result, reduce_result_(result)
 
 
@@ -159,6 +160,15 @@ def _plain_model(model: torch.nn.Module) -> torch.nn.Module:
             break
         model = inner
     return model
+
+
+def _examples(batches: Sequence[dict]) -> int | None:
+    """Calibration examples of this process's probe (None in a process group: pooled rows are not all-reduced)."""
+    from layerwise import distributed
+
+    if distributed.world_size() > 1:
+        return None
+    return sum(int(b["input_ids"].shape[0]) for b in batches if "input_ids" in b) or None
 
 
 def _hidden_size(model: torch.nn.Module, stack: Any) -> int:
@@ -186,8 +196,9 @@ def _probe_in_groups(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
         sub = dataclasses.replace(stack, blocks=blocks)
         logger.info("probing blocks %d-%d (pass %d of %d, --max-stat-memory)", group[0], group[-1],
                     plan.groups.index(group) + 1, plan.passes)
+        part = dataclasses.replace(plan, num_blocks=len(group), groups=[list(range(len(group)))])
         result, ranks_info = _probe_all_ranks(model, sub, batches, statistics, pooling, device, plan.budget,
-                                              show_progress, loss_fn, plan.sketch_dim)
+                                              show_progress, loss_fn, part)
         result.block_offset = group[0]
         for m in data:
             parts[m.name].append(m.compute(result, {}))

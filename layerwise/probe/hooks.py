@@ -198,8 +198,11 @@ class ProbeHooks:
         p_out = pooled[[outs[i] for i in blocks]]  # (L, B, d)
         p_in = pooled[[ins[i] for i in blocks]]
         s = self.stats
-        s.pooled_stack.add(pooled)
-        s.cross_stack.add(p_out, p_in)
+        if s.pooled_rows is not None:  # kept as they are: CKA in kernel form (layerwise.probe.plan)
+            s.pooled_rows.append(pooled)
+        else:
+            s.pooled_stack.add(pooled)
+            s.cross_stack.add(p_out, p_in)
         s.pooled_batches.append(1.0 - _kernel_cka(p_in, p_out))
 
     # -- hooks ----------------------------------------------------------------------------------

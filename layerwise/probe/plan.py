@@ -8,7 +8,9 @@ runs, a float32 buffer of the same shape (``layerwise.probe.stats``): 12 bytes p
 :func:`plan_statistics` fits them into ``--max-stat-memory``:
 
 1. everything exact, one pass (the probe exactly as before);
-2. else the residual gradient as a seeded Gaussian projection S^T G (S: d x k, entries N(0, 1/k), one S for every
+2. else CKA's pooled Grams as the pooled vectors themselves when the calibration examples are fewer than 4.5 d
+   (CKA then in kernel form, from n x n Grams of the examples: exact, not an estimate), and the residual
+   gradient as a seeded Gaussian projection S^T G (S: d x k, entries N(0, 1/k), one S for every
    block), the largest k (d/2, d/4, ... at least :data:`MIN_SKETCH`) that fits in one pass. ``resnorm`` is then
    ||S^T G C^{-T}||_F, a Gaussian trace estimate of ||W||_F^2 = tr(W W^T) for W = G C^{-T}: with probability
    at least 1 - delta its square is within a factor 1 +- eps of the exact one, eps = sqrt(8 ln(2/delta) / k)
@@ -16,7 +18,8 @@ runs, a float32 buffer of the same shape (``layerwise.probe.stats``): 12 bytes p
    1 - sqrt(1 - eps) relatively; ``coupling``'s cosines within 2 eps' / (1 - eps') with eps' for the union
    over the L + L(L-1) norms of W_i and W_i +- W_j. The input covariance stays exact: the whitening inverts it,
    and a projection of it has no such bound;
-3. else the blocks are probed in contiguous groups, one pass over the calibration batches per group (each pass
+3. else the blocks are probed in contiguous groups (as many as the smallest k needs, then the largest k that
+   needs no more), one pass over the calibration batches per group (each pass
    computes every statistic of its blocks, so the values are those of one pass); ``coupling`` compares blocks
    across groups and is then refused.
 
@@ -66,11 +69,16 @@ def cosine_bound(k: int, num_blocks: int, delta: float = DELTA) -> float:
     return 2 * eps / (1 - eps) if eps < 1 else math.inf
 
 
-def stat_bytes_per_block(hidden: int, statistics: Iterable[str], sketch_dim: int | None = None) -> int:
-    """Bytes one block's (d x d)-type statistics take during a pass; ``out_grad`` is (k x d) when sketched."""
+def stat_bytes_per_block(hidden: int, statistics: Iterable[str], sketch_dim: int | None = None,
+                         pooled_rows: int | None = None) -> int:
+    """Bytes one block's (d x d)-type statistics take during a pass; ``out_grad`` is (k x d) when sketched, and
+    ``pooled`` the float32 pooled vectors of ``pooled_rows`` examples (input and output state, and their
+    concatenation when CKA is computed) instead of Grams."""
     wanted, per = set(statistics), hidden * hidden * BYTES_PER_ENTRY
     total = 0
-    if "pooled" in wanted:  # input and output Gram (a chained block shares its predecessor's) and cross sums
+    if "pooled" in wanted and pooled_rows is not None:
+        total += 2 * pooled_rows * hidden * 8
+    elif "pooled" in wanted:  # input and output Gram (a chained block shares its predecessor's) and cross sums
         total += 3 * per
     if "input_cov" in wanted:
         total += per
@@ -89,6 +97,8 @@ class StatPlan:
     budget: int
     sketch_dim: int | None = None
     groups: list[list[int]] = field(default_factory=list)
+    pooled_rows: int | None = None
+    """Examples whose pooled vectors are kept (CKA in kernel form, exact) instead of the pooled Grams; None: Grams."""
 
     @property
     def passes(self) -> int:
@@ -96,13 +106,17 @@ class StatPlan:
 
     @property
     def exact(self) -> bool:
-        return self.sketch_dim is None
+        """Every statistic as the probe always kept it (exact d x d sums)."""
+        return self.sketch_dim is None and self.pooled_rows is None
+
+    def block_bytes(self) -> int:
+        return stat_bytes_per_block(self.hidden, self.statistics, self.sketch_dim, self.pooled_rows)
 
     def bytes(self) -> int:
         """Bytes of the statistics held at once (the largest group, plus the projection matrix S)."""
         largest = max((len(g) for g in self.groups), default=0)
         s = 0 if self.sketch_dim is None else self.hidden * self.sketch_dim * 4
-        return largest * stat_bytes_per_block(self.hidden, self.statistics, self.sketch_dim) + s
+        return largest * self.block_bytes() + s
 
     def representations(self) -> dict[str, dict[str, Any]]:
         """Per statistic with (d x d)-type sums: its representation and shape (what the card records)."""
@@ -110,7 +124,9 @@ class StatPlan:
         for name in ("pooled", "input_cov", "out_grad"):
             if name not in self.statistics:
                 continue
-            if name == "out_grad" and self.sketch_dim is not None:
+            if name == "pooled" and self.pooled_rows is not None:
+                out[name] = {"representation": "pooled_rows", "shape": [self.pooled_rows, d]}
+            elif name == "out_grad" and self.sketch_dim is not None:
                 out[name] = {"representation": "gaussian_projection", "shape": [self.sketch_dim, d],
                              "seed": SKETCH_SEED}
             else:
@@ -119,6 +135,8 @@ class StatPlan:
 
     def metric_bound(self, metric: str) -> dict[str, Any]:
         """The representation a metric read and its error bound (0 when exact)."""
+        if metric == "cka" and self.pooled_rows is not None:
+            return {"representation": "pooled_rows (kernel form, exact)", "error_bound": 0.0}
         if self.sketch_dim is None or metric not in ("resnorm", "coupling"):
             return {"representation": "exact", "error_bound": 0.0}
         k = self.sketch_dim
@@ -143,15 +161,21 @@ def _sketch_dims(hidden: int) -> list[int]:
 
 
 def plan_statistics(num_blocks: int, hidden: int, statistics: Iterable[str], budget: int,
-                    sketch_dim: int | None = None, groupable: bool = True) -> StatPlan:
+                    sketch_dim: int | None = None, groupable: bool = True,
+                    examples: int | None = None) -> StatPlan:
     """The plan for ``statistics`` of ``num_blocks`` blocks of width ``hidden`` within ``budget`` bytes.
 
     ``sketch_dim`` forces the residual gradient's projection dimension (None: exact when everything fits, else
-    the largest that fits in one pass, else the smallest, in groups). ``groupable=False`` (a metric compares
-    blocks across groups) refuses a plan that needs several passes.
+    the largest that fits in one pass, else the largest that needs no more passes than the smallest). ``groupable=False`` (a metric compares
+    blocks across groups) refuses a plan that needs several passes. ``examples`` (the calibration examples, when
+    known) lets CKA keep the pooled vectors, (examples x d) per state, instead of (d x d) Grams when that is
+    smaller and the Grams do not fit.
     """
     wanted = frozenset(statistics)
     plan = StatPlan(hidden, num_blocks, wanted, budget, sketch_dim, [list(range(num_blocks))])
+    if plan.bytes() > budget and "pooled" in wanted and examples is not None and \
+            2 * examples * hidden * 8 < 3 * hidden * hidden * BYTES_PER_ENTRY:
+        plan.pooled_rows = examples
     if sketch_dim is None and plan.bytes() > budget and "out_grad" in wanted:
         dims = _sketch_dims(hidden)
         for k in dims:
@@ -160,7 +184,7 @@ def plan_statistics(num_blocks: int, hidden: int, statistics: Iterable[str], bud
                 break
     if plan.bytes() <= budget:
         return plan
-    block = stat_bytes_per_block(hidden, wanted, plan.sketch_dim)
+    block = plan.block_bytes()
     shared = plan.bytes() - num_blocks * block  # the projection matrix S
     one = block + shared
     if one > budget:
@@ -171,12 +195,24 @@ def plan_statistics(num_blocks: int, hidden: int, statistics: Iterable[str], bud
         raise ConfigError(f"--max-stat-memory {budget / 2**30:.2f} GiB: the statistics of {num_blocks} blocks need "
                           f"{plan.bytes() / 2**30:.2f} GiB, so blocks would be probed in groups, but coupling compares "
                           "every pair of blocks; raise the limit or leave coupling out of --metrics")
-    per = max(1, (budget - shared) // block)  # blocks per pass
-    plan.groups = [list(range(i, min(i + per, num_blocks))) for i in range(0, num_blocks, per)]
+    plan.groups = _groups(num_blocks, max(1, (budget - shared) // block))
+    if sketch_dim is None and plan.sketch_dim is not None:  # the largest k that needs no more passes
+        for k in _sketch_dims(hidden):
+            wider = StatPlan(hidden, num_blocks, wanted, budget, k, [], plan.pooled_rows)
+            per = (budget - hidden * k * 4) // max(wider.block_bytes(), 1)
+            if per >= 1 and len(_groups(num_blocks, per)) == plan.passes:
+                wider.groups = _groups(num_blocks, per)
+                return wider
     return plan
 
 
+def _groups(num_blocks: int, per: int) -> list[list[int]]:
+    """Contiguous groups of at most ``per`` blocks."""
+    return [list(range(i, min(i + per, num_blocks))) for i in range(0, num_blocks, per)]
+
+
 def projected_peak(*, hidden: int, num_blocks: int, mlp: int, kv_dim: int | None = None, vocab: int = 32000,
+                   examples: int | None = None,
                    statistics: Iterable[str] = (), budget: int | None = None, dtype_bytes: int = 4,
                    batch: int = 8, tokens: int = 128, param_grads: bool = True,
                    tied_embeddings: bool = False) -> dict[str, int]:
@@ -203,7 +239,7 @@ def projected_peak(*, hidden: int, num_blocks: int, mlp: int, kv_dim: int | None
         stats = num_blocks * stat_bytes_per_block(hidden, wanted)
         passes = 1
     else:
-        plan = plan_statistics(num_blocks, hidden, wanted, budget)
+        plan = plan_statistics(num_blocks, hidden, wanted, budget, examples=examples)
         stats, passes = plan.bytes(), plan.passes
     return {"weights": weights, "weight_grads": grads, "activations": acts, "statistics": stats,
             "total": weights + grads + acts + stats, "passes": passes}

@@ -88,7 +88,7 @@ def run_probe(
     max_stat_memory: int = 2 << 30,
     show_progress: bool = True,
     loss_fn: Callable[[Any, dict], torch.Tensor] | None = None,
-    sketch_dim: int | None = None,
+    plan: Any = None,
 ) -> ProbeResult:
     """Run ``model`` once over ``batches`` with hooks filling ``statistics`` (see ``layerwise.probe.stats``).
 
@@ -98,8 +98,9 @@ def run_probe(
     gradients, and the original ``requires_grad`` flags are restored afterwards.
 
     The statistics must fit ``max_stat_memory`` in this one pass (``layerwise.probe.plan``): the residual
-    gradient is projected to ``sketch_dim`` (or the largest dimension that fits) when the exact one does not;
-    probing blocks in several passes is :func:`layerwise.profiling.profile_layers`'s job.
+    gradient is projected to the largest dimension that fits when the exact one does not; ``plan`` (a
+    :class:`~layerwise.probe.plan.StatPlan` for these blocks) fixes the representations instead. Probing blocks in
+    several passes is :func:`layerwise.profiling.profile_layers`'s job.
     """
     wanted = frozenset(statistics)
     unknown = wanted - set(STATISTICS)
@@ -109,7 +110,8 @@ def run_probe(
         raise ConfigError("run_probe got a torch.compile'd model: its hooks need the original module; pass "
                           "model._orig_mod (profile_layers and layerwise.suggest unwrap it themselves)")
     hidden = _hidden_size(model, stack)
-    plan = plan_statistics(len(stack), hidden, wanted, max_stat_memory, sketch_dim, groupable=False)
+    if plan is None:
+        plan = plan_statistics(len(stack), hidden, wanted, max_stat_memory, groupable=False)
     backward = bool(wanted & set(BACKWARD_STATISTICS))
     quantized = backward and _quantized(model, stack)
     if quantized and "param_grad" in wanted:
@@ -119,6 +121,8 @@ def run_probe(
     stats = ProbeStats(num_blocks=len(stack), hidden=hidden, wanted=wanted, device=_device_of(model, device))
     if plan.sketch_dim is not None and "out_grad" in wanted:
         stats.out_sketch = gaussian_projection(hidden, plan.sketch_dim, stats.device)
+    if plan.pooled_rows is not None and "pooled" in wanted:
+        stats.pooled_rows = []
     pooling = pooling or default_pooling(model)
     hooks = ProbeHooks(stack, stats, pooling, projection_modules(model, stack) if "out_norm" in wanted else None)
     was_training = model.training

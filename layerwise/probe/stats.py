@@ -278,6 +278,10 @@ class ProbeStats:
     grad_wg: list[torch.Tensor] = field(default_factory=list)
     param_counts: torch.Tensor | None = None
     out_sketch: torch.Tensor | None = None
+    pooled_rows: list[torch.Tensor] | None = None
+    """When a list: the pooled vectors per batch, (S, B, d) float32, kept instead of ``pooled_stack``/``cross_stack``
+    (CKA in kernel form); ``pooled_states`` then says which state is block i's input and output."""
+    pooled_states: tuple[dict[int, int], dict[int, int]] | None = None
     """(d_out, k) Gaussian projection S: ``out_grad`` then holds S^T G, (k, d_in) (see ``layerwise.probe.plan``)."""
 
     def __post_init__(self) -> None:
@@ -298,6 +302,9 @@ class ProbeStats:
         ``in_state[i]`` and ``out_state[i]`` index block i's input and output among the stacked states
         (a chained block's input is its predecessor's output state, kept once).
         """
+        if self.pooled_rows is not None:
+            self.pooled_states = (in_state, out_state)
+            return
         grams = self.pooled_stack.unstack(GramSums)
         cross = self.cross_stack.unstack(CrossSums)
         if not grams:
