@@ -16,7 +16,7 @@ import torch
 from layerwise.errors import ConfigError
 
 __all__ = ["MetricValues", "ImportanceMetric", "IMPORTANCE", "register_importance", "get_metrics", "is_data_free",
-           "linear_cka", "ridge_for", "DEFAULT_METRICS", "METRIC_GROUPS", "DATA_FREE"]
+           "linear_cka", "ridge_for", "DEFAULT_METRICS", "METRIC_GROUPS", "DATA_FREE", "CROSS_BLOCK"]
 
 NEEDS = ("static", "weights", "forward", "backward", "training")
 DATA_FREE = ("static", "weights")
@@ -269,12 +269,28 @@ def resnorm(result: Any, options: dict) -> MetricValues:
                      description="mean |cosine| between this layer's whitened residual signal and the others' "
                      "(high: an adapter here overlaps with adapters elsewhere)")
 def coupling(result: Any, options: dict) -> MetricValues:
+    return coupling_from_pieces([coupling_pieces(result)])
+
+
+def coupling_pieces(result: Any) -> torch.Tensor:
+    """Each block's whitened residual signal G M^{-1/2}, flattened to unit length: (L, d_out * d_in) float64."""
     w = torch.stack([x.flatten() for x in _whitened_gradients(result, symmetric=True)])  # (L, d*d)
-    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def coupling_from_pieces(pieces: list[torch.Tensor]) -> MetricValues:
+    """``coupling`` from the unit vectors of every block (several groups' :func:`coupling_pieces` in order)."""
+    w = torch.cat([p.double() for p in pieces])
     mat = (w @ w.T).abs()  # (L, L)
     L = mat.shape[0]
     off = (mat.sum(1) - mat.diagonal()) / max(L - 1, 1)
     return MetricValues(off.tolist(), None, {"matrix": mat.tolist()})
+
+
+CROSS_BLOCK: dict[str, tuple[Callable[[Any], Any], Callable[[list], MetricValues]]] = {
+    "coupling": (coupling_pieces, coupling_from_pieces)}
+"""Metrics that compare blocks with each other: (what each pass keeps of its blocks, the metric from all of it),
+so that blocks probed in groups over several passes give the value of one pass."""
 
 
 # -- static ----------------------------------------------------------------------------------------

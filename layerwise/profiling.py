@@ -11,7 +11,7 @@ import torch
 
 from layerwise.card import LayerCard, metric_entry
 from layerwise.errors import ConfigError, LayerwiseError
-from layerwise.importance import ImportanceMetric, MetricValues, get_metrics
+from layerwise.importance import CROSS_BLOCK, ImportanceMetric, MetricValues, get_metrics
 from layerwise.probe.plan import plan_statistics
 from layerwise.stability import bootstrap_stability
 
@@ -80,7 +80,7 @@ def profile_layers(
     plan = None
     if statistics:
         plan = plan_statistics(len(stack), _hidden_size(model, stack), statistics, max_stat_memory, sketch_dim,
-                               groupable=not any(m.name in _CROSS_BLOCK for m in chosen),
+                               cross_block=any(m.name in CROSS_BLOCK for m in chosen),
                                examples=_examples(batches))
         if plan.passes == 1:
             result, ranks_info = _probe_all_ranks(model, stack, batches, statistics, pooling, device,
@@ -143,10 +143,6 @@ def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
     return result, reduce_result_(result)
 
 
-_CROSS_BLOCK = {"coupling"}
-"""Metrics that compare blocks with each other: they need every block's statistics in one pass."""
-
-
 def _plain_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under peft and ``torch.compile`` wrappers (the probe's hooks run it eagerly)."""
     from layerwise.layers import unwrap_model
@@ -187,7 +183,7 @@ def _probe_in_groups(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
     from layerwise.probe.runner import ProbeResult
     from layerwise.probe.stats import ProbeStats
 
-    data = [m for m in chosen if m.statistics]
+    data = [m for m in chosen if m.statistics]  # the metrics read from this pass's statistics
     statistics = {s for m in data for s in m.statistics}
     parts: dict[str, list[MetricValues]] = {m.name: [] for m in data}
     seconds, peak, first, ranks_info = 0.0, 0, None, {}
@@ -200,8 +196,9 @@ def _probe_in_groups(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
         result, ranks_info = _probe_all_ranks(model, sub, batches, statistics, pooling, device, plan.budget,
                                               show_progress, loss_fn, part)
         result.block_offset = group[0]
-        for m in data:
-            parts[m.name].append(m.compute(result, {}))
+        for m in data:  # a cross-block metric keeps its per-block pieces (float32) until the last pass
+            keep = CROSS_BLOCK[m.name][0](result).float() if m.name in CROSS_BLOCK else m.compute(result, {})
+            parts[m.name].append(keep)
         seconds, peak = seconds + result.seconds, max(peak, result.peak_memory)
         first = first or result
         del result
@@ -210,7 +207,9 @@ def _probe_in_groups(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
     stats = ProbeStats(num_blocks=len(stack), hidden=s.hidden, wanted=frozenset())
     stats.batches, stats.tokens, stats.examples = s.batches, s.tokens, s.examples
     whole = ProbeResult(stats, stack, first.pooling, seconds, peak, first.start_memory, first.backward, plan=plan)
-    return whole, ranks_info, {name: _join(values) for name, values in parts.items()}
+    joined = {name: CROSS_BLOCK[name][1](values) if name in CROSS_BLOCK else _join(values)
+              for name, values in parts.items()}
+    return whole, ranks_info, joined
 
 
 def _join(parts: list[MetricValues]) -> MetricValues:

@@ -42,8 +42,10 @@ def test_plan_by_hand() -> None:
     assert plan.sketch_dim == 128 and plan.groups == [[0, 1], [2, 3]] and plan.bytes() == 2 * 1179648 + 131072
     with pytest.raises(ConfigError, match="--max-stat-memory"):
         plan_statistics(4, 256, stats, 1_000_000)  # one block at k=64 needs 1048576 bytes
-    with pytest.raises(ConfigError, match="coupling"):
-        plan_statistics(4, 256, stats, 2_500_000, groupable=False)
+    # coupling keeps every block's whitened signal over the passes (4 x k x 256 x 4 bytes): k=64 still fits two
+    # blocks a pass (2 x 983040 + 65536 + 262144), k=128 only one (1179648 + 131072 + 524288): k=64
+    plan = plan_statistics(4, 256, stats, 2_500_000, cross_block=True)
+    assert plan.sketch_dim == 64 and plan.groups == [[0, 1], [2, 3]] and plan.bytes() == 2_293_760
 
 
 def test_projected_peak_llama3_8b_statistics() -> None:
@@ -205,9 +207,17 @@ def test_sketch_in_groups_equals_sketch_in_one_pass() -> None:
     assert not np.allclose(exact.values("resnorm"), one.values("resnorm"), rtol=1e-6)
 
 
-def test_coupling_is_refused_in_groups() -> None:
-    with pytest.raises(ConfigError, match="--max-stat-memory.*coupling"):
-        profile_layers(llama(32), make_batches(causal=True), "coupling", max_stat_memory=50_000, show_progress=False)
+def test_coupling_in_groups_equals_one_pass() -> None:
+    """coupling compares every pair of blocks: over 2 passes (hidden 32: 2 x 12288 bytes per block, 12288 kept for
+    all 3 blocks' whitened signals) its matrix and values equal one pass's."""
+    model, batches = llama(32), make_batches(causal=True)
+    one = profile_layers(model, batches, "coupling,resnorm", show_progress=False)
+    two = profile_layers(model, batches, "coupling,resnorm", max_stat_memory=62_000, show_progress=False)
+    assert one.probe["stat_plan"]["passes"] == 1 and two.probe["stat_plan"]["groups"] == [[0, 1], [2, 2]]
+    assert np.allclose(one.values("coupling"), two.values("coupling"), rtol=1e-5)
+    assert np.allclose(one.metrics["coupling"]["extras"]["matrix"], two.metrics["coupling"]["extras"]["matrix"],
+                       rtol=1e-5)
+    assert_same_card(one, two, ["resnorm"])
 
 
 # -- torch.compile ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ runs, a float32 buffer of the same shape (``layerwise.probe.stats``): 12 bytes p
 3. else the blocks are probed in contiguous groups (as many as the smallest k needs, then the largest k that
    needs no more), one pass over the calibration batches per group (each pass
    computes every statistic of its blocks, so the values are those of one pass); ``coupling`` compares blocks
-   across groups and is then refused.
+   across groups, so every block's whitened residual signal (float32, k or d rows by d) is kept to the end.
 
 :func:`projected_peak` adds the model's weights, the weights' gradients and the activations a backward keeps to
 the statistics, from shapes alone (e.g. Llama-3-8B's, without loading it).
@@ -99,6 +99,9 @@ class StatPlan:
     groups: list[list[int]] = field(default_factory=list)
     pooled_rows: int | None = None
     """Examples whose pooled vectors are kept (CKA in kernel form, exact) instead of the pooled Grams; None: Grams."""
+    cross_block: bool = False
+    """A metric compares blocks (``coupling``): over several passes every block's whitened residual signal, (k or
+    d) x d float32, is kept until the last pass."""
 
     @property
     def passes(self) -> int:
@@ -112,11 +115,18 @@ class StatPlan:
     def block_bytes(self) -> int:
         return stat_bytes_per_block(self.hidden, self.statistics, self.sketch_dim, self.pooled_rows)
 
-    def bytes(self) -> int:
-        """Bytes of the statistics held at once (the largest group, plus the projection matrix S)."""
-        largest = max((len(g) for g in self.groups), default=0)
+    def shared_bytes(self, grouped: bool) -> int:
+        """Bytes held for all blocks: the projection matrix S, and (over several passes) what a cross-block
+        metric keeps of every block."""
         s = 0 if self.sketch_dim is None else self.hidden * self.sketch_dim * 4
-        return largest * self.block_bytes() + s
+        if grouped and self.cross_block and "out_grad" in self.statistics:
+            s += self.num_blocks * (self.sketch_dim or self.hidden) * self.hidden * 4
+        return s
+
+    def bytes(self) -> int:
+        """Bytes of the statistics held at once (the largest group, plus :meth:`shared_bytes`)."""
+        largest = max((len(g) for g in self.groups), default=0)
+        return largest * self.block_bytes() + self.shared_bytes(self.passes > 1)
 
     def representations(self) -> dict[str, dict[str, Any]]:
         """Per statistic with (d x d)-type sums: its representation and shape (what the card records)."""
@@ -161,49 +171,50 @@ def _sketch_dims(hidden: int) -> list[int]:
 
 
 def plan_statistics(num_blocks: int, hidden: int, statistics: Iterable[str], budget: int,
-                    sketch_dim: int | None = None, groupable: bool = True,
+                    sketch_dim: int | None = None, cross_block: bool = False,
                     examples: int | None = None) -> StatPlan:
     """The plan for ``statistics`` of ``num_blocks`` blocks of width ``hidden`` within ``budget`` bytes.
 
     ``sketch_dim`` forces the residual gradient's projection dimension (None: exact when everything fits, else
-    the largest that fits in one pass, else the largest that needs no more passes than the smallest). ``groupable=False`` (a metric compares
-    blocks across groups) refuses a plan that needs several passes. ``examples`` (the calibration examples, when
-    known) lets CKA keep the pooled vectors, (examples x d) per state, instead of (d x d) Grams when that is
-    smaller and the Grams do not fit.
+    the largest that fits in one pass, else the largest that needs no more passes than the smallest).
+    ``cross_block`` (``coupling`` is measured) counts what it keeps of every block over several passes.
+    ``examples`` (the calibration examples, when known) lets CKA keep the pooled vectors, (examples x d) per
+    state, instead of (d x d) Grams when that is smaller and the Grams do not fit.
     """
     wanted = frozenset(statistics)
-    plan = StatPlan(hidden, num_blocks, wanted, budget, sketch_dim, [list(range(num_blocks))])
+    plan = StatPlan(hidden, num_blocks, wanted, budget, sketch_dim, [list(range(num_blocks))], None, cross_block)
     if plan.bytes() > budget and "pooled" in wanted and examples is not None and \
             2 * examples * hidden * 8 < 3 * hidden * hidden * BYTES_PER_ENTRY:
         plan.pooled_rows = examples
     if sketch_dim is None and plan.bytes() > budget and "out_grad" in wanted:
-        dims = _sketch_dims(hidden)
-        for k in dims:
+        for k in _sketch_dims(hidden):
             plan.sketch_dim = k
             if plan.bytes() <= budget:
                 break
     if plan.bytes() <= budget:
         return plan
-    block = plan.block_bytes()
-    shared = plan.bytes() - num_blocks * block  # the projection matrix S
-    one = block + shared
-    if one > budget:
+    dims = [plan.sketch_dim] if sketch_dim is not None or plan.sketch_dim is None else _sketch_dims(hidden)
+    fewest = _grouped(plan, dims[-1])  # the smallest projection: the fewest passes
+    if fewest is None:
+        one = plan.block_bytes() + plan.shared_bytes(grouped=True)
         raise ConfigError(f"--max-stat-memory {budget} bytes: even one block's statistics (hidden size {hidden}) need "
                           f"{one} bytes; raise the limit, or choose metrics without covariances (actnorm, gradnorm, "
                           "fisher, taylor, cost)")
-    if not groupable:
-        raise ConfigError(f"--max-stat-memory {budget / 2**30:.2f} GiB: the statistics of {num_blocks} blocks need "
-                          f"{plan.bytes() / 2**30:.2f} GiB, so blocks would be probed in groups, but coupling compares "
-                          "every pair of blocks; raise the limit or leave coupling out of --metrics")
-    plan.groups = _groups(num_blocks, max(1, (budget - shared) // block))
-    if sketch_dim is None and plan.sketch_dim is not None:  # the largest k that needs no more passes
-        for k in _sketch_dims(hidden):
-            wider = StatPlan(hidden, num_blocks, wanted, budget, k, [], plan.pooled_rows)
-            per = (budget - hidden * k * 4) // max(wider.block_bytes(), 1)
-            if per >= 1 and len(_groups(num_blocks, per)) == plan.passes:
-                wider.groups = _groups(num_blocks, per)
-                return wider
-    return plan
+    for k in dims:  # then the largest projection that needs no more passes
+        wider = _grouped(plan, k)
+        if wider is not None and wider.passes == fewest.passes:
+            return wider
+    return fewest  # pragma: no cover - dims[-1] itself qualifies
+
+
+def _grouped(plan: StatPlan, k: int | None) -> StatPlan | None:
+    """``plan`` with projection ``k`` over as few passes as fit the budget; None if one block does not fit."""
+    p = StatPlan(plan.hidden, plan.num_blocks, plan.statistics, plan.budget, k, [], plan.pooled_rows, plan.cross_block)
+    per = (plan.budget - p.shared_bytes(grouped=True)) // max(p.block_bytes(), 1)
+    if per < 1:
+        return None
+    p.groups = _groups(plan.num_blocks, per)
+    return p
 
 
 def _groups(num_blocks: int, per: int) -> list[list[int]]:
@@ -215,7 +226,7 @@ def projected_peak(*, hidden: int, num_blocks: int, mlp: int, kv_dim: int | None
                    examples: int | None = None,
                    statistics: Iterable[str] = (), budget: int | None = None, dtype_bytes: int = 4,
                    batch: int = 8, tokens: int = 128, param_grads: bool = True,
-                   tied_embeddings: bool = False) -> dict[str, int]:
+                   tied_embeddings: bool = False, cross_block: bool = False) -> dict[str, int]:
     """Projected peak bytes of a card's probe pass from a decoder's shapes (Llama-style blocks: q, k, v, o and a
     gated MLP), by component. ``budget`` None: the statistics exact in one pass; else as
     :func:`plan_statistics` would store them.
@@ -239,7 +250,7 @@ def projected_peak(*, hidden: int, num_blocks: int, mlp: int, kv_dim: int | None
         stats = num_blocks * stat_bytes_per_block(hidden, wanted)
         passes = 1
     else:
-        plan = plan_statistics(num_blocks, hidden, wanted, budget, examples=examples)
+        plan = plan_statistics(num_blocks, hidden, wanted, budget, examples=examples, cross_block=cross_block)
         stats, passes = plan.bytes(), plan.passes
     return {"weights": weights, "weight_grads": grads, "activations": acts, "statistics": stats,
             "total": weights + grads + acts + stats, "passes": passes}

@@ -111,7 +111,11 @@ def run_probe(
                           "model._orig_mod (profile_layers and layerwise.suggest unwrap it themselves)")
     hidden = _hidden_size(model, stack)
     if plan is None:
-        plan = plan_statistics(len(stack), hidden, wanted, max_stat_memory, groupable=False)
+        plan = plan_statistics(len(stack), hidden, wanted, max_stat_memory)
+        if plan.passes > 1:
+            raise ConfigError(f"--max-stat-memory {max_stat_memory} bytes holds the statistics of "
+                              f"{len(plan.groups[0])} of the {len(stack)} blocks; run_probe makes one pass "
+                              "(profile_layers probes the blocks in groups): raise the limit")
     backward = bool(wanted & set(BACKWARD_STATISTICS))
     quantized = backward and _quantized(model, stack)
     if quantized and "param_grad" in wanted:
