@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import layerwise
 from layerwise.card import LayerCard
 from layerwise.card_render import render_markdown
 from layerwise.errors import ConfigError
@@ -234,3 +235,15 @@ def test_compiled_model_is_probed_through_its_original_module() -> None:
         assert card.values(name) == plain.values(name)
     with pytest.raises(ConfigError, match="torch.compile'd model.*_orig_mod"):
         run_probe(compiled, find_layer_stack(model), batches, ["out_norm"], show_progress=False)
+    suggested = layerwise.suggest(compiled, batches, policy="top-k", k=1, show_progress=False)
+    assert suggested.card.values("actnorm") == plain.values("actnorm")
+
+
+def test_run_probe_refuses_a_budget_that_needs_several_passes() -> None:
+    """run_probe makes one pass: 3 blocks of input_cov at 32^2 x 12 bytes need 36864; 20000 holds one block."""
+    from layerwise.probe.runner import run_probe
+
+    model = llama(32)
+    with pytest.raises(ConfigError, match=r"--max-stat-memory 20000 bytes holds the statistics of 1 of the 3 blocks"):
+        run_probe(model, find_layer_stack(model), make_batches(causal=True), ["input_cov"], max_stat_memory=20_000,
+                  show_progress=False)
