@@ -20,6 +20,21 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}"
 
 
+def _statistics_line(p: dict) -> list[str]:
+    """How the (d x d) statistics were kept (``layerwise.probe.plan``): a line only when not exact in one pass."""
+    plan = p.get("stat_plan")
+    if not plan or (plan.get("passes", 1) == 1 and all(v.get("representation") == "exact"
+                                                        for v in plan.get("statistics", {}).values())):
+        return []
+    parts = [f"{name}: {v['representation']}" + (f" (k={v['shape'][0]})" if v["representation"] != "exact" else "")
+             for name, v in plan.get("statistics", {}).items()]
+    bounds = [f"{name} within {b['error_bound']:.3g} ({b.get('error_kind', '')}, delta {b.get('delta')})"
+              for name, b in p.get("metric_statistics", {}).items() if b.get("error_bound")]
+    return [f"- statistics: {', '.join(parts)}; {plan['passes']} pass(es) over the batches, "
+            f"{plan['stat_bytes'] / 2**20:.0f} MiB of {plan['max_stat_memory'] / 2**20:.0f} MiB (--max-stat-memory)"
+            + (f"; {'; '.join(bounds)}" if bounds else "")]
+
+
 def render_markdown(card: Any) -> str:
     """The card as Markdown: provenance, a per-layer table (value and rank), cumulative and stability tables."""
     m, d, p = card.model, card.data, card.probe
@@ -32,6 +47,7 @@ def render_markdown(card: Any) -> str:
         f"{p.get('batches')} batches, {p.get('tokens')} tokens"
         + (f"; weight spectra {p['weights_seconds']:.1f} s ({p.get('weights_modules')} SVDs)"
            if "weights_seconds" in p else ""),
+        *_statistics_line(p),
         f"- schema {card.schema_version}, created {card.created}", "",
         "## Per-layer values (rank: 1 = most important)", "",
     ]

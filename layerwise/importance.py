@@ -16,7 +16,7 @@ import torch
 from layerwise.errors import ConfigError
 
 __all__ = ["MetricValues", "ImportanceMetric", "IMPORTANCE", "register_importance", "get_metrics", "is_data_free",
-           "linear_cka", "ridge_for", "DEFAULT_METRICS", "METRIC_GROUPS", "DATA_FREE"]
+           "linear_cka", "ridge_for", "DEFAULT_METRICS", "METRIC_GROUPS", "DATA_FREE", "CROSS_BLOCK"]
 
 NEEDS = ("static", "weights", "forward", "backward", "training")
 DATA_FREE = ("static", "weights")
@@ -137,6 +137,19 @@ def linear_cka(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor, tiny: float
     return float(yx.pow(2).sum() / den)
 
 
+def _kernel_cka(x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float, float]:
+    """Linear CKA of pooled rows x, y (n, d) in kernel form: ||Y^T X||_F^2 = <K_x, K_y> and ||X^T X||_F = ||K_x||_F
+    with K = X_c X_c^T (n, n) of the centred rows, float64. Returns (CKA or None, the 0/0 floor, ||K_x||_F)."""
+    x, y = x.double(), y.double()
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    kx, ky = xc @ xc.T, yc @ yc.T  # (n, n)
+    tiny = 1e-9 * float(min(torch.linalg.matrix_norm(x @ x.T), torch.linalg.matrix_norm(y @ y.T)))
+    nx, ny = float(kx.norm()), float(ky.norm())
+    if nx <= tiny or ny <= tiny or nx * ny == 0:
+        return None, tiny, nx
+    return float((kx * ky).sum() / (nx * ny)), tiny, nx
+
+
 CKA_UNDEFINED = ("cka (1 - CKA) undefined at block {i}: its {side} ({pooling} token) is the same for every calibration "
                  "example (CKA is 0/0); ranked last, and never chosen by the ratio policy")
 
@@ -145,16 +158,22 @@ CKA_UNDEFINED = ("cka (1 - CKA) undefined at block {i}: its {side} ({pooling} to
                      description="1 - linear CKA between the block's input and output hidden states")
 def cka(result: Any, options: dict) -> MetricValues:
     s, values, undefined = result.stats, [], {}
+    rows = torch.cat(s.pooled_rows, dim=1).cpu() if s.pooled_rows else None  # (S, n, d): kernel form
     for i in range(s.num_blocks):
-        gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
-        cross = s.pooled_cross[i].centred().cpu()  # centred Y^T X, (d, d)
-        # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
-        tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
-        xx, yy = gin.centred().cpu(), gout.centred().cpu()
-        value = linear_cka(xx, yy, cross, tiny)
+        if rows is not None:
+            ins, outs = s.pooled_states
+            value, tiny, xx_norm = _kernel_cka(rows[ins[i]], rows[outs[i]])
+        else:
+            gin, gout = s.input_gram(i, result.chained.get(i, False)), s.pooled_out[i]
+            cross = s.pooled_cross[i].centred().cpu()  # centred Y^T X, (d, d)
+            # relative floor: float32 rounding leaves ~1e-12 of the raw Gram in a constant input's centred Gram
+            tiny = 1e-9 * float(min(gin.gram.norm(), gout.gram.norm()))
+            xx, yy = gin.centred().cpu(), gout.centred().cpu()
+            value, xx_norm = linear_cka(xx, yy, cross, tiny), float(xx.norm())
         if value is None:
-            side = "input" if xx.norm() <= tiny else "output"
-            undefined[i] = CKA_UNDEFINED.format(i=i, side=side, pooling=result.pooling)
+            side = "input" if xx_norm <= tiny else "output"
+            undefined[i] = CKA_UNDEFINED.format(i=i + getattr(result, "block_offset", 0), side=side,
+                                                pooling=result.pooling)
         values.append(None if value is None else 1.0 - value)
     per_batch = _stack(s.pooled_batches)
     if per_batch is not None and undefined:
@@ -250,12 +269,28 @@ def resnorm(result: Any, options: dict) -> MetricValues:
                      description="mean |cosine| between this layer's whitened residual signal and the others' "
                      "(high: an adapter here overlaps with adapters elsewhere)")
 def coupling(result: Any, options: dict) -> MetricValues:
+    return coupling_from_pieces([coupling_pieces(result)])
+
+
+def coupling_pieces(result: Any) -> torch.Tensor:
+    """Each block's whitened residual signal G M^{-1/2}, flattened to unit length: (L, d_out * d_in) float64."""
     w = torch.stack([x.flatten() for x in _whitened_gradients(result, symmetric=True)])  # (L, d*d)
-    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def coupling_from_pieces(pieces: list[torch.Tensor]) -> MetricValues:
+    """``coupling`` from the unit vectors of every block (several groups' :func:`coupling_pieces` in order)."""
+    w = torch.cat([p.double() for p in pieces])
     mat = (w @ w.T).abs()  # (L, L)
     L = mat.shape[0]
     off = (mat.sum(1) - mat.diagonal()) / max(L - 1, 1)
     return MetricValues(off.tolist(), None, {"matrix": mat.tolist()})
+
+
+CROSS_BLOCK: dict[str, tuple[Callable[[Any], Any], Callable[[list], MetricValues]]] = {
+    "coupling": (coupling_pieces, coupling_from_pieces)}
+"""Metrics that compare blocks with each other: (what each pass keeps of its blocks, the metric from all of it),
+so that blocks probed in groups over several passes give the value of one pass."""
 
 
 # -- static ----------------------------------------------------------------------------------------

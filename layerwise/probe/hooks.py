@@ -198,8 +198,11 @@ class ProbeHooks:
         p_out = pooled[[outs[i] for i in blocks]]  # (L, B, d)
         p_in = pooled[[ins[i] for i in blocks]]
         s = self.stats
-        s.pooled_stack.add(pooled)
-        s.cross_stack.add(p_out, p_in)
+        if s.pooled_rows is not None:  # kept as they are: CKA in kernel form (layerwise.probe.plan)
+            s.pooled_rows.append(pooled)
+        else:
+            s.pooled_stack.add(pooled)
+            s.cross_stack.add(p_out, p_in)
         s.pooled_batches.append(1.0 - _kernel_cka(p_in, p_out))
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -245,6 +248,8 @@ class ProbeHooks:
             d_out, d_in = g.shape[-1], x.shape[-1]
             gf, xf = g.reshape(-1, d_out).float(), x.detach().reshape(-1, d_in).float()  # (B*T, d)
             # Padding rows carry zero gradient (no real token reads them), so G sums real tokens only.
+            if self.stats.out_sketch is not None:  # projected: S^T g^T x, (k, d_in)
+                gf = gf @ self.stats.out_sketch  # (B*T, k)
             c = gf.T @ xf  # this batch's g^T x, (d_out, d_in)
             self.stats.out_grad[i].add(c)
             scale = xf.pow(2).mean(0).clamp_min(1e-12).sqrt()  # per-feature scale of this batch, (d_in,)

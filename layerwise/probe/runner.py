@@ -12,9 +12,11 @@ import torch
 from layerwise.errors import ConfigError, DataError
 from layerwise.memory import PeakMemory
 from layerwise.probe.hooks import ProbeHooks
+from layerwise.probe.plan import SKETCH_SEED, plan_statistics
 from layerwise.probe.stats import BACKWARD_STATISTICS, STATISTICS, ProbeStats
 
-__all__ = ["ProbeResult", "run_probe", "default_pooling", "projection_modules", "stat_memory_bytes"]
+__all__ = ["ProbeResult", "run_probe", "default_pooling", "projection_modules", "stat_memory_bytes",
+           "gaussian_projection", "is_compiled", "uncompiled"]
 
 _DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text",
                   "phi3", "phi", "gpt_neox", "falcon", "opt", "mixtral", "olmo", "olmo2", "starcoder2"}
@@ -32,6 +34,10 @@ class ProbeResult:
     start_memory: int
     backward: bool
     chained: dict[int, bool] = field(default_factory=dict)
+    plan: Any = None
+    """The :class:`~layerwise.probe.plan.StatPlan` the statistics were stored by (None: none were)."""
+    block_offset: int = 0
+    """Index of the stack's first block in the whole model (a pass over a group of blocks)."""
 
     @property
     def num_blocks(self) -> int:
@@ -66,10 +72,10 @@ def projection_modules(model: torch.nn.Module, stack: Any) -> dict[int, dict[str
 
 
 def stat_memory_bytes(num_blocks: int, hidden: int, statistics: Iterable[str]) -> int:
-    """Bytes the float64 accumulators of ``statistics`` need: Gram-type sums are (d, d) per block."""
-    per = hidden * hidden * 8
-    mats = {"pooled": 2, "input_cov": 1, "out_grad": 1}
-    return sum(mats.get(s, 0) for s in set(statistics)) * num_blocks * per
+    """Bytes the exact accumulators of ``statistics`` take during a pass (see ``layerwise.probe.plan``)."""
+    from layerwise.probe.plan import stat_bytes_per_block
+
+    return num_blocks * stat_bytes_per_block(hidden, statistics)
 
 
 def run_probe(
@@ -82,6 +88,7 @@ def run_probe(
     max_stat_memory: int = 2 << 30,
     show_progress: bool = True,
     loss_fn: Callable[[Any, dict], torch.Tensor] | None = None,
+    plan: Any = None,
 ) -> ProbeResult:
     """Run ``model`` once over ``batches`` with hooks filling ``statistics`` (see ``layerwise.probe.stats``).
 
@@ -89,18 +96,26 @@ def run_probe(
     batch) -> scalar loss`` (the model then gets the batch without ``labels``). The model is put in
     eval mode (no dropout: the same batches give the same card); only the blocks' linear weights get
     gradients, and the original ``requires_grad`` flags are restored afterwards.
+
+    The statistics must fit ``max_stat_memory`` in this one pass (``layerwise.probe.plan``): the residual
+    gradient is projected to the largest dimension that fits when the exact one does not; ``plan`` (a
+    :class:`~layerwise.probe.plan.StatPlan` for these blocks) fixes the representations instead. Probing blocks in
+    several passes is :func:`layerwise.profiling.profile_layers`'s job.
     """
     wanted = frozenset(statistics)
     unknown = wanted - set(STATISTICS)
     if unknown:
         raise ConfigError(f"unknown probe statistics {sorted(unknown)}; known: {', '.join(STATISTICS)}")
+    if is_compiled(model):
+        raise ConfigError("run_probe got a torch.compile'd model: its hooks need the original module; pass "
+                          "model._orig_mod (profile_layers and layerwise.suggest unwrap it themselves)")
     hidden = _hidden_size(model, stack)
-    need = stat_memory_bytes(len(stack), hidden, wanted)
-    if need > max_stat_memory:
-        raise ConfigError(
-            f"exact covariance statistics for hidden size {hidden} x {len(stack)} blocks need "
-            f"{need / 2**30:.1f} GiB (limit {max_stat_memory / 2**30:.1f} GiB, --max-stat-memory); raise the "
-            "limit, or choose metrics without covariances (actnorm, gradnorm, fisher, taylor, cost)")
+    if plan is None:
+        plan = plan_statistics(len(stack), hidden, wanted, max_stat_memory)
+        if plan.passes > 1:
+            raise ConfigError(f"--max-stat-memory {max_stat_memory} bytes holds the statistics of "
+                              f"{len(plan.groups[0])} of the {len(stack)} blocks; run_probe makes one pass "
+                              "(profile_layers probes the blocks in groups): raise the limit")
     backward = bool(wanted & set(BACKWARD_STATISTICS))
     quantized = backward and _quantized(model, stack)
     if quantized and "param_grad" in wanted:
@@ -108,6 +123,10 @@ def run_probe(
                           "model (--quantize) does not have; with quantized weights choose --metrics among actnorm, "
                           "cka, act_energy, resnorm, coupling and cost")
     stats = ProbeStats(num_blocks=len(stack), hidden=hidden, wanted=wanted, device=_device_of(model, device))
+    if plan.sketch_dim is not None and "out_grad" in wanted:
+        stats.out_sketch = gaussian_projection(hidden, plan.sketch_dim, stats.device)
+    if plan.pooled_rows is not None and "pooled" in wanted:
+        stats.pooled_rows = []
     pooling = pooling or default_pooling(model)
     hooks = ProbeHooks(stack, stats, pooling, projection_modules(model, stack) if "out_norm" in wanted else None)
     was_training = model.training
@@ -128,7 +147,31 @@ def run_probe(
             _restore_grads(model, flags)
         model.train(was_training)
     return ProbeResult(stats=stats, stack=stack, pooling=pooling, seconds=seconds, peak_memory=mem.peak,
-                       start_memory=mem.start, backward=backward, chained=dict(hooks.chained))
+                       start_memory=mem.start, backward=backward, chained=dict(hooks.chained), plan=plan)
+
+
+def gaussian_projection(hidden: int, k: int, device: Any = None) -> torch.Tensor:
+    """The seeded (hidden, k) float32 projection S with N(0, 1/k) entries (E[S S^T] = I), the same on every
+    pass, rank and device (drawn on the CPU)."""
+    g = torch.Generator().manual_seed(SKETCH_SEED)
+    return (torch.randn(hidden, k, generator=g, dtype=torch.float64) / k ** 0.5).float().to(device)
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a ``torch.compile`` wrapper (an ``OptimizedModule``, or anything with ``_orig_mod``)."""
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # pragma: no cover - torch without dynamo
+        OptimizedModule = ()  # type: ignore[assignment]
+    return isinstance(model, OptimizedModule) or hasattr(model, "_orig_mod")
+
+
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a ``torch.compile`` wrapper compiled (the model itself if it is none): the probe hooks that one
+    and runs it eagerly, since a compiled graph does not call hooks added after compilation."""
+    while is_compiled(model):
+        model = model._orig_mod
+    return model
 
 
 def _iterate(batches: Sequence[dict], show_progress: bool):

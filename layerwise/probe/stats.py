@@ -7,7 +7,8 @@ Statistics (what metrics ask for):
   or mean), and the cross sums between each block's input and output (linear CKA).
 - ``input_cov``: per block, sums of x and x x^T over all real tokens of the block's input.
 - ``out_grad``: per block, G = sum_t g_t x_t^T with g the loss gradient at the block output and x the
-  block input (the gradient of a dense residual adapter at that block); needs a backward pass.
+  block input (the gradient of a dense residual adapter at that block); needs a backward pass. With
+  ``ProbeStats.out_sketch`` S (d_out, k) set, S^T G (k, d_in) instead (``layerwise.probe.plan``).
 - ``param_grad``: per block and batch, sum of squared gradients, parameter count and |sum w * g| over the
   block's linear weights; needs a backward pass.
 
@@ -276,6 +277,12 @@ class ProbeStats:
     grad_sq: list[torch.Tensor] = field(default_factory=list)
     grad_wg: list[torch.Tensor] = field(default_factory=list)
     param_counts: torch.Tensor | None = None
+    out_sketch: torch.Tensor | None = None
+    pooled_rows: list[torch.Tensor] | None = None
+    """When a list: the pooled vectors per batch, (S, B, d) float32, kept instead of ``pooled_stack``/``cross_stack``
+    (CKA in kernel form); ``pooled_states`` then says which state is block i's input and output."""
+    pooled_states: tuple[dict[int, int], dict[int, int]] | None = None
+    """(d_out, k) Gaussian projection S: ``out_grad`` then holds S^T G, (k, d_in) (see ``layerwise.probe.plan``)."""
 
     def __post_init__(self) -> None:
         L = self.num_blocks
@@ -295,6 +302,9 @@ class ProbeStats:
         ``in_state[i]`` and ``out_state[i]`` index block i's input and output among the stacked states
         (a chained block's input is its predecessor's output state, kept once).
         """
+        if self.pooled_rows is not None:
+            self.pooled_states = (in_state, out_state)
+            return
         grams = self.pooled_stack.unstack(GramSums)
         cross = self.cross_stack.unstack(CrossSums)
         if not grams:

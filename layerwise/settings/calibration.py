@@ -54,7 +54,9 @@ class ProbeSettings:
     """projections adapted: q,v, attn, mlp, all-linear, or a comma list of roles
     (q,k,v,o,qkv,gate,up,down,gate_up)"""
     max_stat_memory: int = 2 << 30
-    """bytes the card's exact d x d statistics may take before it refuses (default 2 GiB)"""
+    """bytes the card's d x d statistics may take (default 2 GiB): exact when they fit, else the residual gradient
+    as a seeded Gaussian projection with a stated error bound, else the blocks probed in groups over several
+    passes; refused only when one block does not fit (the card records which)"""
 
     def __post_init__(self) -> None:
         one_of(self, "pooling", POOLINGS)
