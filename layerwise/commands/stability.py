@@ -12,7 +12,7 @@ from layerwise.errors import ConfigError
 from layerwise.io import slug
 from layerwise.settings import Calibration
 from layerwise.settings.bench import parse_int_list
-from layerwise.settings.fields import at_least, flag, flag_name
+from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name
 
 __all__ = ["add_parser", "run", "StabilityOptions", "GROUPS"]
 
@@ -36,6 +36,7 @@ class StabilityOptions:
     FLAGS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         seeds = parse_int_list(self.calibration_seeds, flag_name(self, "calibration_seeds"))
         object.__setattr__(self, "calibration_seeds", seeds)
         if len(seeds) < 2 or min(seeds) < 0:

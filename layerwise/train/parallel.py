@@ -108,7 +108,7 @@ class NullLog:
     def write(self, record: dict) -> None:
         """Drop ``record``."""
 
-    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
+    def write_eval(self, step: int, metrics: dict[str, float], validation: dict[str, float] | None = None) -> None:
         """Drop the evaluation line."""
 
     def close(self) -> None:
