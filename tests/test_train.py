@@ -24,7 +24,6 @@ from layerwise.data import Collator, encode_examples, load_task
 from layerwise.errors import ConfigError
 from layerwise.train import PhaseTimer, PhaseTimingCallback, TrainConfig, TrainResult, evaluate, train
 from layerwise.train.checkpoint import find_checkpoint
-from layerwise.train.log import read_log
 from layerwise.train.config import flag_name
 from layerwise.train.data_order import DataOrder, batch_indices, batches_per_epoch
 from layerwise.train.log import read_log, step_lines
