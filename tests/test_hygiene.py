@@ -150,6 +150,16 @@ def test_status_lines_are_log_records_not_prints(caplog, capsys):
 def test_first_ctrl_c_is_logged_as_a_warning(caplog, capsys):
     from layerwise.train.interrupt import DeferredInterrupt
 
+    # a process started in the background by a non-interactive shell inherits an ignored SIGINT, which
+    # DeferredInterrupt rightly keeps ignored: give this test Python's own Ctrl-C handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _first_ctrl_c(caplog, capsys, DeferredInterrupt)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _first_ctrl_c(caplog, capsys, DeferredInterrupt):
     with caplog.at_level(logging.WARNING, logger="layerwise"), DeferredInterrupt() as interrupt:
         os.kill(os.getpid(), signal.SIGINT)
     assert interrupt.requested
