@@ -44,9 +44,9 @@ def build(loaded, args: argparse.Namespace, rank: int, adaptive: bool):
     """(peft model, La-LoRA callback or None) on a fresh copy of the base model, seeded like ``train_job``."""
     import torch
 
-    from layerwise.adaptive import LaLoRA
-    from layerwise.bridge import apply_adapter
-    from layerwise.layers import find_layer_stack
+    from layerwise.adapters.lalora import LaLoRA
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.models.layers import find_layer_stack
 
     base = copy.deepcopy(loaded.model)
     stack = find_layer_stack(base)
@@ -197,7 +197,7 @@ def report(rows: dict[str, dict], timing: dict[str, float], args: argparse.Names
 
 def report_scores(rows: dict[str, dict], args: argparse.Namespace) -> None:
     """(c) alone: print and save the adaptive and uniform dev scores of this seed."""
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime.io import atomic_write_json
 
     ad, uni = rows["adaptive"], rows["uniform"]
     ranks_mean = mean_rank(ad)
@@ -215,7 +215,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/glue/SST-2")
     p.add_argument("--targets", default="q,v")
     p.add_argument("--r-max", type=int, default=8)
-    p.add_argument("--gamma", type=float, default=None, help="default: layerwise.adaptive.DEFAULT_GAMMA")
+    p.add_argument("--gamma", type=float, default=None, help="default: layerwise.adapters.lalora.DEFAULT_GAMMA")
     p.add_argument("--rank-interval", type=int, default=1)
     p.add_argument("--contribution", choices=("norm", "fisher"), default="norm",
                    help="La-LoRA contributions: truncated norms (Eq. 9, default) or accumulated Fisher information")
@@ -238,8 +238,8 @@ def main() -> None:
 
     import torch
 
-    from layerwise.adaptive import DEFAULT_GAMMA
-    from layerwise.io import atomic_write_json
+    from layerwise.adapters.lalora import DEFAULT_GAMMA
+    from layerwise.runtime.io import atomic_write_json
 
     torch.set_num_threads(args.threads)
     args.gamma = DEFAULT_GAMMA if args.gamma is None else args.gamma

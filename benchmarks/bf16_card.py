@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from scipy.stats import kendalltau
 
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
     from layerwise.settings import Calibration, DataSource, ModelSource
     from layerwise.workflows.card import calibration_batches
     from layerwise.workflows.prepare import prepare

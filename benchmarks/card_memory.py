@@ -1,7 +1,7 @@
 """Benchmark: peak memory of the Layer Card in float32 and bfloat16 against a plain bfloat16 forward+backward,
-and the card's projected peak (``layerwise.probe.plan.projected_peak``) for the same shapes and for Llama-3-8B's.
+and the card's projected peak (``layerwise.card.probe.plan.projected_peak``) for the same shapes and for Llama-3-8B's.
 
-Each measurement runs in its own fresh process (the kernel's RSS high-water mark, ``layerwise.memory``): the
+Each measurement runs in its own fresh process (the kernel's RSS high-water mark, ``layerwise.runtime.memory``): the
 card's probe pass (default metrics) on the model loaded in that dtype, or the same batches through the bf16
 model with ``loss.backward()`` into every parameter (what a plain training step without an optimizer costs).
 Reported: the process's peak during the region and its RSS at the region's start (weights, tokenizer, torch).
@@ -40,8 +40,8 @@ def worker(args: argparse.Namespace) -> dict:
     """One measurement in this process; returns the region's peak and start RSS and the batches' shape."""
     import torch
 
-    from layerwise.memory import PeakMemory
-    from layerwise.profiling import profile_layers
+    from layerwise.runtime.memory import PeakMemory
+    from layerwise.card.profiling import profile_layers
     from layerwise.settings import Calibration, DataSource, ModelSource
     from layerwise.workflows.card import calibration_batches
     from layerwise.workflows.prepare import prepare
@@ -70,8 +70,8 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def projections(args: argparse.Namespace, shapes: dict) -> dict:
-    from layerwise.importance import get_metrics
-    from layerwise.probe.plan import projected_peak
+    from layerwise.card.metrics import get_metrics
+    from layerwise.card.probe.plan import projected_peak
 
     chosen = get_metrics(args.metrics)
     stats = {s for m in chosen for s in m.statistics}
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     for mode, m in measured.items():
         print(f"| {mode} | {m['peak'] / 2**20:.0f} | {m['start'] / 2**20:.0f} | {m['peak'] / base:.2f} |")
     proj = projections(args, measured["card-float32"]["shapes"])
-    print("\nprojected card peak (layerwise.probe.plan.projected_peak), GiB:")
+    print("\nprojected card peak (layerwise.card.probe.plan.projected_peak), GiB:")
     print("| shapes | weights | weight grads | activations | statistics | passes | total |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, p in proj.items():

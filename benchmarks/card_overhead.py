@@ -30,9 +30,9 @@ def worker(args: argparse.Namespace) -> dict:
     """Run one mode once (after a warm-up batch) and report seconds and peak memory."""
     import torch
 
-    from layerwise.device import resolve_device
-    from layerwise.memory import PeakMemory
-    from layerwise.profiling import profile_layers
+    from layerwise.runtime.device import resolve_device
+    from layerwise.runtime.memory import PeakMemory
+    from layerwise.card.profiling import profile_layers
     from layerwise.settings import Calibration, DataSource
     from layerwise.workflows.card import calibration_batches
 

@@ -37,7 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     cores = [int(c) for c in args.cores.split(",")]
     os.sched_setaffinity(0, {cores[int(os.environ.get("LOCAL_RANK", "0"))]})
     torch.set_num_threads(1)
-    from layerwise import distributed
+    from layerwise.runtime import distributed
 
     result = card_run(args) if args.kind == "card" else train_run(args)
     if distributed.is_main():
@@ -49,9 +49,9 @@ def card_run(args: argparse.Namespace) -> dict:
     (pass, reduction over ranks and metrics; model loading excluded)."""
     import time
 
-    from layerwise import distributed
-    from layerwise.device import resolve_device
-    from layerwise.profiling import profile_layers
+    from layerwise.runtime import distributed
+    from layerwise.runtime.device import resolve_device
+    from layerwise.card.profiling import profile_layers
     from layerwise.settings import Calibration, DataSource
     from layerwise.workflows.card import calibration_batches
     from layerwise.workflows.prepare import prepare
@@ -72,7 +72,7 @@ def card_run(args: argparse.Namespace) -> dict:
 
 def train_run(args: argparse.Namespace) -> dict:
     """``--steps`` of uniform LoRA at the global batch; the median step time after the warm-up."""
-    from layerwise import distributed
+    from layerwise.runtime import distributed
     from layerwise.train import TrainConfig
     from layerwise.train.log import read_log, step_lines
     from layerwise.workflows.train import train_job

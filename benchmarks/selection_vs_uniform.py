@@ -91,7 +91,7 @@ def step_times_plain(args, layers: list[int]) -> list[float]:
     """peft in a plain PyTorch loop over the very same batches (same data order, collator and seed)."""
     import torch
 
-    from layerwise.bridge import apply_adapter
+    from layerwise.adapters.bridge import apply_adapter
     from layerwise.data.collate import Collator, encode_examples
     from layerwise.settings import DataSource
     from layerwise.train.data_order import DataOrder

@@ -1,6 +1,6 @@
 """Benchmark: the data-free weight metrics (snr, alpha_hill, kappa) of a whole model, against the SVDs alone.
 
-The three metrics share one SVD per module (``layerwise.probe.spectrum.SpectrumCache``), so their time should
+The three metrics share one SVD per module (``layerwise.card.probe.spectrum.SpectrumCache``), so their time should
 be close to one pass of ``torch.linalg.svdvals`` over the same modules, measured here in the same run (the
 baseline), and not three. Issue 18's target: under a minute for SmolLM2-135M on this machine. Example:
 
@@ -18,7 +18,7 @@ def svd_baseline(model, stack, roles, threads: int) -> float:
     """Seconds of float64 ``svdvals`` over every targeted module with ``threads`` torch threads, nothing else."""
     import torch
 
-    from layerwise.probe.spectrum import module_weight
+    from layerwise.card.probe.spectrum import module_weight
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -45,9 +45,9 @@ def main() -> None:
 
     import torch
 
-    from layerwise.layers import find_layer_stack, parse_targets
+    from layerwise.models.layers import find_layer_stack, parse_targets
     from layerwise.models import load_model
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
 
     torch.set_num_threads(args.threads)
     roles = parse_targets(args.targets)

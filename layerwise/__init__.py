@@ -13,14 +13,14 @@ __all__ = ["__version__", "suggest", "Suggestion", "prepare_gradient_checkpointi
 
 def __getattr__(name: str) -> Any:
     """``layerwise.suggest`` and ``layerwise.Suggestion``, imported on first use (PEP 562) so that
-    ``import layerwise`` stays cheap. They live in ``layerwise.suggestion``: a submodule named ``suggest``
+    ``import layerwise`` stays cheap. They live in ``layerwise.adapters.suggestion``: a submodule named ``suggest``
     would replace the function on the package once imported."""
     if name in ("suggest", "Suggestion"):
-        from layerwise import suggestion as module
+        from layerwise.adapters import suggestion as module
 
         return getattr(module, name)
-    if name == "prepare_gradient_checkpointing":  # for Trainer / TRL users (layerwise.train.recompute)
-        from layerwise.train.recompute import prepare_gradient_checkpointing
+    if name == "prepare_gradient_checkpointing":  # for Trainer / TRL users (layerwise.train.prefix.recompute)
+        from layerwise.train.prefix.recompute import prepare_gradient_checkpointing
 
         return prepare_gradient_checkpointing
     raise AttributeError(f"module 'layerwise' has no attribute {name!r}")

@@ -110,7 +110,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
 def _error(err: Exception, command: str, out: str | None, debug: bool) -> int:
     """``err`` (being handled) as one line on stderr, and the exit status: 2 for a user error (a
     ``LayerwiseError``), else 1 with the file at fault; the traceback too with ``debug``."""
-    from layerwise.errors import LayerwiseError
+    from layerwise.runtime.errors import LayerwiseError
 
     _traceback_if(debug)
     if isinstance(err, LayerwiseError):

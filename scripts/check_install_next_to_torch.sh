@@ -18,4 +18,4 @@ if [ "$before" != "$after" ]; then
   echo "check_install: pip replaced the torch that was installed first ($torch_pin)" >&2
   exit 1
 fi
-"$venv/bin/python" -c "import layerwise, layerwise.export; print('layerwise', layerwise.__version__, 'installed next to', '$torch_pin')"
+"$venv/bin/python" -c "import layerwise, layerwise.adapters.export; print('layerwise', layerwise.__version__, 'installed next to', '$torch_pin')"

@@ -18,16 +18,16 @@ import transformers
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from layerwise.adaptive.allocator import (FactorProfile, allocate_ranks, check_settings, fidelities, growth_rates,
+from layerwise.adapters.lalora.allocator import (FactorProfile, allocate_ranks, check_settings, fidelities, growth_rates,
                                           initial_budget, layer_values, norm_contributions, reallocate, softmax,
                                           update_budget)
-from layerwise.adaptive.callback import LaLoRA, NonFiniteNormError
-from layerwise.adaptive.history import read_history
-from layerwise.adaptive.truncation import TruncatedFactor, set_block_rank
-from layerwise.bridge import apply_adapter
+from layerwise.adapters.lalora.callback import LaLoRA, NonFiniteNormError
+from layerwise.adapters.lalora.history import read_history
+from layerwise.adapters.lalora.truncation import TruncatedFactor, set_block_rank
+from layerwise.adapters.bridge import apply_adapter
 from layerwise.data import load_task
-from layerwise.errors import ConfigError
-from layerwise.layers import find_layer_stack
+from layerwise.runtime.errors import ConfigError
+from layerwise.models.layers import find_layer_stack
 from layerwise.train import TrainConfig, train
 from layerwise.train.checkpoint import find_checkpoint
 from layerwise.workflows.train import AdapterChoice, AdaptiveRanks, check_adaptive, parse_ranks

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.settings import BenchOptions, parse_int_list
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.train import TrainConfig
 from layerwise.bench import (BENCH_METHODS, BenchSettings, aggregate, build_cell, find_method,
                                        relative_to, resolve_methods, summarize)
@@ -86,7 +86,7 @@ def tiny_bert_stack():
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from layerwise.layers import find_layer_stack
+    from layerwise.models.layers import find_layer_stack
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
@@ -96,7 +96,7 @@ def tiny_bert_stack():
 
 @pytest.mark.parametrize("name", list(BENCH_METHODS))
 def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
-    from layerwise.bridge import build_peft_config
+    from layerwise.adapters.bridge import build_peft_config
     from layerwise.workflows.train import AdapterChoice, SelectionChoice
 
     method, _ = find_method(_concrete(name))
@@ -104,8 +104,8 @@ def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
     try:
         job = build_cell(_concrete(name), 3, TrainConfig(steps=7, lr=1e-3), settings)
     except ConfigError as err:
-        if "needs layerwise.adaptive" in str(err):
-            pytest.skip(f"{name}: La-LoRA (layerwise.adaptive) is not in this install")
+        if "needs layerwise.adapters.lalora" in str(err):
+            pytest.skip(f"{name}: La-LoRA (layerwise.adapters.lalora) is not in this install")
         raise
     assert job.train_config.seed == 3 and job.train_config.steps == 7 and job.train_config.lr == 1e-3
     with_full_lr = build_cell(_concrete(name), 3, TrainConfig(steps=7, lr=1e-3), replace(settings, full_lr=5e-5))
@@ -206,7 +206,7 @@ def test_inference_on_a_tiny_decoder_times_first_and_later_tokens() -> None:
 
     from layerwise.data.examples import Example
     from layerwise.data.tasks import get_task
-    from layerwise.inference import measure_adapter_inference, measure_inference
+    from layerwise.evaluate.inference import measure_adapter_inference, measure_inference
     from layerwise.models import resolve_model
     from layerwise.models.loading import load_tokenizer
 

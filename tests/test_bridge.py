@@ -14,8 +14,8 @@ import transformers
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 
-from layerwise import bridge
-from layerwise.bridge import (
+from layerwise.adapters import bridge
+from layerwise.adapters.bridge import (
     METHODS,
     AdapterMethod,
     AdapterMismatchError,
@@ -27,8 +27,8 @@ from layerwise.bridge import (
     task_type_for,
     verify_adapted,
 )
-from layerwise.errors import ConfigError, LayerwiseError
-from layerwise.layers import find_layer_stack
+from layerwise.runtime.errors import ConfigError, LayerwiseError
+from layerwise.models.layers import find_layer_stack
 
 # peft touches transformers' deprecated `is_gradient_checkpointing`: third-party noise, not ours.
 _GC_WARNING = "`is_gradient_checkpointing` is deprecated"

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from layerwise.card import LayerCard, cumulative_table
-from layerwise.errors import ConfigError, ModelError
-from layerwise.importance import DEFAULT_METRICS
+from layerwise.card.layer_card import LayerCard, cumulative_table
+from layerwise.runtime.errors import ConfigError, ModelError
+from layerwise.card.metrics import DEFAULT_METRICS
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -23,7 +23,7 @@ def test_cumulative_table_is_act_lora_threshold_mapping() -> None:
 @pytest.fixture(scope="module")
 def minilm_sst2_card(minilm, glue_dir):
     from layerwise.data import load_task, make_batches, sample_calibration
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
 
     task = load_task("sst2", glue_dir / "SST-2")
     examples = sample_calibration(task.train, 64, seed=0)
@@ -86,7 +86,7 @@ def test_load_errors(tmp_path) -> None:
 @pytest.mark.slow
 def test_real_smollm2_card_on_gsm8k(smollm2, gsm8k_dir) -> None:
     from layerwise.data import load_task, make_batches, sample_calibration
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
 
     task = load_task("gsm8k", gsm8k_dir)
     examples = sample_calibration(task.train, 4, seed=0)
@@ -108,7 +108,7 @@ def test_cka_ratio_policy_reproduces_the_authors_layer_choice(minilm_sst2_card, 
     import torch
 
     from layerwise.data import load_task, make_batches, sample_calibration
-    from layerwise.selection import select
+    from layerwise.selection.policies import select
 
     task = load_task("sst2", glue_dir / "SST-2")
     batches = make_batches(sample_calibration(task.train, 64, seed=0), minilm.tokenizer, task.task, batch_size=16)

@@ -1,4 +1,4 @@
-"""The card's memory plan (layerwise.probe.plan): exact statistics when they fit --max-stat-memory, the residual
+"""The card's memory plan (layerwise.card.probe.plan): exact statistics when they fit --max-stat-memory, the residual
 gradient as a Gaussian projection with a stated error bound when not, blocks in groups over several passes when
 even that does not fit; and torch.compile'd models."""
 
@@ -13,12 +13,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import layerwise
-from layerwise.card import LayerCard
-from layerwise.card_render import render_markdown
-from layerwise.errors import ConfigError
-from layerwise.layers import find_layer_stack
-from layerwise.probe.plan import plan_statistics, projected_peak
-from layerwise.profiling import profile_layers
+from layerwise.card.layer_card import LayerCard
+from layerwise.card.render import render_markdown
+from layerwise.runtime.errors import ConfigError
+from layerwise.models.layers import find_layer_stack
+from layerwise.card.probe.plan import plan_statistics, projected_peak
+from layerwise.card.profiling import profile_layers
 
 from test_probe import make_batches, tiny_bert
 
@@ -225,7 +225,7 @@ def test_coupling_in_groups_equals_one_pass() -> None:
 def test_compiled_model_is_probed_through_its_original_module() -> None:
     """A torch.compile wrapper (never run: wrapping is lazy) is unwrapped by profile_layers, and refused in one line
     by run_probe, which hooks the module it is given."""
-    from layerwise.probe.runner import run_probe
+    from layerwise.card.probe.runner import run_probe
 
     model, batches = tiny_bert(), make_batches()
     plain = profile_layers(model, batches, "actnorm,act_energy", n_boot=10, show_progress=False)
@@ -241,7 +241,7 @@ def test_compiled_model_is_probed_through_its_original_module() -> None:
 
 def test_run_probe_refuses_a_budget_that_needs_several_passes() -> None:
     """run_probe makes one pass: 3 blocks of input_cov at 32^2 x 12 bytes need 36864; 20000 holds one block."""
-    from layerwise.probe.runner import run_probe
+    from layerwise.card.probe.runner import run_probe
 
     model = llama(32)
     with pytest.raises(ConfigError, match=r"--max-stat-memory 20000 bytes holds the statistics of 1 of the 3 blocks"):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.card import SCHEMA_VERSION, LayerCard
-from layerwise.errors import ConfigError
+from layerwise.card.layer_card import SCHEMA_VERSION, LayerCard
+from layerwise.runtime.errors import ConfigError
 
 
 def card_dict(n: int = 6) -> dict:
@@ -71,7 +71,7 @@ def test_a_tampered_card_is_refused_naming_file_and_field(tmp_path: Path, edit, 
 def test_a_card_of_one_calibration_batch_saves_with_undefined_stability(tmp_path: Path) -> None:
     import torch
 
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
     from tiny_models import tiny_bert
 
     torch.manual_seed(0)

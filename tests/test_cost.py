@@ -1,4 +1,4 @@
-"""The cost table (``layerwise.cost``) against hand-computed counts, peft's own trainable parameters and the
+"""The cost table (``layerwise.card.cost``) against hand-computed counts, peft's own trainable parameters and the
 FLOPs torch counts for the same matmuls."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from layerwise.cost import layer_costs, selection_cost
-from layerwise.layers import find_layer_stack, parse_targets
+from layerwise.card.cost import layer_costs, selection_cost
+from layerwise.models.layers import find_layer_stack, parse_targets
 
 from tiny_models import tiny_bert
 

@@ -16,8 +16,8 @@ import pytest
 from layerwise.data import TASKS, Example, get_task, load_task, sample_calibration
 from layerwise.data.readers import DataWarning
 from layerwise.data.sampling import allocate
-from layerwise.errors import ConfigError, DataError
-from layerwise.evaluation import METRICS
+from layerwise.runtime.errors import ConfigError, DataError
+from layerwise.data.task_metrics import METRICS
 
 # ---------------------------------------------------------------- registry
 

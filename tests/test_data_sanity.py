@@ -11,7 +11,7 @@ import pytest
 
 from layerwise.data import load_task
 from layerwise.data.readers import DataWarning
-from layerwise.errors import ConfigError, DataError
+from layerwise.runtime.errors import ConfigError, DataError
 from layerwise.settings import DataSource
 
 

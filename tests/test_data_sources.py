@@ -19,7 +19,7 @@ import pytest
 
 from layerwise.data import SOURCES, TASKS, TaskSource, Example, load_task, source_for
 from layerwise.data.tasks import canonical_task_name
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 
 
 @dataclass

@@ -8,7 +8,7 @@
 - training (``torch.multiprocessing`` spawn, gloo): 2 processes x batch b follow the loss curve of 1 process x
   batch 2b, interrupt + resume across 2 ranks ends on the uninterrupted weights bit for bit, the ranks hold
   identical weights, and only rank 0 creates or writes files (audit hooks);
-- La-LoRA's ranks never diverge across ranks (skipped while ``layerwise.adaptive`` is not importable).
+- La-LoRA's ranks never diverge across ranks (skipped while ``layerwise.adapters.lalora`` is not importable).
 
 Every multi-process test runs its processes on whatever cores this test process may use.
 """
@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import torch
 
-from layerwise import distributed
-from layerwise.errors import ConfigError
+from layerwise.runtime import distributed
+from layerwise.runtime.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -157,8 +157,8 @@ def _moment_rows(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _helpers_worker(rank: int, world: int, port: int, out: Path) -> None:
-    from layerwise.probe.reduce import _reduce_moments_list_
-    from layerwise.probe.stats import CrossSums, GramSums
+    from layerwise.card.probe.reduce import _reduce_moments_list_
+    from layerwise.card.probe.stats import CrossSums, GramSums
 
     _join(rank, world, port)
     found: dict[str, Any] = {
@@ -199,7 +199,7 @@ def test_helpers_and_moment_merge_in_two_processes(tmp_path):
     assert r0["error"] == "ValueError: bad value on rank 0"
     assert r1["error"].startswith("RankError: rank 0 failed in _fail: ValueError: bad value on rank 0")
 
-    from layerwise.probe.stats import CrossSums, GramSums
+    from layerwise.card.probe.stats import CrossSums, GramSums
 
     rows, gram, cross = _moment_rows(), GramSums(6), CrossSums()  # one process, every batch
     for y, x in rows:
@@ -262,7 +262,7 @@ def _assert_same_card(one: Any, two: Any) -> None:
 def test_torchrun_layerwise_run_card_equals_the_single_process_card(single_card, tmp_path):
     """The whole CLI job under torchrun: its card is the single-process card, both trainings and the report
     are written once (by rank 0), and rank 1 prints nothing."""
-    from layerwise.card import LayerCard
+    from layerwise.card.layer_card import LayerCard
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                 "127.0.0.1", "--master_port", str(_free_port())]
@@ -284,7 +284,7 @@ def test_torchrun_layerwise_run_card_equals_the_single_process_card(single_card,
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_accelerate_launch_card_equals_the_single_process_card(single_card, tmp_path):
-    from layerwise.card import LayerCard
+    from layerwise.card.layer_card import LayerCard
 
     # On a machine without GPUs accelerate runs one process unless asked for its torchrun launcher
     # (--multi_gpu); with 2+ GPUs --num_processes 2 alone picks it.
@@ -299,7 +299,7 @@ def test_accelerate_launch_card_equals_the_single_process_card(single_card, tmp_
 
 
 def test_more_processes_than_calibration_batches_is_an_error(monkeypatch):
-    from layerwise import profiling
+    from layerwise.card.layer_card import profiling
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ConfigError, match="2 calibration batch.*3 processes"):
@@ -312,9 +312,9 @@ STEPS, PER_RANK_BATCH, GRAD_ACCUM, R_MAX = 6, 4, 2, 4
 
 
 def _lalora_class() -> Any:
-    """``layerwise.adaptive.LaLoRA`` where the La-LoRA package is importable, else None."""
+    """``layerwise.adapters.lalora.LaLoRA`` where the La-LoRA package is importable, else None."""
     try:
-        from layerwise.adaptive import LaLoRA
+        from layerwise.adapters.lalora import LaLoRA
     except ImportError:
         return None
     return LaLoRA
@@ -340,9 +340,9 @@ def _train_run(out: Path, batch_size: int, callbacks: tuple = (), resume: bool =
     """MiniLM + LoRA (q, v of every block) with every dropout off (dropout masks are per rank: with them the
     curves agree in distribution only); ``adaptive`` (``norm``/``fisher``) adds La-LoRA at r_max 4. Returns
     the trained weights and, with La-LoRA, every rank's (ranks, budget) after each step."""
-    from layerwise.bridge import apply_adapter
+    from layerwise.adapters.bridge import apply_adapter
     from layerwise.data import load_task
-    from layerwise.layers import find_layer_stack
+    from layerwise.models.layers import find_layer_stack
     from layerwise.models import load_model
     from layerwise.train import TrainConfig, train
     from layerwise.train.checkpoint import trainable_parameters
@@ -503,7 +503,7 @@ def test_only_rank_0_writes_files(two_ranks):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.skipif(_lalora_class() is None, reason="layerwise.adaptive (La-LoRA) is not importable yet: the "
+@pytest.mark.skipif(_lalora_class() is None, reason="layerwise.adapters.lalora (La-LoRA) is not importable yet: the "
                     "cross-rank rank-vector check runs once it is")
 def test_adaptive_ranks_never_diverge_across_ranks(two_ranks):
     root, r0, r1 = two_ranks

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from layerwise.data import TASKS, get_task
-from layerwise.errors import ConfigError
-from layerwise.evaluation import (METRICS, EvalMetric, accuracy, compute_metrics, exact_match, extract_final_number,
+from layerwise.runtime.errors import ConfigError
+from layerwise.data.task_metrics import (METRICS, EvalMetric, accuracy, compute_metrics, exact_match, extract_final_number,
                                   f1, get_metric, matthews, pearson, register_metric, spearman)
 
 _NUMERIC = ["accuracy", "f1", "matthews", "pearson", "spearman"]
@@ -149,7 +149,7 @@ def test_register_metric_and_get_metric():
 
 def test_majority_baseline_is_the_constant_predictor_scored_on_dev() -> None:
     from layerwise.data.tasks import get_task
-    from layerwise.evaluation import majority_baseline
+    from layerwise.data.task_metrics import majority_baseline
 
     mrpc = get_task("mrpc")
     got = majority_baseline(mrpc, [1, 1, 0, 1], [1, 0, 1, 1, 0])

@@ -14,14 +14,14 @@ import torch
 import transformers
 import yaml
 
-from layerwise import export
-from layerwise.bridge import adapted_modules, apply_adapter
-from layerwise.card import LayerCard, metric_entry
+from layerwise.adapters import export
+from layerwise.adapters.bridge import adapted_modules, apply_adapter
+from layerwise.card.layer_card import LayerCard, metric_entry
 from layerwise.cli import main
-from layerwise.errors import ConfigError
-from layerwise.layers import find_layer_stack
+from layerwise.runtime.errors import ConfigError
+from layerwise.models.layers import find_layer_stack
 from layerwise.models.loading import model_fingerprint
-from layerwise.profiling import _layers_info
+from layerwise.card.profiling import _layers_info
 from layerwise.settings import AdapterChoice, AdaptiveRanks
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
@@ -187,7 +187,7 @@ def test_json_export_holds_layers_ranks_policy_and_fingerprint(tmp_path: Path) -
 def test_cli_export_from_a_card_and_from_a_finished_run_agree(tmp_path: Path, capsys) -> None:
     """The run folder is what `layerwise train` leaves (selection.json + adapter/), here without its card, so
     the names come from the saved adapter_config.json."""
-    from layerwise.selection import Selection
+    from layerwise.selection.policies import Selection
     from layerwise.workflows.train import _write_selection
 
     config = bert_config()
@@ -241,7 +241,7 @@ def test_real_minilm_and_smollm2_exports_adapt_what_train_adapts(minilm, smollm2
 def test_a_la_lora_run_exports_the_ranks_it_ended_with(tmp_path: Path) -> None:
     """La-LoRA's finished adapter has a rank_pattern keyed by escaped full names (what it trained); the export
     carries those ranks, as rank_pattern for peft."""
-    from layerwise.selection import Selection
+    from layerwise.selection.policies import Selection
     from layerwise.workflows.train import _write_selection
 
     model = fresh(transformers.LlamaForCausalLM, llama_config())

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from layerwise.layers import find_layer_stack
+from layerwise.models.layers import find_layer_stack
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -52,8 +52,8 @@ def test_dtype_auto_is_bf16_on_a_gpu_that_has_it() -> None:
 def test_bf16_card_on_the_gpu_ranks_like_fp32_with_float64_statistics() -> None:
     from scipy.stats import kendalltau
 
-    from layerwise.profiling import profile_layers
-    from layerwise.probe.runner import run_probe
+    from layerwise.card.profiling import profile_layers
+    from layerwise.card.probe.runner import run_probe
     from tests.test_precision import RANKED, _batches, distinct_blocks, tiny_llama
 
     batches = [{k: v.to(CUDA) for k, v in b.items()} for b in _batches(1, causal=True)]
@@ -121,7 +121,7 @@ def test_prefix_cache_on_the_gpu_matches_the_recomputed_prefix(tokenizer, rt, tm
 
 def test_4bit_loading_trains_lora_on_top(tmp_path) -> None:
     pytest.importorskip("bitsandbytes")
-    from layerwise.bridge import apply_adapter
+    from layerwise.adapters.bridge import apply_adapter
     from layerwise.models.precision import quantization_config
     from tests.test_precision import tiny_llama
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from layerwise.errors import ConfigError, DataError
+from layerwise.runtime.errors import ConfigError, DataError
 from layerwise.settings import DataSource
 
 

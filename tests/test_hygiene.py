@@ -36,12 +36,12 @@ def test_loading_a_model_and_saving_a_card_leave_global_state_alone(tmp_path):
         warnings.filterwarnings("ignore", message="user's own filter")
         filters = list(warnings.filters)
 
-        import layerwise.bridge, layerwise.card_render, layerwise.report, layerwise.bench.render
-        import layerwise.stability_render
+        import layerwise.adapters.bridge, layerwise.card.render, layerwise.evaluate.report, layerwise.bench.render
+        import layerwise.evaluate.stability_render
         from layerwise.data import Example, make_batches
         from layerwise.data.tasks import get_task
         from layerwise.models import load_model
-        from layerwise.profiling import profile_layers
+        from layerwise.card.profiling import profile_layers
 
         lm = load_model("minilm", head="classification", num_labels=2)
         examples = [Example(f"sentence {{i}} is " + ("good" if i % 2 else "bad"), None, i % 2) for i in range(32)]
@@ -74,7 +74,7 @@ def test_no_library_module_sets_process_wide_state():
                     offenders.append(f"{rel}:{node.lineno}: imports pyplot")
             if isinstance(node, ast.Call):
                 name = ast.unparse(node.func)
-                scoped = rel == "layerwise/quiet.py"  # its context managers restore what they change (tested)
+                scoped = rel == "layerwise/runtime/quiet.py"  # its context managers restore what they change (tested)
                 if not scoped and name.endswith(("matplotlib.use", "set_verbosity_error", "set_verbosity_warning",
                                                  "disable_default_handler", "logging.basicConfig")):
                     offenders.append(f"{rel}:{node.lineno}: {name}")
@@ -96,9 +96,9 @@ def _inside_catch(tree: ast.AST, call: ast.Call) -> bool:
 def test_wrapping_a_model_with_peft_raises_no_warning_and_keeps_the_filters():
     import peft
 
-    from layerwise.bridge import apply_adapter
-    from layerwise.layers import find_layer_stack
-    from layerwise.quiet import GRADIENT_CHECKPOINTING_WARNING
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.models.layers import find_layer_stack
+    from layerwise.runtime.quiet import GRADIENT_CHECKPOINTING_WARNING
     from tiny_models import tiny_bert
 
     # The pinned transformers/peft pair does warn when peft wraps a model (else the filter is dead code).
@@ -136,12 +136,12 @@ def test_loading_a_model_restores_transformers_verbosity(minilm):
 
 
 def test_status_lines_are_log_records_not_prints(caplog, capsys):
-    from layerwise.progress import status
+    from layerwise.runtime.progress import status
 
     with caplog.at_level(logging.INFO, logger="layerwise"):
         with status("converting model.gguf"):
             pass
-    assert [(r.name, r.levelno) for r in caplog.records] == [("layerwise.progress", logging.INFO)] * 2
+    assert [(r.name, r.levelno) for r in caplog.records] == [("layerwise.runtime.progress", logging.INFO)] * 2
     assert caplog.records[0].getMessage() == "converting model.gguf ..."
     assert caplog.records[1].getMessage().startswith("done in ") and caplog.records[1].getMessage().endswith("s")
     assert capsys.readouterr() == ("", "")
@@ -225,7 +225,7 @@ def test_stdout_closed_before_any_output_exits_1_quietly():
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_written_files_and_folders_get_the_users_umask(tmp_path, umask):
-    from layerwise.io import atomic_write_json, atomic_write_text, atomic_write_with
+    from layerwise.runtime.io import atomic_write_json, atomic_write_text, atomic_write_with
     from layerwise.train.checkpoint import replace_dir
 
     previous = os.umask(umask)

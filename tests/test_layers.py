@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers
 
-from layerwise.errors import ConfigError, ModelError
-from layerwise.layers import (
+from layerwise.runtime.errors import ConfigError, ModelError
+from layerwise.models.layers import (
     ROLES,
     TARGET_GROUPS,
     _role,

@@ -7,7 +7,7 @@ import mmap
 
 import pytest
 
-from layerwise.memory import CpuPeak, PeakMemory, cpu_peak_tracking_exact
+from layerwise.runtime.memory import CpuPeak, PeakMemory, cpu_peak_tracking_exact
 from layerwise.train.phases import PhaseTimer
 
 pytestmark = pytest.mark.skipif(not cpu_peak_tracking_exact(), reason="needs Linux /proc/self/clear_refs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerwise.errors import ConfigError, ModelError
+from layerwise.runtime.errors import ConfigError, ModelError
 from layerwise.models import BUNDLED_MODELS, bundled_model, resolve_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.errors import ConfigError
-from layerwise.io import claim_output
+from layerwise.runtime.errors import ConfigError
+from layerwise.runtime.io import claim_output
 
 
 def old_run(path: Path) -> Path:
@@ -143,7 +143,7 @@ def test_a_killed_overwrite_that_wrote_nothing_gets_its_old_run_back(tmp_path: P
 
 def test_a_killed_overwrite_with_new_files_is_named_and_nothing_is_moved_or_deleted(tmp_path: Path,
                                                                                    caplog) -> None:
-    from layerwise.io import check_leftovers
+    from layerwise.runtime.io import check_leftovers
 
     run = old_run(tmp_path / "run")
     aside = left_aside(run)
@@ -196,7 +196,7 @@ def test_a_folder_that_refuses_writes_is_refused_up_front(tmp_path: Path, monkey
     read-only mount makes it fail (EROFS)."""
     import errno
 
-    import layerwise.io as io
+    import layerwise.runtime.io as io
 
     io.check_writable_dir(tmp_path / "new" / "out", "--out")  # the real probe, on a writable disk
     assert list(tmp_path.iterdir()) == []  # it leaves nothing behind
@@ -217,7 +217,7 @@ def test_too_little_disk_is_one_line_with_the_folder_the_estimate_and_the_free_s
     import collections
     import shutil
 
-    from layerwise.io import check_free_space
+    from layerwise.runtime.io import check_free_space
 
     usage = collections.namedtuple("usage", "total used free")
     seen = []

@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from layerwise.errors import ModelError
+from layerwise.runtime.errors import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers
 
-from layerwise.bridge import apply_adapter
-from layerwise.layers import find_layer_stack
+from layerwise.adapters.bridge import apply_adapter
+from layerwise.models.layers import find_layer_stack
 from layerwise.models import load_model, resolve_model
 from layerwise.models.resolve import ModelSource
 from layerwise.train.checkpoint import BASE_RECORD, save_adapter

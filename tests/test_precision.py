@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
@@ -35,7 +35,7 @@ def tiny_bert_classifier(layers: int = 8, seed: int = 0) -> transformers.BertFor
 def distinct_blocks(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Scale each block's weights by its own factor (0.5 to 2.5 in a seeded order), so the blocks differ in
     every metric (a random BERT's LayerNorm makes every block's output norm the same)."""
-    from layerwise.layers import find_layer_stack
+    from layerwise.models.layers import find_layer_stack
 
     blocks = find_layer_stack(model).blocks
     factors = torch.linspace(0.5, 2.5, len(blocks))[torch.randperm(len(blocks),
@@ -66,7 +66,7 @@ def _batches(seed: int, n: int = 6, batch: int = 8, length: int = 24, vocab: int
 def test_bf16_card_ranks_the_blocks_like_the_fp32_card(make, causal, one_thread) -> None:
     from scipy.stats import kendalltau
 
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
 
     batches = _batches(1, causal=causal)
     metrics = ",".join(RANKED)
@@ -84,8 +84,8 @@ def test_bf16_card_ranks_the_blocks_like_the_fp32_card(make, causal, one_thread)
 def test_bf16_gradients_are_squared_and_summed_in_float32_at_least(one_thread) -> None:
     """The probe's per-block sum of squared gradients of a bf16 model equals the float64 sum of the same bf16
     gradients (computed here by hand) to float32 precision; summed in bf16 it would be off by ~1e-3."""
-    from layerwise.layers import find_layer_stack
-    from layerwise.probe.runner import run_probe
+    from layerwise.models.layers import find_layer_stack
+    from layerwise.card.probe.runner import run_probe
 
     model = distinct_blocks(tiny_llama(layers=3)).eval().to(torch.bfloat16)
     stack = find_layer_stack(model)
@@ -249,8 +249,8 @@ class FakeInt8Linear(torch.nn.Linear):
 
 
 def test_a_card_of_quantized_weights_measures_the_residual_signal_and_refuses_weight_gradients() -> None:
-    from layerwise.layers import find_layer_stack
-    from layerwise.probe.runner import run_probe
+    from layerwise.models.layers import find_layer_stack
+    from layerwise.card.probe.runner import run_probe
 
     fp = distinct_blocks(tiny_llama(layers=3)).eval()
     q = distinct_blocks(tiny_llama(layers=3)).eval()
@@ -274,8 +274,8 @@ def test_a_card_of_quantized_weights_measures_the_residual_signal_and_refuses_we
 def test_input_covariance_of_a_bf16_model_equals_the_float64_sums_of_its_states(one_thread) -> None:
     """What act_energy reads: the centred Gram of each block's real-token inputs, from a bf16 model's own
     states, equals the float64 computation from those states (captured here by hand)."""
-    from layerwise.layers import find_layer_stack
-    from layerwise.probe.runner import run_probe
+    from layerwise.models.layers import find_layer_stack
+    from layerwise.card.probe.runner import run_probe
 
     model = distinct_blocks(tiny_llama(layers=3)).eval().to(torch.bfloat16)
     stack = find_layer_stack(model)

@@ -14,13 +14,13 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from layerwise.bridge import apply_adapter
+from layerwise.adapters.bridge import apply_adapter
 from layerwise.data.load import load_task
-from layerwise.errors import ConfigError
-from layerwise.layers import find_layer_stack
+from layerwise.runtime.errors import ConfigError
+from layerwise.models.layers import find_layer_stack
 from layerwise.train import TrainConfig, train
-from layerwise.train.prefix import quiet_frozen_prefix
-from layerwise.train.prefix_cache import BUILD_BATCH, PrefixStore
+from layerwise.train.prefix.frozen import quiet_frozen_prefix
+from layerwise.train.prefix.cache import BUILD_BATCH, PrefixStore
 
 from tiny_models import tiny_bert
 
@@ -276,7 +276,7 @@ def test_the_cache_is_off_with_the_reason_when_it_cannot_be_exact(tokenizer, rt,
 
 
 def test_a_cache_that_does_not_fit_is_refused_naming_the_flag(tokenizer, rt, tmp_path, monkeypatch):
-    import layerwise.train.prefix_cache as pc
+    import layerwise.train.prefix.cache as pc
 
     monkeypatch.setattr(pc, "MEMORY_SHARE", 1e-12)
     monkeypatch.setattr(pc, "DISK_SHARE", 1e-12)
@@ -366,7 +366,7 @@ def test_train_run_and_bench_take_the_prefix_cache_flags(command, tmp_path):
 
 
 def test_the_run_report_says_whether_each_run_used_the_cache():
-    from layerwise.report import compare, render_report_md
+    from layerwise.evaluate.report import compare, render_report_md
 
     def row(label, cache):
         return {"label": label, "main_metric": "accuracy", "score": 0.8, "trainable_params": 10, "steps": 5,

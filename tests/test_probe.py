@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from layerwise.errors import ConfigError, DataError
-from layerwise.importance import IMPORTANCE, get_metrics, ridge_for
-from layerwise.layers import find_layer_stack
-from layerwise.profiling import NonFiniteMetricError, profile_layers
+from layerwise.runtime.errors import ConfigError, DataError
+from layerwise.card.metrics import IMPORTANCE, get_metrics, ridge_for
+from layerwise.models.layers import find_layer_stack
+from layerwise.card.profiling import NonFiniteMetricError, profile_layers
 
 from tiny_models import tiny_bert as shared_tiny_bert
 
@@ -291,7 +291,7 @@ def test_stability_is_reported_per_metric() -> None:
 def test_streamed_gram_equals_direct_covariance(dim: int) -> None:
     """The triangular blocked update (dims above GRAM_BLOCK) and its mirroring give the exact covariance,
     also with a large common offset (BERT-like hidden states) and more than FOLD_EVERY batches."""
-    from layerwise.probe.stats import FOLD_EVERY, GramSums
+    from layerwise.card.probe.stats import FOLD_EVERY, GramSums
 
     g = torch.Generator().manual_seed(dim)
     chunks = [torch.randn(int(torch.randint(3, 40, (1,), generator=g)), dim, generator=g) * 2 + 30.0
@@ -311,8 +311,8 @@ def test_streamed_gram_equals_direct_covariance(dim: int) -> None:
 def test_per_batch_kernel_cka_of_stacked_blocks_matches_feature_space_formula() -> None:
     """The batched per-batch CKA (one call for every block) equals the feature-space linear CKA per block,
     is undefined (NaN: 0/0) where a side is constant, and NaN for fewer than 3 examples."""
-    from layerwise.importance import linear_cka
-    from layerwise.probe.hooks import _kernel_cka
+    from layerwise.card.metrics import linear_cka
+    from layerwise.card.probe.hooks import _kernel_cka
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3, 8, 5, generator=g), torch.randn(3, 8, 5, generator=g)

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from layerwise.cli import main
-from layerwise.rank_budget import split_rank_budget
+from layerwise.selection.rank_budget import split_rank_budget
 
 LAYERS, K, BUDGET = 4, 3, 12
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import transformers
 
-from layerwise.layers import find_layer_stack
+from layerwise.models.layers import find_layer_stack
 import layerwise
-from layerwise.train.recompute import input_grads_enabled, prepare_gradient_checkpointing
+from layerwise.train.prefix.recompute import input_grads_enabled, prepare_gradient_checkpointing
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
               pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),

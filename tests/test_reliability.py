@@ -231,7 +231,7 @@ def test_export_overwrite_moves_the_old_export_aside_and_restores_it_on_failure(
                                                                                 capsys) -> None:
     import errno
 
-    from layerwise import export as export_module
+    from layerwise.adapters import export as export_module
     from layerwise.cli import main
 
     card, out = card_for_export(tmp_path), tmp_path / "exported"
@@ -295,7 +295,9 @@ def test_read_only_out_and_cache_dir_are_refused_before_any_work(tmp_path, tiny_
     """As root chmod denies nothing, so the write probe is made to fail (EROFS) for one folder, in-process."""
     import errno
 
-    from layerwise import io, weight_card
+    from layerwise.runtime import io
+
+    from layerwise.card.layer_card import weight_card
     from layerwise.cli import main
 
     real_probe = io._write_probe
@@ -329,7 +331,7 @@ def _disk_with(monkeypatch, free: int) -> None:
 
 def test_a_card_that_would_not_fit_on_the_disk_is_refused_before_profiling(tmp_path, tiny_model, monkeypatch,
                                                                           capsys) -> None:
-    from layerwise import profiling
+    from layerwise.card.layer_card import profiling
     from layerwise.cli import main
 
     out = tmp_path / "card"
@@ -456,7 +458,7 @@ def test_max_length_beyond_the_models_positions_is_refused_where_the_model_would
     import torch
     import transformers
 
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
     from layerwise.workflows.prepare import fits_positions
 
     config_class, model_class = {"bert": (transformers.BertConfig, transformers.BertModel),
@@ -491,7 +493,7 @@ def test_max_length_beyond_the_positions_is_one_line_before_training(tmp_path, t
 def test_trains_own_card_is_checked_against_the_disk_before_profiling(tmp_path, tiny_model, small_csv, monkeypatch,
                                                                       capsys) -> None:
     """`train --policy top-k` without --card makes its card in --out/card: the same check as `layerwise card`."""
-    from layerwise import profiling
+    from layerwise.card.layer_card import profiling
     from layerwise.cli import main
 
     _disk_with(monkeypatch, 2**19)

@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from layerwise.card import CUMULATIVE_LEVELS, LayerCard, metric_entry
-from layerwise.cost import layer_costs, selection_cost
-from layerwise.errors import ConfigError
-from layerwise.importance import IMPORTANCE
-from layerwise.selection import OBJECTIVES, POLICIES, Pick, Selection, parse_layers, register_policy, select
+from layerwise.card.layer_card import CUMULATIVE_LEVELS, LayerCard, metric_entry
+from layerwise.card.cost import layer_costs, selection_cost
+from layerwise.runtime.errors import ConfigError
+from layerwise.card.metrics import IMPORTANCE
+from layerwise.selection.policies import OBJECTIVES, POLICIES, Pick, Selection, parse_layers, register_policy, select
 
 L = 8
 EXAMPLE_OPTIONS = {"top-k": {"k": 3}, "threshold": {"share": 0.75}, "manual": {"layers": "0,2-3"},
@@ -169,7 +169,7 @@ def test_budget_prefers_high_layers_under_a_flops_cap():
 def test_budget_takes_explicit_costs_from_a_stack():
     import torch
 
-    from layerwise.layers import Block, Linear
+    from layerwise.models.layers import Block, Linear
 
     widths = [16, 32, 32, 64]
     blocks = [Block(i, f"h.{i}", torch.nn.Identity(),
@@ -267,7 +267,7 @@ def test_none_options_count_as_not_given(card):
 
 
 def test_a_policy_returning_nothing_is_an_error(card, monkeypatch):
-    import layerwise.selection as selection
+    import layerwise.selection.policies as selection
 
     monkeypatch.setattr(selection, "POLICIES", dict(POLICIES))
 
@@ -303,7 +303,7 @@ def test_selection_refuses_bad_layers():
 @pytest.mark.slow
 def test_every_policy_on_a_real_minilm_card(minilm):
     from layerwise.data import load_task, make_batches, sample_calibration
-    from layerwise.profiling import profile_layers
+    from layerwise.card.profiling import profile_layers
 
     data = load_task("rotten-tomatoes")
     batches = make_batches(sample_calibration(data.train, 32, seed=0), minilm.tokenizer, data.task, batch_size=16)

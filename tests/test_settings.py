@@ -18,7 +18,7 @@ import pytest
 from layerwise.cli import _with_config, build_parser
 from layerwise.commands import bench, card, export, inspect, run, stability, train
 from layerwise.commands.flags import Group, build
-from layerwise.errors import ConfigError, LayerwiseError
+from layerwise.runtime.errors import ConfigError, LayerwiseError
 from layerwise.settings import AdapterChoice, AdaptiveRanks, Calibration, DataSource, SelectionChoice
 from layerwise.settings.fields import cli_fields, field_docs, flag_name
 from layerwise.train import TrainConfig

@@ -15,12 +15,12 @@ import pytest
 import scipy.stats
 import torch
 
-from layerwise.card import LayerCard
-from layerwise.errors import ConfigError
-from layerwise.importance import IMPORTANCE, get_metrics, is_data_free
-from layerwise.layers import find_layer_stack
-from layerwise.probe.spectrum import (HILL_MIN_TAIL, ModuleSpectrum, alpha_hill, condition_number, spectral_snr)
-from layerwise.profiling import profile_layers
+from layerwise.card.layer_card import LayerCard
+from layerwise.runtime.errors import ConfigError
+from layerwise.card.metrics import IMPORTANCE, get_metrics, is_data_free
+from layerwise.models.layers import find_layer_stack
+from layerwise.card.probe.spectrum import (HILL_MIN_TAIL, ModuleSpectrum, alpha_hill, condition_number, spectral_snr)
+from layerwise.card.profiling import profile_layers
 from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small SVDs: OpenMP threads only wait on each other
@@ -230,7 +230,7 @@ def test_card_command_with_weights_only_reads_no_data(tmp_path) -> None:
 
 
 def test_stability_table_shows_weight_metrics_agree_across_tasks() -> None:
-    from layerwise.stability_render import render_stability_md
+    from layerwise.evaluate.stability_render import render_stability_md
     from layerwise.workflows.stability import task_agreement
 
     # seed-averaged importance per task: the weight metric is the same on both tasks (it reads no data)

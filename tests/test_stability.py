@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from layerwise.stability import bootstrap_stability, kendall_tau, kendall_taus, ranks_of, top_k_jaccard
+from layerwise.card.stability import bootstrap_stability, kendall_tau, kendall_taus, ranks_of, top_k_jaccard
 
 
 @pytest.mark.parametrize("seed", range(5))

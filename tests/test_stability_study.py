@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
 from layerwise.commands.stability import StabilityOptions
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.workflows.stability import score_correlation, seed_agreement, task_agreement
 
 
@@ -52,7 +52,7 @@ def test_seed_flag() -> None:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_small_real_study_with_ablation(tmp_path, glue_dir) -> None:
-    from layerwise.stability_render import write_stability
+    from layerwise.evaluate.stability_render import write_stability
     from layerwise.train import TrainConfig
     from layerwise.settings import Calibration as CalibrationSpec
     from layerwise.workflows.stability import stability_study

@@ -17,8 +17,8 @@ import transformers
 from torch.utils.data import DataLoader
 
 import layerwise
-from layerwise.bridge import adapted_modules
-from layerwise.layers import find_layer_stack
+from layerwise.adapters.bridge import adapted_modules
+from layerwise.models.layers import find_layer_stack
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")]
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_without_labels_only_forward_metrics_and_the_config_fits_the_model() -> 
 
 def test_import_layerwise_stays_cheap_and_suggest_is_lazy() -> None:
     code = ("import sys, layerwise; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)); "
-            "f = layerwise.suggest; print(callable(f), 'layerwise.suggestion' in sys.modules, 'torch' in sys.modules)")
+            "f = layerwise.suggest; print(callable(f), 'layerwise.adapters.suggestion' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert out.stdout.split("\n")[:2] == ["[]", "True True False"], out.stderr
@@ -107,8 +107,8 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch) -> None
 
 
 def test_split_rank_budget_by_hand() -> None:
-    from layerwise.errors import ConfigError
-    from layerwise.rank_budget import split_rank_budget
+    from layerwise.runtime.errors import ConfigError
+    from layerwise.selection.rank_budget import split_rank_budget
 
     assert split_rank_budget([1.0, 3.0], 8, r_min=0) == [2, 6]
     assert split_rank_budget([1.0, 1.0, 1.0], 8) == [3, 3, 2]  # 1 each, then 5 by largest remainder

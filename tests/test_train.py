@@ -21,7 +21,7 @@ import transformers
 from safetensors.torch import load_file
 
 from layerwise.data import Collator, encode_examples, load_task
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.train import PhaseTimer, PhaseTimingCallback, TrainConfig, TrainResult, evaluate, train
 from layerwise.train.checkpoint import find_checkpoint
 from layerwise.train.config import flag_name
@@ -532,7 +532,7 @@ def test_a_validation_split_chooses_the_step_and_dev_is_only_reported(tokenizer,
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["selected_on"] == "validation" and saved["validation_examples"] == 48
     assert saved["best"] == first_best["eval"]
-    from layerwise.report import collect_run
+    from layerwise.evaluate.report import collect_run
 
     (tmp_path / "selection.json").write_text("{}")
     row = collect_run(tmp_path, "x")

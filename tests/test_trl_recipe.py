@@ -18,7 +18,7 @@ else:
     trl = pytest.importorskip("trl", reason="TRL is in the test extra: pip install -c constraints.txt -e '.[test]'")
 
 import layerwise
-from layerwise.bridge import adapted_modules
+from layerwise.adapters.bridge import adapted_modules
 from layerwise.train import FrozenPrefixCallback
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -97,7 +97,7 @@ def test_reentrant_checkpointing_is_refused_naming_the_setting(tmp_path) -> None
 
     args = transformers.TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=True,
                                           gradient_checkpointing_kwargs={"use_reentrant": True}, report_to="none")
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="use_reentrant"):
         FrozenPrefixCallback().on_train_begin(args, None, None, model=tiny_llama())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.train import TrainConfig
 from layerwise.settings import DataSource
 from layerwise.workflows.train import AdapterChoice, SelectionChoice, parse_ranks, train_job
@@ -51,9 +51,9 @@ def test_frozen_prefix_runs_without_dropout() -> None:
     import torch
     from tiny_models import tiny_bert
 
-    from layerwise.bridge import apply_adapter
-    from layerwise.layers import find_layer_stack
-    from layerwise.train.prefix import quiet_frozen_prefix
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.models.layers import find_layer_stack
+    from layerwise.train.prefix.frozen import quiet_frozen_prefix
 
     model = tiny_bert(100, layers=4, max_positions=512)
     stack = find_layer_stack(model)

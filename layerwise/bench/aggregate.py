@@ -26,7 +26,7 @@ def summarize(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def _method_row(method: str, cells: Sequence[dict[str, Any]], model_params: int | None) -> dict[str, Any]:
-    from layerwise.report import PHASES
+    from layerwise.evaluate.report import PHASES
 
     names = list(dict.fromkeys(k for c in cells for k in (c.get("metrics") or {})))
     mean_params = summarize([c["trainable_params"] for c in cells])["mean"]
@@ -79,8 +79,9 @@ def relative_to(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_cell(cell_dir: str | os.PathLike, method: str, seed: int) -> dict[str, Any]:
-    """One finished cell's raw figures (``layerwise.report.collect_run``) with its method, seed and wall time."""
-    from layerwise.report import collect_run
+    """One finished cell's raw figures (``layerwise.evaluate.report.collect_run``) with its method, seed and
+    wall time."""
+    from layerwise.evaluate.report import collect_run
 
     d = Path(cell_dir)
     raw = collect_run(d, method)

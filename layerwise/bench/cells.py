@@ -28,7 +28,7 @@ from typing import Any
 
 from layerwise.bench.aggregate import CELL_FILE
 from layerwise.bench.methods import CellJob
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings import Calibration, DataSource, ModelSource
 
 __all__ = ["claim_bench", "prepare_out", "cell_dir", "bench_config", "check_resume", "run_cells", "duration",
@@ -45,7 +45,7 @@ def cell_dir(out: Path, method: str, seed: int) -> Path:
 
 def prepare_out(out: Path, overwrite: bool) -> Path:
     """An existing bench folder is resumed; ``overwrite`` deletes the bench's own outputs there first."""
-    from layerwise.io import prepare_output_dir
+    from layerwise.runtime.io import prepare_output_dir
 
     if out.is_dir() and overwrite:
         _remove(_bench_entries(out))
@@ -57,7 +57,7 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
 
 def _bench_entries(out: Path) -> list[Path]:
     """The bench's own outputs in ``out`` (a user's other files there are not the bench's)."""
-    from layerwise.io import SETTINGS_NAME
+    from layerwise.runtime.io import SETTINGS_NAME
 
     named = [out / n for n in (CELLS_DIR, CARD_DIR, PREFIX_CACHE_DIR, CONFIG_FILE, MODEL_FILE, SETTINGS_NAME)]
     globbed = [*out.glob("bench*.json"), *out.glob("bench*.md"), *out.glob("bench*.png")]
@@ -131,7 +131,7 @@ def bench_config(model: ModelSource, data: DataSource, train_config: Any, rank: 
 
 def check_resume(out: Path, config: dict[str, Any]) -> None:
     """Refuse to resume a bench trained with other values; record the config of a new one."""
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime.io import atomic_write_json
     from layerwise.train.config import flag_name
 
     path = out / CONFIG_FILE
@@ -182,7 +182,7 @@ def run_cells(out: Path, jobs: Sequence[CellJob], train_one: Callable[[CellJob, 
               say: Callable[[str], None]) -> None:
     """Train every unfinished cell with ``train_one(job, cell_dir, resume)`` (a cell with a checkpoint
     resumes), recording its wall time; a line per cell says its place, cells done and the time left."""
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime.io import atomic_write_json
     from layerwise.train.checkpoint import find_checkpoint
 
     todo = [j for j in jobs if not (cell_dir(out, j.method, j.train_config.seed) / "metrics.json").exists()]

@@ -17,7 +17,7 @@ def ensure_inference(out: Path, job: CellJob, load: Callable[[], Any], train_con
     """The method's inference cost, measured on the weights of cell ``job`` (kept in
     ``cells/<method>/inference.json`` and reused while ``examples`` and ``repeats`` are unchanged).
     ``load()`` gives a fresh :class:`~layerwise.workflows.prepare.Prepared` base model."""
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime.io import atomic_write_json
 
     method, seed = job.method, job.train_config.seed
     path = out / CELLS_DIR / method / INFERENCE_FILE
@@ -35,7 +35,7 @@ def ensure_inference(out: Path, job: CellJob, load: Callable[[], Any], train_con
 def _measure(ready: Any, cell: Path, full: bool, cfg: Any, examples: int, repeats: int,
              new_tokens: int) -> dict[str, Any]:
     """Put the cell's trained weights on the base model and time it (:func:`measure_adapter_inference`)."""
-    from layerwise.inference import measure_adapter_inference
+    from layerwise.evaluate.inference import measure_adapter_inference
 
     model = ready.loaded.model
     if full:
@@ -45,7 +45,7 @@ def _measure(ready: Any, cell: Path, full: bool, cfg: Any, examples: int, repeat
     else:
         from peft import PeftModel
 
-        from layerwise.quiet import peft_wrapping
+        from layerwise.runtime.quiet import peft_wrapping
 
         with peft_wrapping():
             model = PeftModel.from_pretrained(model, str(cell / "adapter"))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings import AdapterChoice, AdaptiveRanks, SelectionChoice
 
 __all__ = ["BenchSettings", "BenchMethod", "CellJob", "BENCH_METHODS", "BASELINE", "register_bench_method",

@@ -171,14 +171,14 @@ def render_bench_md(result: dict[str, Any]) -> str:
 
 # -- plots ------------------------------------------------------------------------------------------------
 def _figure(ncols: int = 1, width: float = 6.0) -> tuple[Any, Any]:
-    from layerwise.figures import new_figure
+    from layerwise.runtime.figures import new_figure
 
     fig = new_figure((width, 3.8))
     return fig, fig.subplots(1, ncols, squeeze=False)
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    from layerwise.figures import save_png
+    from layerwise.runtime.figures import save_png
 
     return save_png(fig, path)
 
@@ -252,7 +252,7 @@ def plot_k_sweep(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pat
 
 def write_bench(out_dir: str | os.PathLike, result: dict[str, Any]) -> dict[str, Path]:
     """bench.json, bench.md and the plots (bench_score, bench_phases, bench_memory, bench_k), atomically."""
-    from layerwise.io import atomic_write_json, atomic_write_text
+    from layerwise.runtime.io import atomic_write_json, atomic_write_text
     from layerwise.train.log import json_safe
 
     out, rows = Path(out_dir), result["table"]

@@ -6,7 +6,7 @@ import argparse
 
 from layerwise.commands.common import DATA, MODEL, add_common, add_place_flags, settings_record, training_group
 from layerwise.commands.flags import Group, add_deprecated, build
-from layerwise.io import slug
+from layerwise.runtime.io import slug
 from layerwise.settings import AdapterChoice, BenchOptions, Calibration, parse_int_list
 
 __all__ = ["add_parser", "run", "parse_int_list", "list_methods", "GROUPS"]

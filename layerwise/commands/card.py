@@ -7,7 +7,7 @@ import argparse
 from layerwise.commands.common import DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group, \
     settings_record
 from layerwise.commands.flags import Group, build
-from layerwise.io import slug
+from layerwise.runtime.io import slug
 
 __all__ = ["add_parser", "run", "GROUPS"]
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_metrics() -> str:
-    from layerwise.importance import DEFAULT_METRICS, IMPORTANCE
+    from layerwise.card.metrics import DEFAULT_METRICS, IMPORTANCE
 
     rows = [f"{'metric':<12} {'needs':<9} {'better':<7} description"]
     for m in IMPORTANCE.values():
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     model, data, calibration, probe = (build(g, args) for g in GROUPS)  # every flag checked before loading
     from dataclasses import replace
 
-    from layerwise.importance import is_data_free
+    from layerwise.card.metrics import is_data_free
     from layerwise.settings import DEFAULT_TASK
     from layerwise.workflows.card import make_card
 

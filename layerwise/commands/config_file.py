@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layerwise.commands.flags import setting_actions
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 
 __all__ = ["read_config", "config_defaults"]
 

@@ -7,7 +7,7 @@ import argparse
 from layerwise.commands.common import (ADAPTER, DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group,
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import Group, build
-from layerwise.io import slug
+from layerwise.runtime.io import slug
 
 __all__ = ["add_parser", "run", "DEFAULT_POLICY", "GROUPS"]
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                           calibration=calibration, probe=probe, device=args.device, resume=args.resume,
                           overwrite=args.overwrite, side_by_side=args.side_by_side,
                           settings=settings_record(args.parser, args))
-    from layerwise.report import render_report_md
+    from layerwise.evaluate.report import render_report_md
 
     print(render_report_md(report["rows"], report["context"]))
     print("wrote " + ", ".join(report["files"].values()))

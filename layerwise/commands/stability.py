@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from layerwise.commands.common import MODEL, add_common, settings_record
 from layerwise.commands.flags import Group, build
-from layerwise.errors import ConfigError
-from layerwise.io import slug
+from layerwise.runtime.errors import ConfigError
+from layerwise.runtime.io import slug
 from layerwise.settings import Calibration
 from layerwise.settings.bench import parse_int_list
 from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name
@@ -47,7 +47,7 @@ class StabilityOptions:
                 or not self.ablation_lr > 0:
             raise ConfigError(f"{flag_name(self, 'ablation_lr')} must be > 0, got {self.ablation_lr!r}")
         if self.metrics is not None:
-            from layerwise.importance import get_metrics
+            from layerwise.card.metrics import get_metrics
 
             get_metrics(self.metrics)
 
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model, options, calibration = (build(g, args) for g in GROUPS)
     from layerwise.settings import DataSource
-    from layerwise.stability_render import render_stability_md, write_stability
+    from layerwise.evaluate.stability_render import render_stability_md, write_stability
     from layerwise.train import TrainConfig
     from layerwise.workflows.stability import stability_study
 

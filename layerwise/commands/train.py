@@ -7,7 +7,7 @@ import argparse
 from layerwise.commands.common import (ADAPTER, DATA, MODEL, add_common, add_place_flags, calibration_group,
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import build
-from layerwise.io import slug
+from layerwise.runtime.io import slug
 
 __all__ = ["add_parser", "run", "GROUPS"]
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def list_policies() -> str:
-    from layerwise.selection import POLICIES
+    from layerwise.selection.policies import POLICIES
 
     rows = [f"{'policy':<10} {'metric':<9} options"]
     for pol in POLICIES.values():
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if adapter.is_adaptive:
         from pathlib import Path
 
-        from layerwise.adaptive.history import HISTORY_NAME, read_history
+        from layerwise.adapters.lalora.history import HISTORY_NAME, read_history
 
         history = read_history(Path(out) / HISTORY_NAME)
         final = ", ".join(f"{b}:{r}" for b, r in zip(history.blocks, history.ranks[-1]))

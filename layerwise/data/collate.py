@@ -18,7 +18,7 @@ import torch
 from layerwise.data.examples import Example
 from layerwise.data.readers import DataWarning
 from layerwise.data.tasks import TaskSpec
-from layerwise.errors import ConfigError, DataError, ModelError
+from layerwise.runtime.errors import ConfigError, DataError, ModelError
 
 __all__ = ["IGNORE_INDEX", "encode_examples", "Collator", "make_batches", "GenerationBatch", "generation_batches"]
 

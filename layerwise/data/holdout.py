@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from layerwise.data.examples import TaskData
 from layerwise.data.sampling import class_labels, draw_indices
-from layerwise.errors import DataError
+from layerwise.runtime.errors import DataError
 
 __all__ = ["SPLIT_SEED", "subset_train", "hold_out_validation"]
 

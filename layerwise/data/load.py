@@ -14,7 +14,7 @@ from layerwise.data.examples import TaskData
 from layerwise.data.sources import (GLUE_LAYOUTS, RT_INSTALL, RT_PACKAGE, GlueLayout, SourceRequest, gsm8k_prompt,
                                     source_for)
 from layerwise.data.tasks import KINDS
-from layerwise.errors import ConfigError, DataError
+from layerwise.runtime.errors import ConfigError, DataError
 
 # GLUE_LAYOUTS, GlueLayout, RT_PACKAGE, RT_INSTALL and gsm8k_prompt live in sources.py; kept importable here.
 __all__ = ["TaskData", "load_task", "GLUE_LAYOUTS", "GlueLayout", "RT_PACKAGE", "RT_INSTALL", "gsm8k_prompt"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerwise.errors import DataError
+from layerwise.runtime.errors import DataError
 
 __all__ = ["DataWarning", "SkipLog", "Table", "require_file", "read_delimited", "read_jsonl", "read_table",
            "find_column", "FORMATS"]

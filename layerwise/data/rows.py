@@ -16,7 +16,7 @@ from layerwise.data.examples import Example, TaskData
 from layerwise.data.readers import FORMATS, DataWarning, SkipLog, Table, find_column, read_table
 from layerwise.data.sampling import class_labels, draw_indices
 from layerwise.data.tasks import TaskSpec
-from layerwise.errors import ConfigError, DataError
+from layerwise.runtime.errors import ConfigError, DataError
 
 __all__ = ["COLUMN_FLAGS", "Columns", "Raw", "LabelIntent", "ColumnFlags", "custom_columns", "task_columns",
            "no_column_flags",

@@ -8,7 +8,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
 from layerwise.data.examples import Example
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 
 __all__ = ["allocate", "class_labels", "draw_indices", "sample_calibration"]
 

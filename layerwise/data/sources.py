@@ -23,7 +23,7 @@ from layerwise.data.readers import require_file
 from layerwise.data.rows import (ColumnFlags, Columns, LabelIntent, Raw, cell, custom_columns, finish, infer_spec,
                                  load_files, no_column_flags, raw_rows, task_columns)
 from layerwise.data.tasks import TaskSpec, canonical_task_name, get_task
-from layerwise.errors import ConfigError, DataError
+from layerwise.runtime.errors import ConfigError, DataError
 
 __all__ = ["TaskSource", "SourceRequest", "SOURCES", "register_source", "source_for", "task_names",
            "GLUE_LAYOUTS", "GlueLayout", "RT_PACKAGE", "RT_INSTALL", "gsm8k_prompt"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 
 __all__ = ["KINDS", "TaskSpec", "TASKS", "get_task", "canonical_task_name"]
 
@@ -27,7 +27,7 @@ class TaskSpec:
     pair: bool
     """True when every example is a pair of texts (sentence-pair tasks)."""
     metrics: tuple[str, ...]
-    """Names in the ``layerwise.evaluation`` metric registry reported for this task."""
+    """Names in the ``layerwise.data.task_metrics`` metric registry reported for this task."""
     main_metric: str
     """The metric used to pick the best checkpoint (one of ``metrics``)."""
 

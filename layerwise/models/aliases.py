@@ -10,7 +10,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise.errors import ModelError
+from layerwise.runtime.errors import ModelError
 
 __all__ = ["BundledModel", "BUNDLED_MODELS", "bundled_model"]
 

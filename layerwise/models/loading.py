@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerwise.errors import ConfigError, ModelError
+from layerwise.runtime.errors import ConfigError, ModelError
 from layerwise.models.resolve import ModelSource, resolve_model
-from layerwise.quiet import transformers_errors_only
+from layerwise.runtime.quiet import transformers_errors_only
 
 __all__ = ["fault", "HEADS", "LoadedModel", "load_model", "load_tokenizer", "model_fingerprint"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 
 __all__ = ["DTYPES", "QUANTIZATIONS", "resolve_dtype", "quantization_config", "check_quantization"]
 

@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise.errors import ModelError
-from layerwise.io import check_free_space, temp_dir_beside
+from layerwise.runtime.errors import ModelError
+from layerwise.runtime.io import check_free_space, temp_dir_beside
 from layerwise.models.aliases import BUNDLED_MODELS, BundledModel
 
 __all__ = ["ModelSource", "resolve_model", "default_cache_dir", "converted_gguf_bytes"]
@@ -115,7 +115,7 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerwise.progress import status
+    from layerwise.runtime.progress import status
 
     with status(f"converting {gguf_path.name} once into {target} (later loads take seconds)"):
         folder, fname = str(gguf_path.parent), gguf_path.name

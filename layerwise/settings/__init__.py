@@ -1,7 +1,7 @@
 """Typed settings: every option of layerwise is a documented field of one of these dataclasses, grouped
 by concept. The command-line flags, their help, ``--config`` files and the ``config.yaml`` each run
 writes are generated from the fields (see :mod:`layerwise.commands.flags`), and each field's checks
-raise a :class:`~layerwise.errors.ConfigError` naming its own flag.
+raise a :class:`~layerwise.runtime.errors.ConfigError` naming its own flag.
 
 =====================  ==========================================================
 ``ModelSource``        model, cache dir, remote code, layers path, dtype, quantization

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name
 
 __all__ = ["BenchOptions", "parse_int_list"]

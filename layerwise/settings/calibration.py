@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings.fields import at_least, flag, flag_name, one_of
 
 __all__ = ["Calibration", "ProbeSettings", "POOLINGS"]
@@ -64,10 +64,10 @@ class ProbeSettings:
         at_least(self, "rank", 1)
         at_least(self, "max_stat_memory", 1)
         if self.metrics is not None:
-            from layerwise.importance import get_metrics
+            from layerwise.card.metrics import get_metrics
 
             get_metrics(self.metrics)  # an unknown metric is refused here, naming --metrics
-        from layerwise.layers import parse_targets
+        from layerwise.models.layers import parse_targets
 
         parse_targets(self.targets)
 

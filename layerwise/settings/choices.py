@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from layerwise.errors import ConfigError
-from layerwise.adaptive.allocator import CONTRIBUTIONS, RANK_SCALES
+from layerwise.runtime.errors import ConfigError
+from layerwise.adapters.lalora.allocator import CONTRIBUTIONS, RANK_SCALES
 from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name, one_of
 
 __all__ = ["SelectionChoice", "AdapterChoice", "AdaptiveRanks", "parse_ranks", "OBJECTIVES", "CONTRIBUTIONS",
@@ -50,7 +50,7 @@ class SelectionChoice:
     """random: seed of the draw of layers (default 0)"""
 
     def __post_init__(self) -> None:
-        from layerwise.selection import POLICIES
+        from layerwise.selection.policies import POLICIES
 
         finite_numbers(self)
         if self.policy not in POLICIES:
@@ -75,7 +75,7 @@ class SelectionChoice:
 
     @property
     def options(self) -> dict[str, Any]:
-        """The policy options that are set, as :func:`layerwise.selection.select` takes them."""
+        """The policy options that are set, as :func:`layerwise.selection.policies.select` takes them."""
         values = {"k": self.k, "share": self.share, "ratio": self.ratio, "exclude_first": self.exclude_first,
                   "max_params": self.max_params, "params_share": self.params_share,
                   "max_flops": int(self.max_flops) if self.max_flops is not None else None,
@@ -123,7 +123,7 @@ class AdaptiveRanks:
     """LoRA scaling alpha/r_max (rmax, the paper's) or alpha/r_i (ri)"""
 
     def __post_init__(self) -> None:
-        from layerwise.adaptive.allocator import check_settings
+        from layerwise.adapters.lalora.allocator import check_settings
 
         finite_numbers(self)
         check_settings(1 if self.r_max is None else self.r_max, self.gamma_or_default, self.rank_interval,
@@ -131,8 +131,8 @@ class AdaptiveRanks:
 
     @property
     def gamma_or_default(self) -> float:
-        """``gamma``, or :data:`layerwise.adaptive.allocator.DEFAULT_GAMMA` when unset."""
-        from layerwise.adaptive.allocator import DEFAULT_GAMMA
+        """``gamma``, or :data:`layerwise.adapters.lalora.allocator.DEFAULT_GAMMA` when unset."""
+        from layerwise.adapters.lalora.allocator import DEFAULT_GAMMA
 
         return DEFAULT_GAMMA if self.gamma is None else self.gamma
 
@@ -167,7 +167,7 @@ class AdapterChoice:
     FLAGS: ClassVar[dict[str, str]] = {"adaptive": "adaptive-ranks"}
 
     def __post_init__(self) -> None:
-        from layerwise.bridge import METHODS
+        from layerwise.adapters.bridge import METHODS
 
         finite_numbers(self)
         if self.ranks == ADAPTIVE:  # the old API spelling
@@ -198,8 +198,8 @@ class AdapterChoice:
     def _check_budget(self) -> None:
         """--rank-budget and --rank-metric: a whole number >= 1, a registered metric, a method with
         per-layer ranks, and neither --ranks nor La-LoRA beside it."""
-        from layerwise.bridge import METHODS
-        from layerwise.importance import IMPORTANCE
+        from layerwise.adapters.bridge import METHODS
+        from layerwise.card.metrics import IMPORTANCE
 
         budget, metric = flag_name(self, "rank_budget"), flag_name(self, "rank_metric")
         if self.rank_metric is not None:

@@ -83,7 +83,7 @@ def field_docs(cls: type) -> dict[str, str]:
 def at_least(obj: Any, name: str, low: float) -> None:
     """Raise ``ConfigError`` naming the field's flag unless ``obj.<name>`` is a number >= ``low``
     (a whole number when ``low`` is an int)."""
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
 
     value = getattr(obj, name)
     kinds = (int,) if isinstance(low, int) else (int, float)
@@ -99,7 +99,7 @@ def finite_numbers(obj: Any) -> None:
     float which is not finite: ``--lr inf`` (or ``lr: .inf`` in a config file) would pass a "> 0" check and run
     to the end, where the value cannot even be written as JSON; NaN would be refused as "out of range" only by
     the checks that compare it."""
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
 
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -109,7 +109,7 @@ def finite_numbers(obj: Any) -> None:
 
 def one_of(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
     """Raise ``ConfigError`` naming the field's flag unless ``obj.<name>`` is one of ``allowed``."""
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
 
     value = getattr(obj, name)
     if value not in allowed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.models.precision import DTYPES, QUANTIZATIONS
 from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name, one_of
 
@@ -47,7 +47,7 @@ class ModelSource:
         one_of(self, "dtype", DTYPES)
         one_of(self, "quantize", QUANTIZATIONS)
         if isinstance(self.cache_dir, str) and self.cache_dir:
-            from layerwise.io import check_writable_dir
+            from layerwise.runtime.io import check_writable_dir
 
             # checked now, not after a GGUF conversion of half a minute
             check_writable_dir(self.cache_dir, flag_name(self, "cache_dir"))

@@ -21,7 +21,7 @@ _LAZY = {
     "TrainState": "layerwise.train.state",
     "PhaseTimer": "layerwise.train.phases",
     "PhaseTimingCallback": "layerwise.train.callback",
-    "FrozenPrefixCallback": "layerwise.train.prefix_callback",
+    "FrozenPrefixCallback": "layerwise.train.prefix.callback",
 }
 
 

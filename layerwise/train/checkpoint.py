@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from layerwise.errors import ConfigError, ModelError
-from layerwise.io import atomic_write_json, temp_dir_beside
+from layerwise.runtime.errors import ConfigError, ModelError
+from layerwise.runtime.io import atomic_write_json, temp_dir_beside
 from layerwise.train.hooks import Stateful
 from layerwise.train.log import json_safe
 from layerwise.train.state import TrainState
@@ -74,7 +74,7 @@ def save_adapter(model: Any, path: str | os.PathLike) -> Path:
 
     In a data-parallel run only rank 0 writes (the weights are the same on every rank).
     """
-    from layerwise import distributed
+    from layerwise.runtime import distributed
 
     if not distributed.is_main():
         return Path(path)
@@ -94,7 +94,7 @@ BASE_RECORD = "layerwise_base.json"
 def base_record(model: Any) -> dict[str, Any]:
     """What loading the adapter on another machine needs besides ``adapter_config.json``: the base model's
     name (alias, hub id or the user's folder), the transformers class with its head, and the label count."""
-    from layerwise.layers import unwrap_model
+    from layerwise.models.layers import unwrap_model
 
     base = unwrap_model(model)
     name = type(base).__name__
@@ -112,7 +112,7 @@ def base_record(model: Any) -> dict[str, Any]:
 
 def write_base_record(model: Any, folder: str | os.PathLike) -> Path:
     """Write :func:`base_record` of ``model`` as ``folder/layerwise_base.json``."""
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime.io import atomic_write_json
 
     return atomic_write_json(Path(folder) / BASE_RECORD, base_record(model))
 
@@ -134,7 +134,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, sche
 
     In a data-parallel run every rank must call it (it gathers each rank's RNG state); rank 0 writes.
     """
-    from layerwise import distributed
+    from layerwise.runtime import distributed
     from layerwise.train.parallel import rank_rng_file
 
     rng = distributed.all_gather_objects(torch_rng_states())  # every rank's states, in rank order
@@ -217,7 +217,7 @@ def _read(path: Path, read: Any) -> Any:
 def _rng_file(folder: Path) -> Path:
     """This rank's RNG file (rank 0's where the checkpoint has none for this rank: another process count,
     which the caller then refuses with a clear error)."""
-    from layerwise import distributed
+    from layerwise.runtime import distributed
     from layerwise.train.parallel import rank_rng_file
 
     own = folder / rank_rng_file(distributed.rank())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings.fields import at_least, finite_numbers, flag, one_of
 from layerwise.settings.fields import flag_name as _field_flag
 
@@ -14,7 +14,7 @@ __all__ = ["TrainConfig", "SCHEDULERS", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYP
 SCHEDULERS = ("linear", "cosine", "constant")
 """Learning-rate decay shapes after warmup (see :mod:`layerwise.train.schedule`)."""
 PREFIX_CACHE_MODES = ("off", "memory", "disk", "auto")
-"""Where the frozen-prefix cache lives (see :mod:`layerwise.train.prefix_cache`); ``auto`` decides per run."""
+"""Where the frozen-prefix cache lives (see :mod:`layerwise.train.prefix.cache`); ``auto`` decides per run."""
 PREFIX_CACHE_DTYPES = ("float32", "bfloat16", "float16")
 """Storage dtypes of the frozen-prefix cache (float32 is exact; the 16-bit ones halve its size)."""
 
@@ -66,11 +66,11 @@ class TrainConfig:
     then shuffle the batches (0: off). Dynamic padding then pads little (see ``layerwise.train.data_order``)."""
     prefix_dropout: bool = False
     """Keep dropout in the frozen blocks below the lowest adapted block (off by default: they get no
-    gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix``)."""
+    gradient, and their dropout only adds noise and compute; see ``layerwise.train.prefix.frozen``)."""
     prefix_cache: str = flag("auto", choices=PREFIX_CACHE_MODES)
     """Frozen-prefix cache: compute the hidden states entering the lowest adapted block once per example and
     train only the blocks above ('off', 'memory', 'disk'; 'auto' caches when the run makes more than one pass
-    and the cache fits; see ``layerwise.train.prefix_cache``)."""
+    and the cache fits; see ``layerwise.train.prefix.cache``)."""
     prefix_cache_dtype: str = flag("float32", choices=PREFIX_CACHE_DTYPES)
     """Storage dtype of the prefix cache: 'float32' (exact), 'bfloat16' or 'float16' (half the size)."""
     prefix_cache_dir: str | None = None
@@ -80,7 +80,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute the adapted blocks' activations in the backward instead of keeping them (less memory, about
     one more forward of those blocks per step); only blocks with a trainable parameter are checkpointed and the
-    frozen blocks below the lowest adapter stay out of the backward (see ``layerwise.train.recompute``)."""
+    frozen blocks below the lowest adapter stay out of the backward (see ``layerwise.train.prefix.recompute``)."""
 
     FLAGS: ClassVar[dict[str, str]] = {"seed": "train-seed"}
     """Fields whose flag is not their name with dashes (``seed`` is ``--train-seed``: ``--calibration-seed``

@@ -1,4 +1,4 @@
-"""Dev-set evaluation: task metrics (``layerwise.evaluation``) and the loss, under ``torch.inference_mode``.
+"""Dev-set evaluation: task metrics (``layerwise.data.task_metrics``) and the loss, under ``torch.inference_mode``.
 
 Classification predicts the argmax of the logits, regression the single logit, causal LM greedily generates
 after left-padded prompts and is scored by exact match of the final number. The dev set is tokenised once
@@ -13,7 +13,7 @@ from typing import Any
 
 from layerwise.data.examples import Example
 from layerwise.data.tasks import TaskSpec
-from layerwise.errors import DataError
+from layerwise.runtime.errors import DataError
 
 __all__ = ["EvalSet", "prepare_eval", "run_eval", "evaluate"]
 
@@ -70,13 +70,13 @@ def run_eval(model: Any, data: EvalSet, gen_max_new_tokens: int = 256, prefix: A
              prefix_offset: int = 0) -> dict[str, float]:
     """Every metric of the task plus ``loss`` (where labels exist) on ``data``; restores train mode after.
 
-    ``prefix`` (a ``layerwise.train.prefix_cache.PrefixCache``) feeds the loss batches from its evaluation
+    ``prefix`` (a ``layerwise.train.prefix.cache.PrefixCache``) feeds the loss batches from its evaluation
     cache, where ``data``'s batches start at batch ``prefix_offset``; generation always runs the whole model. A
     model with 16-bit frozen weights (``--dtype``) runs under autocast in their dtype, so its float32 trained
     parameters (adapters, head) meet its 16-bit activations."""
     import torch
 
-    from layerwise.evaluation import compute_metrics
+    from layerwise.data.task_metrics import compute_metrics
     from layerwise.train.precision import Precision, compute_dtype
 
     was_training = model.training

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layerwise.io import atomic_write_text
+from layerwise.runtime.io import atomic_write_text
 
 __all__ = ["TrainLog", "read_log", "step_lines", "eval_lines", "json_safe"]
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from layerwise import distributed
+from layerwise.runtime import distributed
 from layerwise.data.examples import Example
 from layerwise.data.tasks import TaskSpec
-from layerwise.errors import ConfigError, DataError, ModelError
-from layerwise.io import atomic_write_json
+from layerwise.runtime.errors import ConfigError, DataError, ModelError
+from layerwise.runtime.io import atomic_write_json
 from layerwise.train.checkpoint import (SCHEMA_VERSION, load_checkpoint, save_adapter, save_checkpoint,
                                         trainable_parameters)
 from layerwise.train.config import TrainConfig, flag_name
@@ -120,7 +120,7 @@ class _Run:
     """What the training step calls: ``DistributedDataParallel(model)`` in a process group, else ``model``."""
     bar: Any = field(default=None, repr=False)
     prefix: Any = None
-    """The frozen-prefix cache (``layerwise.train.prefix_cache.PrefixCache``), or None when off."""
+    """The frozen-prefix cache (``layerwise.train.prefix.cache.PrefixCache``), or None when off."""
     prefix_report: Any = None
     valset: EvalSet | None = None
     """The validation split that chooses the checkpoint, or None (the dev set chooses)."""
@@ -163,7 +163,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
            dev_examples: Sequence[Example], config: TrainConfig, out_dir: Path, resume: bool,
            callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None) -> _Run:
     from layerwise.data.collate import Collator, encode_examples
-    from layerwise.evaluation import get_metric
+    from layerwise.data.task_metrics import get_metric
     from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
 
@@ -173,7 +173,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     precision = Precision.for_model(model, params)  # 16-bit base: float32 master weights, autocast
     callbacks = (*callbacks, *precision.stateful())  # float16's loss scale is checkpointed
     if config.gradient_checkpointing:
-        from layerwise.train.recompute import prepare_gradient_checkpointing
+        from layerwise.train.prefix.recompute import prepare_gradient_checkpointing
 
         prepare_gradient_checkpointing(model)  # the adapted blocks only; the frozen prefix stays out of autograd
     features = encode_examples(train_examples, tokenizer, task, config.max_length)
@@ -218,9 +218,9 @@ def _eval_sets(valset: EvalSet | None, evalset: EvalSet) -> list[EvalSet]:
 
 def _prefix_cache(model: Any, features: list, eval_sets: Sequence[EvalSet], config: TrainConfig,
                   out_dir: Path) -> tuple:
-    """The frozen-prefix cache and its report (see ``layerwise.train.prefix_cache``); quiets the prefix's
+    """The frozen-prefix cache and its report (see ``layerwise.train.prefix.cache``); quiets the prefix's
     dropout when the cache is used, as its cached output assumes."""
-    from layerwise.train.prefix_cache import prepare_prefix_cache
+    from layerwise.train.prefix.cache import prepare_prefix_cache
 
     def announce(line: str) -> None:
         if distributed.is_main():
@@ -232,8 +232,8 @@ def _prefix_cache(model: Any, features: list, eval_sets: Sequence[EvalSet], conf
     dev = [b for e in eval_sets for b in e.loss_batches] if evaluations > 1 else []
     prefix, report = prepare_prefix_cache(model, features, dev, config, out_dir, announce)
     if prefix is not None:
-        from layerwise.layers import find_layer_stack
-        from layerwise.train.prefix import quiet_frozen_prefix
+        from layerwise.models.layers import find_layer_stack
+        from layerwise.train.prefix.frozen import quiet_frozen_prefix
 
         quiet_frozen_prefix(model, find_layer_stack(model), [prefix.skipper.layer])
     return prefix, report
@@ -290,7 +290,7 @@ def _run_steps(run: _Run, interrupt: DeferredInterrupt, show_progress: bool) -> 
     """Optimizer steps until ``config.steps``, early stopping or a callback's stop."""
     from tqdm.auto import tqdm
 
-    from layerwise.progress import enabled
+    from layerwise.runtime.progress import enabled
 
     state = run.state
     run.bar = tqdm(total=run.config.steps, initial=state.step, desc="train", unit="step", leave=False,

@@ -1,6 +1,6 @@
 """Data parallelism for :func:`layerwise.train.train`: what changes when several processes train one adapter.
 
-With ``W`` processes (``torchrun``/``accelerate launch``; see :mod:`layerwise.distributed`) and
+With ``W`` processes (``torchrun``/``accelerate launch``; see :mod:`layerwise.runtime.distributed`) and
 ``--batch-size b`` per process, the global batch of micro-step ``n`` is the one a single process with
 ``--batch-size b*W`` would draw (``DataOrder(seed, size, b*W)``); rank ``r`` trains on its contiguous
 slice ``[r*b, (r+1)*b)``. The peft model is wrapped in ``DistributedDataParallel``, which averages the
@@ -23,8 +23,8 @@ from typing import Any, ContextManager
 
 import torch
 
-from layerwise import distributed
-from layerwise.errors import ConfigError
+from layerwise.runtime import distributed
+from layerwise.runtime.errors import ConfigError
 
 __all__ = ["wrap_model", "accumulation", "global_batch_size", "local_part", "mean_over_ranks", "run_info",
            "check_world_size", "check_data_size", "NullLog", "open_log", "rank_rng_file"]

@@ -7,7 +7,7 @@
     record = timer.end_step()   # {step, forward_s, ..., mem_after_forward, ..., peak_memory, step_s}
 
 On the CPU a phase is timed with ``time.perf_counter`` and memory is the process RSS; the step's peak is
-the kernel's high-water mark of RSS over the step (exact, see ``layerwise.memory.CpuPeak``), or where that
+the kernel's high-water mark of RSS over the step (exact, see ``layerwise.runtime.memory.CpuPeak``), or where that
 is unavailable the largest RSS read after a phase (a lower bound: spikes inside a phase are not seen).
 
 On a GPU the work is asynchronous, so a phase is bracketed by CUDA events (recorded in the stream, no
@@ -18,7 +18,7 @@ against 0-2.5% with events (the loop syncs once per step anyway, for the loss). 
 span between its two events on the GPU's timeline. Memory is ``torch.cuda.memory_allocated`` (the
 allocator's count, exact without a sync) and the step's peak ``max_memory_allocated`` since
 ``begin_step``. Note that ``begin_step`` resets CUDA's peak-memory statistics: around a training run, read
-the run's peak from the timer (or ``TrainResult``), not from a surrounding ``layerwise.memory.PeakMemory``.
+the run's peak from the timer (or ``TrainResult``), not from a surrounding ``layerwise.runtime.memory.PeakMemory``.
 
 A phase entered several times in one step (gradient accumulation) adds up its time; its memory is the last
 reading.
@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from layerwise.memory import CpuPeak, cpu_peak_tracking_exact
+from layerwise.runtime.memory import CpuPeak, cpu_peak_tracking_exact
 
 __all__ = ["PhaseTimer", "TRAIN_PHASES"]
 

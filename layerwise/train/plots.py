@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from layerwise.io import atomic_write_with
+from layerwise.runtime.io import atomic_write_with
 from layerwise.train.log import eval_lines, read_log, step_lines
 
 __all__ = ["plot_training"]

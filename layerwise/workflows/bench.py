@@ -37,7 +37,7 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     bench.json content. Every adapter cell uses ``adapter``'s rank and targets and ``train_config``; full
     fine-tuning uses ``bench.full_lr``."""
     from layerwise.bench.render import write_bench
-    from layerwise.io import write_settings
+    from layerwise.runtime.io import write_settings
     from layerwise.workflows.prepare import data_source, model_source
 
     model, data = model_source(model), data_source(data)
@@ -94,7 +94,7 @@ class _Job:
 
     def load(self) -> Any:
         """A fresh base model with its task head (the task's data is read once per bench)."""
-        from layerwise.device import resolve_device
+        from layerwise.runtime.device import resolve_device
         from layerwise.workflows.prepare import prepare
 
         ready = prepare(self.model, self.data, resolve_device(self.device), task=self._task)
@@ -114,10 +114,10 @@ class _Job:
 def _check_selections(jobs: list[CellJob]) -> None:
     """Run every card-based selection once on the card, so a bad option (``--ks`` above the number of layers)
     fails before any training."""
-    from layerwise.card import LayerCard
-    from layerwise.selection import select
+    from layerwise.card.layer_card import LayerCard
+    from layerwise.selection.policies import select
 
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
 
     cards: dict[str, Any] = {}
     for job in jobs:
@@ -133,14 +133,14 @@ def _check_selections(jobs: list[CellJob]) -> None:
 
 def _num_layers(card_file: Path) -> int:
     """The number of blocks the bench's card measured (rank budgets are sized by it)."""
-    from layerwise.card import LayerCard
+    from layerwise.card.layer_card import LayerCard
 
     return LayerCard.load(card_file).num_layers
 
 
 def _model_params(job: _Job) -> int:
     """Parameters of the model with its task head (what full fine-tuning trains), cached in model.json."""
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime.io import atomic_write_json
 
     path = job.out / MODEL_FILE
     if path.exists():
@@ -169,7 +169,7 @@ def _ensure_card(job: _Job, adapter: AdapterChoice, calibration: Calibration) ->
 
 def _majority(data: DataSource) -> dict[str, Any] | None:
     """The majority-class (or training-mean) baseline on dev, from the bench's own data split."""
-    from layerwise.evaluation import majority_baseline
+    from layerwise.data.task_metrics import majority_baseline
 
     task = data.load()
     return majority_baseline(task.task, [e.label for e in task.train], [e.label for e in task.dev])
@@ -185,7 +185,7 @@ def _release_memory() -> None:
 
 
 def _say(text: str) -> None:
-    from layerwise import distributed
+    from layerwise.runtime import distributed
 
     if distributed.is_main():
         logging.getLogger(__name__).info(text)

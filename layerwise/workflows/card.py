@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerwise.device import resolve_device
-from layerwise.errors import ConfigError
+from layerwise.runtime.device import resolve_device
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings import Calibration, DataSource, ModelSource, ProbeSettings
 
 __all__ = ["Calibration", "CalibrationSpec", "calibration_batches", "calibration_info", "make_card", "resolve_device"]
@@ -47,14 +47,15 @@ def make_card(model: ModelSource | str, data: DataSource | str | None, out: str 
     process gets the same card and only rank 0 writes the files (others return no files).
 
     ``data`` may be None when every metric is data-free (``--metrics weights``): the model is then loaded
-    without a task head and no data is read (``layerwise.weight_card``).
+    without a task head and no data is read (``layerwise.card.weight_card``).
     """
-    from layerwise import distributed, weight_card
-    from layerwise.card import estimated_card_bytes
-    from layerwise.importance import IMPORTANCE
-    from layerwise.io import check_free_space, claim_output, write_settings
-    from layerwise.layers import parse_targets
-    from layerwise.profiling import profile_layers
+    from layerwise.runtime import distributed
+    from layerwise.card.layer_card import weight_card
+    from layerwise.card.layer_card import estimated_card_bytes
+    from layerwise.card.metrics import IMPORTANCE
+    from layerwise.runtime.io import check_free_space, claim_output, write_settings
+    from layerwise.models.layers import parse_targets
+    from layerwise.card.profiling import profile_layers
     from layerwise.workflows.prepare import data_source, model_source
 
     model = model_source(model)
@@ -80,8 +81,8 @@ def _load_for_card(model: ModelSource, data: DataSource | str | None, dev: Any, 
                    data_free: bool) -> tuple[Any, Any, list, dict]:
     """(loaded model, layer stack, calibration batches, data info); ``data=None`` is a data-free card (weight
     metrics only): no task, no head, no batches."""
-    from layerwise import weight_card
-    from layerwise.layers import find_layer_stack
+    from layerwise.card.layer_card import weight_card
+    from layerwise.models.layers import find_layer_stack
     from layerwise.workflows.prepare import load_precision, load_source, prepare
 
     if data is None:

@@ -7,17 +7,17 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings import AdapterChoice, ExportTarget, SelectionChoice
 
 __all__ = ["export_job", "exported_selection"]
 
 
 def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget) -> Any:
-    """The :class:`~layerwise.export.ExportedSelection` of ``target.from_run``, or of ``selection`` over its
+    """The :class:`~layerwise.adapters.export.ExportedSelection` of ``target.from_run``, or of ``selection`` over its
     card (``--card``) with ``adapter``. No model is loaded: the card holds every module name."""
-    from layerwise.card import LayerCard
-    from layerwise.export import from_card, from_run
+    from layerwise.card.layer_card import LayerCard
+    from layerwise.adapters.export import from_card, from_run
     from layerwise.workflows.train import budget_ranks, choose_layers
 
     if target.from_run:
@@ -36,12 +36,12 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
 def export_job(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget, out: str | os.PathLike,
                *, overwrite: bool = False, settings: Mapping[str, Any] | None = None) -> tuple[Any, list[Path]]:
     """Write the exported selection as ``target.format`` into ``out``; returns (ExportedSelection, files
-    written). ``out`` is claimed like every command's (:func:`layerwise.io.claim_output`): a folder holding files
+    written). ``out`` is claimed like every command's (:func:`layerwise.runtime.io.claim_output`): a folder holding files
     is refused unless ``overwrite``, which replaces only a layerwise output folder (an export holds
     ``config.yaml`` when ``settings`` are given, as the command gives them, or ``selection.json``), moved aside
     first and put back if the export fails."""
-    from layerwise.export import write_export
-    from layerwise.io import check_writable_dir, claim_output, write_settings
+    from layerwise.adapters.export import write_export
+    from layerwise.runtime.io import check_writable_dir, claim_output, write_settings
 
     check_writable_dir(out, "--out")  # before the card is read
     exported = exported_selection(selection, adapter, target)

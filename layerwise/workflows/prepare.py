@@ -21,7 +21,7 @@ class Prepared:
     loaded: Any
     """The loaded model (:class:`layerwise.models.LoadedModel`: model, tokenizer, fingerprint, source)."""
     stack: Any
-    """The model's transformer blocks (:class:`layerwise.layers.LayerStack`)."""
+    """The model's transformer blocks (:class:`layerwise.models.layers.LayerStack`)."""
     device: Any
     """The ``torch.device`` the model is on."""
 
@@ -39,8 +39,8 @@ def data_source(data: DataSource | str) -> DataSource:
 def prepare(model: ModelSource | str, data: DataSource | str, device: Any, task: Any = None) -> Prepared:
     """Load ``data`` (or use the already loaded ``task``) and ``model`` with the task's head, in the model's
     ``--dtype`` (and ``--quantize``) as ``device`` allows, put it on ``device`` (resolved with
-    :func:`layerwise.device.resolve_device`) and find its layer stack."""
-    from layerwise.layers import find_layer_stack
+    :func:`layerwise.runtime.device.resolve_device`) and find its layer stack."""
+    from layerwise.models.layers import find_layer_stack
 
     model, data = model_source(model), data_source(data)
     precision = load_precision(model, device)  # refused before the data or the weights are read
@@ -80,7 +80,7 @@ def fits_positions(max_length: int, model: Any) -> None:
     in the model with a tensor size mismatch, after the loading (and in ``run`` after the whole card stage)."""
     import torch
 
-    from layerwise.errors import ConfigError
+    from layerwise.runtime.errors import ConfigError
 
     limit = getattr(model.config, "max_position_embeddings", None)
     if not isinstance(limit, int):

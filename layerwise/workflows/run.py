@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings import AdapterChoice, Calibration, DataSource, ModelSource, ProbeSettings, SelectionChoice
 
 __all__ = ["run_pipeline"]
@@ -32,8 +32,8 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
     models are then in memory at once. Under ``torchrun``/``accelerate launch`` every stage is data
     parallel and only rank 0 writes.
     """
-    from layerwise import distributed
-    from layerwise.io import check_leftovers, claim_output
+    from layerwise.runtime import distributed
+    from layerwise.runtime.io import check_leftovers, claim_output
     from layerwise.workflows.card import resolve_device
 
     resolve_device(device)  # joins the process group under torchrun / accelerate launch
@@ -53,9 +53,9 @@ def _pipeline(model: ModelSource | str, data: DataSource | str, out_dir: Path, t
               probe: ProbeSettings | None, device: str | None, resume: bool, show_progress: bool,
               side_by_side: bool, settings: Mapping[str, Any] | None) -> dict[str, Any]:
     """The stages of :func:`run_pipeline` in a claimed ``out_dir``."""
-    from layerwise import distributed
-    from layerwise.io import write_settings
-    from layerwise.report import collect_run, compare, write_report
+    from layerwise.runtime import distributed
+    from layerwise.runtime.io import write_settings
+    from layerwise.evaluate.report import collect_run, compare, write_report
     from layerwise.workflows.card import make_card
     from layerwise.workflows.prepare import data_source, model_source
 
@@ -120,7 +120,7 @@ def _how_trained(jobs: dict, lockstep: bool) -> str | None:
 def _describe(run_dir: Path) -> str:
     import json
 
-    from layerwise.selection import Selection
+    from layerwise.selection.policies import Selection
 
     sel = json.loads((run_dir / "selection.json").read_text())["selection"]
     return Selection.from_dict(sel).describe()
@@ -129,7 +129,7 @@ def _describe(run_dir: Path) -> str:
 def _stage(text: str) -> None:
     import logging
 
-    from layerwise import distributed
+    from layerwise.runtime import distributed
 
     if distributed.is_main():
         logging.getLogger(__name__).info(text)

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from layerwise.io import slug
+from layerwise.runtime.io import slug
 from layerwise.settings import Calibration, DataSource, ModelSource, ProbeSettings, SelectionChoice
 
 __all__ = ["seed_agreement", "task_agreement", "score_correlation", "stability_study", "STUDY_METRICS"]
@@ -24,7 +24,7 @@ across seeds and tasks by construction, so the tables show what the data-driven 
 
 def seed_agreement(rankings: Sequence[Sequence[float]], higher_is_better: bool = True) -> dict[str, Any]:
     """Pairwise agreement of per-seed score vectors (n_seeds, L): Kendall tau mean/std, Jaccard per k."""
-    from layerwise.stability import kendall_tau, top_k_jaccard
+    from layerwise.card.stability import kendall_tau, top_k_jaccard
 
     pairs = list(itertools.combinations(range(len(rankings)), 2))
     L = len(rankings[0])
@@ -38,7 +38,7 @@ def seed_agreement(rankings: Sequence[Sequence[float]], higher_is_better: bool =
 
 def task_agreement(per_task: dict[str, Sequence[float]]) -> dict[str, float]:
     """Kendall tau between the (seed-averaged) scores of every pair of tasks."""
-    from layerwise.stability import kendall_tau
+    from layerwise.card.stability import kendall_tau
 
     return {f"{a} vs {b}": kendall_tau(per_task[a], per_task[b]) for a, b in itertools.combinations(per_task, 2)}
 
@@ -62,7 +62,7 @@ def _cards_for_task(model: ModelSource, data: DataSource, seeds: Sequence[int], 
                     probe: ProbeSettings, out: Path) -> list[Any]:
     from dataclasses import replace
 
-    from layerwise.card import LayerCard
+    from layerwise.card.layer_card import LayerCard
     from layerwise.workflows.card import make_card
 
     cards = []
@@ -83,7 +83,7 @@ def _ablation_scores(model: ModelSource, data: DataSource, num_layers: int, trai
                      out: Path) -> list[float]:
     """Dev score of LoRA on each single layer (same steps and seed for every layer; at the validation split's
     best step when the data hold one out, else at the end)."""
-    from layerwise.report import collect_run
+    from layerwise.evaluate.report import collect_run
     from layerwise.workflows.train import train_job
 
     scores = []
@@ -102,7 +102,7 @@ def stability_study(model: ModelSource | str, tasks: Sequence[DataSource | tuple
                     settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run the study into ``out`` (cards/, ablation/, stability.json/md/png, config.yaml with ``settings``)
     and return its results. ``tasks`` are data sources, or (task, data) pairs."""
-    from layerwise.io import write_settings
+    from layerwise.runtime.io import write_settings
     from layerwise.workflows.prepare import model_source
 
     out_dir = Path(out)

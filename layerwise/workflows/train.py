@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
-from layerwise.errors import ConfigError
+from layerwise.runtime.errors import ConfigError
 from layerwise.settings import (AdapterChoice, AdaptiveRanks, Calibration, DataSource, ModelSource, SelectionChoice,
                                 parse_ranks)
 
@@ -21,7 +21,7 @@ CARD_FREE_POLICIES = ("all", "manual", "random")
 
 def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
     """Apply the selection policy (card-free policies work without a card)."""
-    from layerwise.selection import Selection, parse_layers, select
+    from layerwise.selection.policies import Selection, parse_layers, select
 
     options = choice.options
     if card is not None:
@@ -34,7 +34,7 @@ def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
         return Selection(tuple(parse_layers(str(options["layers"]), num_layers)), "manual", None,
                          {"layers": str(options["layers"])})
     if choice.policy == "random":
-        from layerwise.selection import random_layers
+        from layerwise.selection.policies import random_layers
 
         if "k" not in options:
             raise ConfigError("--policy random needs --k, e.g. --k 3")
@@ -53,7 +53,7 @@ def needs_card(selection: SelectionChoice, adapter: AdapterChoice | None) -> boo
 def rank_metric_of(adapter: AdapterChoice, chosen: Any) -> str | None:
     """The card metric that splits ``--rank-budget``: ``--rank-metric``, else the policy's metric, else
     act_energy; None without a budget."""
-    from layerwise.rank_budget import DEFAULT_RANK_METRIC
+    from layerwise.selection.rank_budget import DEFAULT_RANK_METRIC
 
     if adapter.rank_budget is None:
         return None
@@ -62,11 +62,11 @@ def rank_metric_of(adapter: AdapterChoice, chosen: Any) -> str | None:
 
 def budget_ranks(adapter: AdapterChoice, card: Any, chosen: Any) -> AdapterChoice:
     """``adapter`` with ``--rank-budget`` split over the ``chosen`` layers by the card's importance
-    (:func:`layerwise.rank_budget.ranks_from_card`) as its per-layer ``ranks``; ``adapter`` itself without a
+    (:func:`layerwise.selection.rank_budget.ranks_from_card`) as its per-layer ``ranks``; ``adapter`` itself without a
     budget. Errors name ``--rank-budget`` / ``--rank-metric``."""
     from dataclasses import replace
 
-    from layerwise.rank_budget import ranks_from_card
+    from layerwise.selection.rank_budget import ranks_from_card
     from layerwise.settings.fields import flag_name
 
     metric = rank_metric_of(adapter, chosen)
@@ -82,11 +82,11 @@ def load_or_make_card(choice: SelectionChoice, ready: Any, calibration: Calibrat
                       name: str, needed: bool = False) -> Any:
     """The card a policy (or ``needed``: a rank budget) needs: ``choice.card`` (checked against the model), or
     a new one saved in out_dir/card."""
-    from layerwise import distributed
-    from layerwise.card import LayerCard, estimated_card_bytes
-    from layerwise.importance import IMPORTANCE
-    from layerwise.io import check_free_space
-    from layerwise.profiling import profile_layers
+    from layerwise.runtime import distributed
+    from layerwise.card.layer_card import LayerCard, estimated_card_bytes
+    from layerwise.card.metrics import IMPORTANCE
+    from layerwise.runtime.io import check_free_space
+    from layerwise.card.profiling import profile_layers
     from layerwise.workflows.card import calibration_batches, calibration_info
 
     loaded = ready.loaded
@@ -127,7 +127,7 @@ def train_job(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
     Under ``torchrun``/``accelerate launch`` this is data parallel (``--batch-size`` per process; see
     ``layerwise.train.parallel``) and only rank 0 writes.
     """
-    from layerwise.device import resolve_device
+    from layerwise.runtime.device import resolve_device
 
     dev = resolve_device(device)  # joins the process group under torchrun / accelerate launch
     with _output_dir(Path(out), resume, overwrite) as out_dir:
@@ -143,9 +143,9 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     """The body of :func:`train_job` in its claimed ``out_dir``."""
     import torch
 
-    from layerwise import distributed
-    from layerwise.bridge import apply_adapter
-    from layerwise.io import write_settings
+    from layerwise.runtime import distributed
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.runtime.io import write_settings
     from layerwise.train import train
     from layerwise.workflows.prepare import prepare
 
@@ -153,7 +153,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     if distributed.is_main():
         write_settings(out_dir, settings)
     if selection is not None and selection.card and adapter is not None:  # a bad --card is refused early
-        from layerwise.card import LayerCard
+        from layerwise.card.layer_card import LayerCard
 
         LayerCard.load(selection.card)
     ready = prepare(model, data, dev)
@@ -170,7 +170,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
                                targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
                                ranks=adapter.ranks, dropout=adapter.dropout, total_steps=train_config.steps)
     if not train_config.prefix_dropout:
-        from layerwise.train.prefix import quiet_frozen_prefix
+        from layerwise.train.prefix.frozen import quiet_frozen_prefix
 
         quiet_frozen_prefix(peft_model, ready.stack, chosen.layers)
     own = [make_lalora(peft_model, ready.stack, chosen.layers, adapter)] if adapter.is_adaptive else []
@@ -188,9 +188,9 @@ def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, call
     """Full fine-tuning in the same loop; the weights folder is the whole model (``FullModelWeights``)."""
     import torch
 
-    from layerwise import distributed
-    from layerwise.io import atomic_write_json
-    from layerwise.selection import Selection
+    from layerwise.runtime import distributed
+    from layerwise.runtime.io import atomic_write_json
+    from layerwise.selection.policies import Selection
     from layerwise.train import train
 
     model = ready.loaded.model
@@ -239,8 +239,8 @@ def check_adaptive(adapter: AdapterChoice) -> None:
 
 def make_lalora(peft_model: Any, stack: Any, layers: Any, adapter: AdapterChoice) -> Any:
     """The La-LoRA callback over the selected ``layers`` of ``peft_model``, from the adapter settings."""
-    from layerwise.adaptive.callback import LaLoRA
-    from layerwise.adaptive.truncation import adapted_blocks
+    from layerwise.adapters.lalora.callback import LaLoRA
+    from layerwise.adapters.lalora.truncation import adapted_blocks
 
     check_adaptive(adapter)
     a = adapter.adaptive
@@ -258,10 +258,11 @@ def _ranks_json(adapter: AdapterChoice) -> Any:
 
 
 def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
-    """The run folder as a context: a resumed run's as it is, else claimed (:func:`layerwise.io.claim_output`)."""
+    """The run folder as a context: a resumed run's as it is, else claimed
+    (:func:`layerwise.runtime.io.claim_output`)."""
     import contextlib
 
-    from layerwise.io import check_leftovers, claim_output
+    from layerwise.runtime.io import check_leftovers, claim_output
 
     if resume:
         if not (out / "checkpoint").exists():
@@ -275,8 +276,8 @@ def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerp
                      budget: Mapping[str, Any] | None = None) -> None:
     """selection.json: the layers, the adapter they get (``ranks``: the per-layer ranks trained, also those a
     ``budget`` split into) and the model's fingerprint."""
-    from layerwise import distributed
-    from layerwise.io import atomic_write_json
+    from layerwise.runtime import distributed
+    from layerwise.runtime.io import atomic_write_json
 
     payload = {"schema_version": 1, "model": fingerprint, "selection": chosen.to_dict(),
                "adapter": {"method": adapter.method, "targets": adapter.targets, "rank": adapter.rank,

@@ -1,0 +1,142 @@
+"""The comparison report of ``layerwise run``: each trained adapter against uniform LoRA, as ratios
+(in the manner of Act-LoRA's trade-off table), written as report.json, report.md and report.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["REPORT_SCHEMA", "collect_run", "compare", "render_report_md", "render_report_png", "write_report"]
+
+REPORT_SCHEMA = 1
+PHASES = ("forward", "backward", "optimizer")
+
+
+def collect_run(run_dir: str | os.PathLike, label: str) -> dict[str, Any]:
+    """One trained run's figures from its metrics.json and selection.json.
+
+    The score is the dev score of the final weights, or, when a validation split chose the checkpoint, the dev
+    score at the step the validation split chose (never a step chosen by the dev set itself)."""
+    d = Path(run_dir)
+    metrics = json.loads((d / "metrics.json").read_text())
+    selection = json.loads((d / "selection.json").read_text()) if (d / "selection.json").exists() else {}
+    main = metrics["main_metric"]
+    on_validation = metrics.get("selected_on") == "validation" and metrics.get("best") is not None
+    scored = (metrics.get("best") if on_validation else metrics.get("final")) or {}
+    return {
+        "label": label, "dir": str(d), "main_metric": main,
+        "score": scored.get(main), "metrics": scored, "scored_at": metrics.get("best_step") if on_validation
+        else metrics["steps"], "selected_on": metrics.get("selected_on", "dev"),
+        "validation": metrics.get("best_validation"),
+        "best": metrics.get("best"), "trainable_params": metrics["trainable_params"],
+        "train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
+        "phase_seconds": {p: metrics["phase_totals"].get(f"{p}_s", 0.0) for p in PHASES},
+        "peak_memory": metrics["peak_memory"], "memory_kind": metrics.get("memory_kind"),
+        "layers": (selection.get("selection") or {}).get("layers"),
+        "selection": selection.get("selection"), "adapter": selection.get("adapter"),
+        "prefix_cache": metrics.get("prefix_cache"),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b in (None, 0) else a / b
+
+
+def compare(runs: Sequence[dict[str, Any]], baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each run with its ratios to the baseline (score, parameters, time, each phase, peak memory)."""
+    rows = []
+    for r in runs:
+        ratios = {"score": _ratio(r["score"], baseline["score"]),
+                  "trainable_params": _ratio(r["trainable_params"], baseline["trainable_params"]),
+                  "train_seconds": _ratio(r["train_seconds"], baseline["train_seconds"]),
+                  "peak_memory": _ratio(r["peak_memory"], baseline["peak_memory"])}
+        ratios.update({f"{p}_seconds": _ratio(r["phase_seconds"][p], baseline["phase_seconds"][p]) for p in PHASES})
+        rows.append({**r, "vs_uniform": ratios})
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> str:
+    """Markdown: one table of absolute figures, one of ratios to uniform LoRA."""
+    main = rows[0]["main_metric"]
+    lines = [f"# layerwise run: {context.get('model')} on {context.get('task')}", "",
+             f"- selection: {context.get('selection')}",
+             f"- same steps ({rows[0]['steps']}), seed and data for every row; time is training only (no eval)"
+             + (f"; trained {context['trained']}" if context.get("trained") else ""),
+             f"- memory: {rows[0].get('memory_kind')} peak per step", "",
+             f"| run | layers | {main} | trainable params | train s | forward s | backward s | optimizer s | peak MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ph = r["phase_seconds"]
+        layers = ",".join(str(i) for i in r["layers"]) if r.get("layers") is not None else "-"
+        score = "n/a" if r["score"] is None else f"{r['score']:.4f}"
+        lines.append(f"| {r['label']} | {layers} | {score} | {r['trainable_params']:,} | {r['train_seconds']:.1f} | "
+                     f"{ph['forward']:.1f} | {ph['backward']:.1f} | {ph['optimizer']:.1f} | "
+                     f"{r['peak_memory'] / 2**20:.0f} |")
+    lines += ["", "Relative to uniform LoRA:", "",
+              f"| run | {main} | trainable params | train time | forward | backward | optimizer | peak memory |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        v = r["vs_uniform"]
+        lines.append(f"| {r['label']} | {_pct(v['score'])} | {_pct(v['trainable_params'])} | "
+                     f"{_pct(v['train_seconds'])} | {_pct(v['forward_seconds'])} | {_pct(v['backward_seconds'])} | "
+                     f"{_pct(v['optimizer_seconds'])} | {_pct(v['peak_memory'])} |")
+    return "\n".join(lines + _prefix_cache_lines(rows)) + "\n"
+
+
+def _prefix_cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Whether each run used the frozen-prefix cache: size and build time (not in train time), or why not."""
+    caches = [(r["label"], r.get("prefix_cache")) for r in rows]
+    if not any(c for _, c in caches):
+        return []
+    lines = ["", "Frozen-prefix cache (its build time is not part of the train time above):", ""]
+    for label, c in caches:
+        if not c:
+            continue
+        if c["used"]:
+            how = "reused from disk" if c["reused"] else f"built in {c['build_seconds']:.1f} s"
+            lines.append(f"- {label}: {c['mode']}, input of block {c['layer']}, {c['dtype']}, "
+                         f"{c['bytes'] / 2**20:.1f} MiB, {how}")
+        else:
+            lines.append(f"- {label}: off ({c['reason']})")
+    return lines
+
+
+def render_report_png(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Score, trainable parameters and stacked phase times per run."""
+    from layerwise.runtime.figures import new_figure, save_png
+
+    labels = [r["label"] for r in rows]
+    fig = new_figure((12, 3.6))
+    axes = fig.subplots(1, 3)
+    axes[0].bar(labels, [r["score"] or 0 for r in rows], color="tab:green")
+    axes[0].set_title(f"dev {rows[0]['main_metric']}")
+    axes[1].bar(labels, [r["trainable_params"] for r in rows], color="tab:purple")
+    axes[1].set_yscale("log")
+    axes[1].set_title("trainable parameters")
+    bottom = [0.0] * len(rows)
+    for phase, color in zip(PHASES, ("tab:blue", "tab:orange", "tab:gray")):
+        vals = [r["phase_seconds"][phase] for r in rows]
+        axes[2].bar(labels, vals, bottom=bottom, label=phase, color=color)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    axes[2].set_title("training seconds by phase")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    return save_png(fig, path)
+
+
+def write_report(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> dict[str, Path]:
+    """report.json, report.md and report.png, atomically."""
+    from layerwise.runtime.io import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    return {"json": atomic_write_json(out / "report.json", {"schema_version": REPORT_SCHEMA, "context": context,
+                                                             "runs": list(rows)}),
+            "md": atomic_write_text(out / "report.md", render_report_md(rows, context)),
+            "png": render_report_png(rows, out / "report.png")}
