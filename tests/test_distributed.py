@@ -299,7 +299,7 @@ def test_accelerate_launch_card_equals_the_single_process_card(single_card, tmp_
 
 
 def test_more_processes_than_calibration_batches_is_an_error(monkeypatch):
-    from layerwise.card.layer_card import profiling
+    from layerwise.card import profiling
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ConfigError, match="2 calibration batch.*3 processes"):

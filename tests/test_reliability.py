@@ -297,7 +297,7 @@ def test_read_only_out_and_cache_dir_are_refused_before_any_work(tmp_path, tiny_
 
     from layerwise.runtime import io
 
-    from layerwise.card.layer_card import weight_card
+    from layerwise.card import weight_card
     from layerwise.cli import main
 
     real_probe = io._write_probe
@@ -331,7 +331,7 @@ def _disk_with(monkeypatch, free: int) -> None:
 
 def test_a_card_that_would_not_fit_on_the_disk_is_refused_before_profiling(tmp_path, tiny_model, monkeypatch,
                                                                           capsys) -> None:
-    from layerwise.card.layer_card import profiling
+    from layerwise.card import profiling
     from layerwise.cli import main
 
     out = tmp_path / "card"
@@ -493,7 +493,7 @@ def test_max_length_beyond_the_positions_is_one_line_before_training(tmp_path, t
 def test_trains_own_card_is_checked_against_the_disk_before_profiling(tmp_path, tiny_model, small_csv, monkeypatch,
                                                                       capsys) -> None:
     """`train --policy top-k` without --card makes its card in --out/card: the same check as `layerwise card`."""
-    from layerwise.card.layer_card import profiling
+    from layerwise.card import profiling
     from layerwise.cli import main
 
     _disk_with(monkeypatch, 2**19)

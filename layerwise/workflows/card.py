@@ -50,7 +50,7 @@ def make_card(model: ModelSource | str, data: DataSource | str | None, out: str 
     without a task head and no data is read (``layerwise.card.weight_card``).
     """
     from layerwise.runtime import distributed
-    from layerwise.card.layer_card import weight_card
+    from layerwise.card import weight_card
     from layerwise.card.layer_card import estimated_card_bytes
     from layerwise.card.metrics import IMPORTANCE
     from layerwise.runtime.io import check_free_space, claim_output, write_settings
@@ -81,7 +81,7 @@ def _load_for_card(model: ModelSource, data: DataSource | str | None, dev: Any, 
                    data_free: bool) -> tuple[Any, Any, list, dict]:
     """(loaded model, layer stack, calibration batches, data info); ``data=None`` is a data-free card (weight
     metrics only): no task, no head, no batches."""
-    from layerwise.card.layer_card import weight_card
+    from layerwise.card import weight_card
     from layerwise.models.layers import find_layer_stack
     from layerwise.workflows.prepare import load_precision, load_source, prepare
 
