@@ -44,7 +44,7 @@ def build(loaded, args: argparse.Namespace, rank: int, adaptive: bool):
     """(peft model, La-LoRA callback or None) on a fresh copy of the base model, seeded like ``train_job``."""
     import torch
 
-    from layerwise.adapters.lalora import LaLoRA
+    from layerwise.train.lalora import LaLoRA
     from layerwise.adapters.bridge import apply_adapter
     from layerwise.models.layers import find_layer_stack
 
@@ -215,7 +215,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/glue/SST-2")
     p.add_argument("--targets", default="q,v")
     p.add_argument("--r-max", type=int, default=8)
-    p.add_argument("--gamma", type=float, default=None, help="default: layerwise.adapters.lalora.DEFAULT_GAMMA")
+    p.add_argument("--gamma", type=float, default=None, help="default: layerwise.train.lalora.DEFAULT_GAMMA")
     p.add_argument("--rank-interval", type=int, default=1)
     p.add_argument("--contribution", choices=("norm", "fisher"), default="norm",
                    help="La-LoRA contributions: truncated norms (Eq. 9, default) or accumulated Fisher information")
@@ -238,7 +238,7 @@ def main() -> None:
 
     import torch
 
-    from layerwise.adapters.lalora import DEFAULT_GAMMA
+    from layerwise.train.lalora import DEFAULT_GAMMA
     from layerwise.runtime.io import atomic_write_json
 
     torch.set_num_threads(args.threads)

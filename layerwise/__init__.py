@@ -46,9 +46,9 @@ _API: dict[str, tuple[str, str]] = {
     "export_from_card": ("layerwise.adapters.export", "from_card"),
     "export_from_run": ("layerwise.adapters.export", "from_run"),
     "write_export": ("layerwise.adapters.export", "write_export"),
-    "LaLoRA": ("layerwise.adapters.lalora.callback", "LaLoRA"),
-    "LaLoRATrainerCallback": ("layerwise.adapters.lalora.trainer", "LaLoRATrainerCallback"),
     # training with someone else's loop (layerwise's own is layerwise.train.train)
+    "LaLoRA": ("layerwise.train.lalora.callback", "LaLoRA"),
+    "LaLoRATrainerCallback": ("layerwise.train.lalora.trainer", "LaLoRATrainerCallback"),
     "PhaseTimingCallback": ("layerwise.train.callback", "PhaseTimingCallback"),
     "FrozenPrefixCallback": ("layerwise.train.prefix.callback", "FrozenPrefixCallback"),
     "prepare_gradient_checkpointing": ("layerwise.train.prefix.recompute", "prepare_gradient_checkpointing"),

@@ -18,12 +18,12 @@ import transformers
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from layerwise.adapters.lalora.allocator import (FactorProfile, allocate_ranks, check_settings, fidelities, growth_rates,
+from layerwise.train.lalora.allocator import (FactorProfile, allocate_ranks, check_settings, fidelities, growth_rates,
                                           initial_budget, layer_values, norm_contributions, reallocate, softmax,
                                           update_budget)
-from layerwise.adapters.lalora.callback import LaLoRA, NonFiniteNormError
-from layerwise.adapters.lalora.history import read_history
-from layerwise.adapters.lalora.truncation import TruncatedFactor, set_block_rank
+from layerwise.train.lalora.callback import LaLoRA, NonFiniteNormError
+from layerwise.train.lalora.history import read_history
+from layerwise.train.lalora.truncation import TruncatedFactor, set_block_rank
 from layerwise.adapters.bridge import apply_adapter
 from layerwise.data import load_task
 from layerwise.runtime.errors import ConfigError

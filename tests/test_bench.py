@@ -104,8 +104,8 @@ def test_every_method_builds_its_cell(name: str, tiny_bert_stack) -> None:
     try:
         job = build_cell(_concrete(name), 3, TrainConfig(steps=7, lr=1e-3), settings)
     except ConfigError as err:
-        if "needs layerwise.adapters.lalora" in str(err):
-            pytest.skip(f"{name}: La-LoRA (layerwise.adapters.lalora) is not in this install")
+        if "needs layerwise.train.lalora" in str(err):
+            pytest.skip(f"{name}: La-LoRA (layerwise.train.lalora) is not in this install")
         raise
     assert job.train_config.seed == 3 and job.train_config.steps == 7 and job.train_config.lr == 1e-3
     with_full_lr = build_cell(_concrete(name), 3, TrainConfig(steps=7, lr=1e-3), replace(settings, full_lr=5e-5))

@@ -8,7 +8,7 @@
 - training (``torch.multiprocessing`` spawn, gloo): 2 processes x batch b follow the loss curve of 1 process x
   batch 2b, interrupt + resume across 2 ranks ends on the uninterrupted weights bit for bit, the ranks hold
   identical weights, and only rank 0 creates or writes files (audit hooks);
-- La-LoRA's ranks never diverge across ranks (skipped while ``layerwise.adapters.lalora`` is not importable).
+- La-LoRA's ranks never diverge across ranks (skipped while ``layerwise.train.lalora`` is not importable).
 
 Every multi-process test runs its processes on whatever cores this test process may use.
 """
@@ -312,9 +312,9 @@ STEPS, PER_RANK_BATCH, GRAD_ACCUM, R_MAX = 6, 4, 2, 4
 
 
 def _lalora_class() -> Any:
-    """``layerwise.adapters.lalora.LaLoRA`` where the La-LoRA package is importable, else None."""
+    """``layerwise.train.lalora.LaLoRA`` where the La-LoRA package is importable, else None."""
     try:
-        from layerwise.adapters.lalora import LaLoRA
+        from layerwise.train.lalora import LaLoRA
     except ImportError:
         return None
     return LaLoRA
@@ -503,7 +503,7 @@ def test_only_rank_0_writes_files(two_ranks):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.skipif(_lalora_class() is None, reason="layerwise.adapters.lalora (La-LoRA) is not importable yet: the "
+@pytest.mark.skipif(_lalora_class() is None, reason="layerwise.train.lalora (La-LoRA) is not importable yet: the "
                     "cross-rank rank-vector check runs once it is")
 def test_adaptive_ranks_never_diverge_across_ranks(two_ranks):
     root, r0, r1 = two_ranks

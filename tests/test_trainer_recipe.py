@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import layerwise
-from layerwise.adapters.lalora import LaLoRA, LaLoRATrainerCallback
+from layerwise.train.lalora import LaLoRA, LaLoRATrainerCallback
 from layerwise.train import PhaseTimingCallback
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")]

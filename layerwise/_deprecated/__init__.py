@@ -42,7 +42,7 @@ MOVED: dict[str, str] = {
     "layerwise.suggestion": "layerwise.adapters.suggestion",
     "layerwise.bridge": "layerwise.adapters.bridge",
     "layerwise.export": "layerwise.adapters.export",
-    "layerwise.adaptive": "layerwise.adapters.lalora",
+    "layerwise.adaptive": "layerwise.train.lalora",
     "layerwise.inference": "layerwise.evaluate.inference",
     "layerwise.report": "layerwise.evaluate.report",
     "layerwise.stability_render": "layerwise.evaluate.stability_render",

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if adapter.is_adaptive:
         from pathlib import Path
 
-        from layerwise.adapters.lalora.history import HISTORY_NAME, read_history
+        from layerwise.train.lalora.history import HISTORY_NAME, read_history
 
         history = read_history(Path(out) / HISTORY_NAME)
         final = ", ".join(f"{b}:{r}" for b, r in zip(history.blocks, history.ranks[-1]))

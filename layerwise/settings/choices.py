@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from layerwise.runtime.errors import ConfigError
-from layerwise.adapters.lalora.allocator import CONTRIBUTIONS, RANK_SCALES
+from layerwise.settings.lalora import CONTRIBUTIONS, DEFAULT_GAMMA, RANK_SCALES, check_settings
 from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name, one_of
 
 __all__ = ["SelectionChoice", "AdapterChoice", "AdaptiveRanks", "parse_ranks", "OBJECTIVES", "CONTRIBUTIONS",
@@ -123,17 +123,13 @@ class AdaptiveRanks:
     """LoRA scaling alpha/r_max (rmax, the paper's) or alpha/r_i (ri)"""
 
     def __post_init__(self) -> None:
-        from layerwise.adapters.lalora.allocator import check_settings
-
         finite_numbers(self)
         check_settings(1 if self.r_max is None else self.r_max, self.gamma_or_default, self.rank_interval,
                        self.contribution, self.rank_scale)
 
     @property
     def gamma_or_default(self) -> float:
-        """``gamma``, or :data:`layerwise.adapters.lalora.allocator.DEFAULT_GAMMA` when unset."""
-        from layerwise.adapters.lalora.allocator import DEFAULT_GAMMA
-
+        """``gamma``, or :data:`layerwise.train.lalora.allocator.DEFAULT_GAMMA` when unset."""
         return DEFAULT_GAMMA if self.gamma is None else self.gamma
 
 

@@ -65,7 +65,7 @@ class TrainCallback(Protocol):
     ``on_evaluate(state, metrics)`` after each evaluation. Set ``state.should_stop = True`` to end the run
     normally (final evaluation, adapter, checkpoint); raise ``KeyboardInterrupt`` to interrupt it.
 
-    Optional hooks, called when a callback has them (``layerwise.adapters.lalora.LaLoRA`` has them all):
+    Optional hooks, called when a callback has them (``layerwise.train.lalora.LaLoRA`` has them all):
 
     - ``before_optimizer_step(optimizer)``: gradients are final (accumulated, clipped), the step is next;
     - ``after_optimizer_step(step)``: right after ``optimizer.step()`` of step ``step`` (1-based), before the

@@ -239,8 +239,8 @@ def check_adaptive(adapter: AdapterChoice) -> None:
 
 def make_lalora(peft_model: Any, stack: Any, layers: Any, adapter: AdapterChoice) -> Any:
     """The La-LoRA callback over the selected ``layers`` of ``peft_model``, from the adapter settings."""
-    from layerwise.adapters.lalora.callback import LaLoRA
-    from layerwise.adapters.lalora.truncation import adapted_blocks
+    from layerwise.train.lalora.callback import LaLoRA
+    from layerwise.train.lalora.truncation import adapted_blocks
 
     check_adaptive(adapter)
     a = adapter.adaptive

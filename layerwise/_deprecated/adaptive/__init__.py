@@ -1,4 +1,4 @@
-"""Deprecated path of :mod:`layerwise.adapters.lalora` (one release): warns, then hands out its names."""
+"""Deprecated path of :mod:`layerwise.train.lalora` (one release): warns, then hands out its names."""
 
 from typing import Any
 
@@ -8,6 +8,6 @@ package(__name__)
 
 
 def __getattr__(name: str) -> Any:
-    import layerwise.adapters.lalora as moved
+    import layerwise.train.lalora as moved
 
     return getattr(moved, name)

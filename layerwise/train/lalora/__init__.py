@@ -14,14 +14,14 @@ __all__ = ["LaLoRA", "NonFiniteNormError", "export_adapter", "plot_ranks", "Rank
            "DEFAULT_GAMMA", "LaLoRATrainerCallback"]
 
 _LAZY = {
-    "LaLoRA": "layerwise.adapters.lalora.callback",
-    "NonFiniteNormError": "layerwise.adapters.lalora.callback",
-    "export_adapter": "layerwise.adapters.lalora.export",
-    "plot_ranks": "layerwise.adapters.lalora.plots",
-    "RankHistory": "layerwise.adapters.lalora.history",
-    "read_history": "layerwise.adapters.lalora.history",
-    "DEFAULT_GAMMA": "layerwise.adapters.lalora.allocator",
-    "LaLoRATrainerCallback": "layerwise.adapters.lalora.trainer",
+    "LaLoRA": "layerwise.train.lalora.callback",
+    "NonFiniteNormError": "layerwise.train.lalora.callback",
+    "export_adapter": "layerwise.train.lalora.export",
+    "plot_ranks": "layerwise.train.lalora.plots",
+    "RankHistory": "layerwise.train.lalora.history",
+    "read_history": "layerwise.train.lalora.history",
+    "DEFAULT_GAMMA": "layerwise.train.lalora.allocator",
+    "LaLoRATrainerCallback": "layerwise.train.lalora.trainer",
 }
 
 
@@ -30,4 +30,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'layerwise.adapters.lalora' has no attribute {name!r}")
+    raise AttributeError(f"module 'layerwise.train.lalora' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from layerwise.adapters.lalora.history import RankHistory
+from layerwise.train.lalora.history import RankHistory
 from layerwise.runtime.io import atomic_write_with
 
 __all__ = ["PLOT_NAME", "plot_ranks"]

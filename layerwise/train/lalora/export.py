@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from layerwise.adapters.lalora.truncation import AdaptedBlock
+from layerwise.train.lalora.truncation import AdaptedBlock
 from layerwise.models.layers import unwrap_model
 
 __all__ = ["ADAPTER_FILE", "export_adapter", "export_patterns"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from layerwise.adapters.lalora.callback import LaLoRA
+from layerwise.train.lalora.callback import LaLoRA
 
 __all__ = ["LaLoRATrainerCallback"]
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from layerwise.adapters.lalora.allocator import (DEFAULT_GAMMA, allocate_ranks, check_settings, initial_budget,
+from layerwise.train.lalora.allocator import (DEFAULT_GAMMA, allocate_ranks, check_settings, initial_budget,
                                           layer_values, reallocate)
-from layerwise.adapters.lalora.history import HISTORY_NAME, RankHistory
-from layerwise.adapters.lalora.pruned import restore_pruned, save_pruned
-from layerwise.adapters.lalora.truncation import (AdaptedBlock, adapted_blocks, factor_profiles, install_truncation,
+from layerwise.train.lalora.history import HISTORY_NAME, RankHistory
+from layerwise.train.lalora.pruned import restore_pruned, save_pruned
+from layerwise.train.lalora.truncation import (AdaptedBlock, adapted_blocks, factor_profiles, install_truncation,
                                            set_block_rank)
 from layerwise.runtime.errors import ConfigError, LayerwiseError
 from layerwise.models.layers import LayerStack, find_layer_stack
@@ -60,7 +60,7 @@ class LaLoRA:
     block). ``alpha`` defaults to the adapter's ``lora_alpha``; the scaling is ``alpha / r_max``
     (``scale='rmax'``, the paper's) or ``alpha / r_i`` (``'ri'``). ``gamma``, ``interval``, ``car``,
     ``fidelity``, ``contribution`` are ``--gamma``, ``--rank-interval``, not ``--no-car``, not ``--no-fidelity``
-    and ``--contribution`` (see :mod:`layerwise.adapters.lalora.allocator`).
+    and ``--contribution`` (see :mod:`layerwise.train.lalora.allocator`).
     """
 
     def __init__(self, peft_model: torch.nn.Module, stack_or_blocks: BlocksArg,
@@ -145,7 +145,7 @@ class LaLoRA:
 
     def save_adapter(self, model: torch.nn.Module, path: str | os.PathLike) -> Path:
         """The loop's adapter saving: the truncated, standard peft adapter (:func:`export_adapter`)."""
-        from layerwise.adapters.lalora.export import export_adapter
+        from layerwise.train.lalora.export import export_adapter
 
         assert model is self.model, "LaLoRA saves the model it was built for"
         return export_adapter(self.model, self.blocks, path, self.adapter)
@@ -162,7 +162,7 @@ class LaLoRA:
 
     def write_outputs(self, out_dir: str | os.PathLike) -> dict[str, Path]:
         """``rank_history.json`` and ``ranks.png`` in ``out_dir``; returns their paths."""
-        from layerwise.adapters.lalora.plots import PLOT_NAME, plot_ranks
+        from layerwise.train.lalora.plots import PLOT_NAME, plot_ranks
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ the optimizer's parameters and ``state_dict`` keys are unchanged) and multiply b
 so the matmuls really shrink (Eq. 3-4 of La-LoRA) and the gradient of the unused rows/columns is exactly zero.
 The model's adapters must be plain LoRA (no DoRA or other variant, no LoRA bias) on ``Linear``/``Conv1D``
 layers. ``merge_and_unload`` on the training model would merge the full ``r_max`` factors: merge an adapter
-exported with :func:`layerwise.adapters.lalora.export.export_adapter` instead.
+exported with :func:`layerwise.train.lalora.export.export_adapter` instead.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def factor_profiles(blocks: Sequence[AdaptedBlock], adapter: str = "default") ->
     One stacked tensor and one host transfer for the whole model; returns
     ``list[list[FactorProfile]]`` (blocks x projections), each profile of length ``r_max``.
     """
-    from layerwise.adapters.lalora.allocator import FactorProfile
+    from layerwise.train.lalora.allocator import FactorProfile
 
     parts = []
     for block in blocks:
