@@ -74,8 +74,10 @@ def alias(name: str) -> ModuleType:
 def forward(old: str, attr: str) -> Any:
     """``old.attr`` for a package that took an old module's name (``layerwise.card``, ``layerwise.selection``):
     the attribute of the module it moved to, with a DeprecationWarning; AttributeError if it never had one."""
+    if attr.startswith("__"):  # the import system's own look-ups (__path__, __file__, ...)
+        raise AttributeError(f"module {old!r} has no attribute {attr!r}")
     module = importlib.import_module(MOVED[old])
-    if attr.startswith("__") or attr not in getattr(module, "__all__", ()):
+    if attr not in getattr(module, "__all__", ()):
         raise AttributeError(f"module {old!r} has no attribute {attr!r}")
     _warn(f"{old}.{attr}", f"{MOVED[old]} (layerwise.{attr} where the top level has it)")
     return getattr(module, attr)
