@@ -20,6 +20,7 @@ from layerwise.models.layers import find_layer_stack
 from layerwise.card.probe.plan import plan_statistics, projected_peak
 from layerwise.card.profiling import profile_layers
 
+from numerics import assert_within_fp32_spread
 from test_probe import make_batches, tiny_bert
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -187,11 +188,14 @@ def test_cka_from_pooled_rows_equals_the_gram_form() -> None:
     assert rows.probe["stat_plan"]["statistics"]["pooled"]["representation"] == "pooled_rows"
     assert rows.probe["stat_plan"]["passes"] == 1
     assert rows.probe["metric_statistics"]["cka"]["error_bound"] == 0.0
-    assert_same_card(grams, rows, ["cka"])
     acc = direct_statistics(model, batches, "last")
-    for i, got in enumerate(rows.values("cka")):
+    # the kernel form on the pooled rows and the Gram form are two fp32 computations of one CKA: the kernel
+    # form is as close to the float64 value as the Gram form is
+    for i, (got, gram_form) in enumerate(zip(rows.values("cka"), grams.values("cka"))):
         want = 1 - centred_cka(torch.cat(acc["px"][i]).detach(), torch.cat(acc["ph"][i]).detach())
-        assert got == pytest.approx(want, rel=1e-6)
+        assert_within_fp32_spread(got, gram_form, want, f"cka[{i}]")
+    sa, sb = grams.metrics["cka"]["stability"], rows.metrics["cka"]["stability"]
+    assert sa["kendall_tau_mean"] == pytest.approx(sb["kendall_tau_mean"], rel=1e-6)
 
 
 def test_sketch_in_groups_equals_sketch_in_one_pass() -> None:

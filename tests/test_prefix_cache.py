@@ -1,6 +1,10 @@
 """The frozen-prefix cache: a run that feeds block l from cached hidden states matches the same run that
-recomputes the prefix (losses and adapter weights to 1e-6 relative), on tiny encoders and decoders and once
-on MiniLM; resume with a cache, rebuild on mismatch, and the cases where it must be off."""
+recomputes the prefix, on tiny encoders and decoders and once on MiniLM; resume with a cache, rebuild on
+mismatch, and the cases where it must be off.
+
+"Matches" is measured against fp32's own rounding on this CPU (tests/numerics.py): the cached rows are computed
+at another batch shape than the recomputed prefix, so both fp32 runs are compared with a float64 run without
+the cache, and the cached run may be no further from it than a small multiple of the plain fp32 run's distance."""
 
 from __future__ import annotations
 
@@ -22,12 +26,12 @@ from layerwise.train import TrainConfig, train
 from layerwise.train.prefix.frozen import quiet_frozen_prefix
 from layerwise.train.prefix.cache import BUILD_BATCH, PrefixStore
 
+from numerics import assert_tensors_within_fp32_spread, assert_within_fp32_spread
 from tiny_models import tiny_bert
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
               pytest.mark.usefixtures("one_thread")]
 
-RTOL = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +75,27 @@ def _losses(result) -> np.ndarray:
     return np.array([r["loss"] for r in rows if "loss" in r and "step" in r and "eval" not in r], dtype=np.float64)
 
 
-def _assert_close_runs(a, b, weights_rtol: float = RTOL) -> None:
-    """Same losses (each to RTOL) and final adapter (per tensor, ||a - b|| <= weights_rtol ||a||, Frobenius)."""
-    la, lb = _losses(a), _losses(b)
-    assert len(la) == len(lb) > 0
-    np.testing.assert_allclose(lb, la, rtol=RTOL, atol=0)
-    ta = load_file(str(a.adapter_dir / "adapter_model.safetensors"))
-    tb = load_file(str(b.adapter_dir / "adapter_model.safetensors"))
-    assert ta.keys() == tb.keys() and ta
-    for name in ta:
-        x, y = ta[name].double().numpy(), tb[name].double().numpy()
-        assert np.linalg.norm(x - y) <= weights_rtol * np.linalg.norm(x), name
-    assert np.abs(ta[name].double().numpy()).max() > 0
-    for key, value in a.final_metrics.items():
-        assert b.final_metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+def _reference(make, layers, tok, task, train_ex, dev_ex, out: Path, **overrides):
+    """The same run in float64 without the cache: the value both fp32 runs approximate."""
+    overrides = {**overrides, "prefix_cache": "off"}
+    return _run(lambda: make().double(), layers, tok, task, train_ex, dev_ex, out, **overrides)[0]
+
+
+def _adapter(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+
+
+def _assert_close_runs(plain, cached, reference) -> None:
+    """``cached`` (fp32, the cache on) is as close to ``reference`` (float64, off) as fp32 allows, judged by
+    ``plain`` (fp32, off): the losses of every step, each final adapter tensor and the final metrics."""
+    lp, lc, lr = _losses(plain), _losses(cached), _losses(reference)
+    assert len(lp) == len(lc) == len(lr) > 0
+    assert_within_fp32_spread(lc, lp, lr, "losses")
+    tp, tc, tr = _adapter(plain), _adapter(cached), _adapter(reference)
+    assert max(float(t.abs().max()) for t in tr.values()) > 0
+    assert_tensors_within_fp32_spread(tc, tp, tr)
+    for key, value in reference.final_metrics.items():
+        assert_within_fp32_spread(cached.final_metrics[key], plain.final_metrics[key], value, key)
 
 
 def _tiny_llama(vocab: int, pad: int, layers: int = 3):
@@ -142,7 +153,7 @@ def test_encoder_runs_with_an_fp32_cache_match_the_recomputed_prefix(name, token
     cached, _ = _run(make, [2], tokenizer, *rt, tmp_path / "on", prefix_cache="memory")
     assert plain.prefix_cache["used"] is False and cached.prefix_cache["used"] is True
     assert cached.prefix_cache["layer"] == 2 and cached.prefix_cache["bytes"] > 0
-    _assert_close_runs(plain, cached)
+    _assert_close_runs(plain, cached, _reference(make, [2], tokenizer, *rt, tmp_path / "f64"))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -159,7 +170,9 @@ def test_decoder_runs_with_an_fp32_disk_cache_match_the_recomputed_prefix(arch, 
     # token-major: one row of hidden_size per training token, in the dtype asked for
     meta = json.loads(Path(report["path"]).with_suffix(".json").read_text())
     assert Path(report["path"]).stat().st_size == meta["tokens"] * 16 * 4
-    _assert_close_runs(plain, cached)
+    reference = _reference(lambda: make(len(tok), tok.pad_token_id), [1, 2], tok, task, train_ex, dev_ex,
+                           tmp_path / "f64", **overrides)
+    _assert_close_runs(plain, cached, reference)
 
 
 def test_the_blocks_below_the_lowest_adapter_do_not_run_with_the_cache(tokenizer, rt, tmp_path):
@@ -253,7 +266,10 @@ def test_a_corrupted_cache_file_is_rebuilt_not_reused(tokenizer, rt, tmp_path):
     path.write_bytes(path.read_bytes()[:-4])  # truncated: the size no longer matches the metadata
     again, _ = _run(make, [2], tokenizer, *rt, tmp_path / "b", prefix_cache="disk", prefix_cache_dir=shared)
     assert again.prefix_cache["used"] and not again.prefix_cache["reused"]
-    _assert_close_runs(first, again)
+    # the rebuilt cache is the same computation at the same shapes as the first: bit for bit
+    assert np.array_equal(_losses(first), _losses(again))
+    a, b = _adapter(first), _adapter(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 def test_the_cache_is_off_with_the_reason_when_it_cannot_be_exact(tokenizer, rt, tmp_path):
@@ -311,10 +327,9 @@ def test_minilm_top_two_with_a_cache_matches_the_recomputed_prefix(minilm, tmp_p
     assert cached.prefix_cache["used"] and cached.prefix_cache["layer"] == 4
     assert cached.prefix_cache["reason"].startswith("auto")
     # The cached rows differ from a recomputed prefix by fp32 rounding at another batch shape (~5e-7 of the
-    # largest value); the losses stay within 1e-7 relative, but Adam turns a rounding-level change of a
-    # near-zero gradient into a step of about lr, so the adapter agrees to 2e-6..2e-5 relative per tensor
-    # (measured 2026-11-29 at lr 5e-3 and 5e-4).
-    _assert_close_runs(plain, cached, weights_rtol=1e-4)
+    # largest value); Adam turns a rounding-level change of a near-zero gradient into a step of about lr, so
+    # the adapters differ by 2e-6..2e-5 relative per tensor: as far as the plain fp32 run is from float64.
+    _assert_close_runs(plain, cached, _reference(make, [4, 5], minilm.tokenizer, *rt_, tmp_path / "f64", **kwargs))
     assert cached.best_metrics["accuracy"] == plain.best_metrics["accuracy"]
 
 
@@ -332,7 +347,8 @@ def test_smollm2_top_eight_with_a_cache_matches_the_recomputed_prefix(smollm2, g
     cached, _ = _run(make, layers, smollm2.tokenizer, task, train_ex[:4], dev_ex, tmp_path / "on",
                      prefix_cache="memory", **kwargs)
     assert cached.prefix_cache["used"] and cached.prefix_cache["layer"] == 22
-    _assert_close_runs(plain, cached)
+    reference = _reference(make, layers, smollm2.tokenizer, task, train_ex[:4], dev_ex, tmp_path / "f64", **kwargs)
+    _assert_close_runs(plain, cached, reference)
 
 
 def test_a_bfloat16_cache_is_half_the_size_and_trains_close_to_the_exact_one(tokenizer, rt, tmp_path):
