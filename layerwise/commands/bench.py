@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import DATA, MODEL, add_common, add_place_flags, settings_record, training_group
+from layerwise.commands.common import DATA, MODEL, add_common, add_place_flags, guard_out, settings_record, \
+    training_group
 from layerwise.commands.flags import Group, add_deprecated, build
 from layerwise.runtime.io import slug
 from layerwise.settings import AdapterChoice, BenchOptions, Calibration, parse_int_list
@@ -55,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from layerwise.workflows.bench import run_bench
 
     out = args.out or f"runs/bench-{slug(model.model)}-{slug(data.task)}"
-    result = run_bench(model, data, out, train_config=train_config, bench=bench, adapter=adapter,
-                       calibration=calibration, device=args.device, overwrite=args.overwrite,
-                       settings=settings_record(args.parser, args))
+    with guard_out(args, out):
+        result = run_bench(model, data, out, train_config=train_config, bench=bench, adapter=adapter,
+                           calibration=calibration, device=args.device, overwrite=args.overwrite,
+                           settings=settings_record(args.parser, args))
     print(render_bench_md(result))
     print("wrote " + ", ".join(result["files"].values()))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from layerwise.commands.common import DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group, \
-    settings_record
+    guard_out, settings_record
 from layerwise.commands.flags import Group, build
 from layerwise.runtime.io import slug
 
@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if data.task is None:  # data-free metrics need no task; the others read the default one
         data = None if is_data_free(probe.metrics) else replace(data, task=DEFAULT_TASK)
     out = args.out or f"runs/card-{slug(model.model)}-{slug(data.task if data else 'weights')}"
-    card, files = make_card(model, data, out, calibration=calibration, probe=probe, device=args.device,
-                            overwrite=args.overwrite, plots=not args.no_plots,
-                            settings=settings_record(args.parser, args))
+    with guard_out(args, out):
+        card, files = make_card(model, data, out, calibration=calibration, probe=probe, device=args.device,
+                                overwrite=args.overwrite, plots=not args.no_plots,
+                                settings=settings_record(args.parser, args))
     print(_summary(card))
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

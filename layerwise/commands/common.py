@@ -15,7 +15,7 @@ from layerwise.train.config import TrainConfig
 
 __all__ = ["MODEL", "DATA", "PROBE", "ADAPTER", "selection_group", "calibration_group", "training_group",
            "add_common", "add_place_flags", "legacy_ranks", "settings_record", "DEFAULT_MODEL", "DEFAULT_TASK",
-           "DEFAULT_LR", "DEFAULT_STEPS"]
+           "DEFAULT_LR", "DEFAULT_STEPS", "INPUT_FLAGS", "guard_out"]
 
 DEFAULT_LR = 2e-3
 """Peak learning rate of the commands: uniform LoRA's best of 5e-4, 2e-3 and 5e-3 on a validation split of
@@ -81,3 +81,27 @@ def legacy_ranks(args: argparse.Namespace) -> None:
 def settings_record(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """Every resolved setting of ``args`` (what ``config.yaml`` holds)."""
     return settings_of(p, args)
+
+
+INPUT_FLAGS = {"card": "--card", "from_run": "--from-run", "data": "--data", "config": "--config", "model": "--model"}
+"""Destinations of the flags that name a file or folder a command reads: ``--out`` is kept apart from each."""
+
+
+def guard_out(args: argparse.Namespace, out: str) -> Any:
+    """The context a command writes ``out`` in: refused (naming both flags) when ``out`` is, holds or lies in
+    one of the command's inputs (:mod:`layerwise.runtime.apart`), and locked against a second process on
+    the same ``out`` (:mod:`layerwise.runtime.out_lock`). A ``--config`` inside ``--out`` is allowed with
+    ``--resume`` only (resuming from the run's own ``config.yaml`` or card; the resume check compares the
+    settings)."""
+    from layerwise.runtime.apart import check_apart
+    from layerwise.runtime.out_lock import hold_out_lock
+
+    inputs = {flag: getattr(args, dest, None) for dest, flag in INPUT_FLAGS.items()}
+    if getattr(args, "resume", False):  # a resumed run reads its own config.yaml and card and replaces nothing
+        inputs.pop("--config")
+        inputs.pop("--card")
+    tasks = getattr(args, "task", None)
+    for task in tasks if isinstance(tasks, list) else []:  # stability's repeated --task TASK=PATH
+        inputs[f"--task {task.partition('=')[0]}="] = task.partition("=")[2] or None
+    check_apart(out, inputs)
+    return hold_out_lock(out)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import ADAPTER, add_common, add_place_flags, legacy_ranks, selection_group, \
-    settings_record
+from layerwise.commands.common import ADAPTER, add_common, add_place_flags, guard_out, legacy_ranks, \
+    selection_group, settings_record
 from layerwise.commands.flags import Group, build
 from layerwise.settings import ExportTarget
 
@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from layerwise.workflows.export import export_job
 
     out = args.out or f"runs/export-{target.format}"
-    exported, files = export_job(selection, adapter, target, out, overwrite=args.overwrite,
-                                 settings=settings_record(args.parser, args))
+    with guard_out(args, out):
+        exported, files = export_job(selection, adapter, target, out, overwrite=args.overwrite,
+                                     settings=settings_record(args.parser, args))
     print(f"{exported.policy or 'selection'}{' by ' + exported.metric if exported.metric else ''}: blocks "
           f"{', '.join(map(str, exported.layers))}; {len(exported.targets)} modules ({exported.method} on "
           f"{exported.targets_spec})")

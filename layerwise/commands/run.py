@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from layerwise.commands.common import (ADAPTER, DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group,
+                                       guard_out,
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import Group, build
 from layerwise.runtime.io import slug
@@ -40,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from layerwise.workflows.run import run_pipeline
 
     out = args.out or f"runs/run-{slug(model.model)}-{slug(data.task)}"
-    report = run_pipeline(model, data, out, train_config=train_config, selection=selection, adapter=adapter,
-                          calibration=calibration, probe=probe, device=args.device, resume=args.resume,
-                          overwrite=args.overwrite, side_by_side=args.side_by_side,
-                          settings=settings_record(args.parser, args))
+    with guard_out(args, out):
+        report = run_pipeline(model, data, out, train_config=train_config, selection=selection, adapter=adapter,
+                              calibration=calibration, probe=probe, device=args.device, resume=args.resume,
+                              overwrite=args.overwrite, side_by_side=args.side_by_side,
+                              settings=settings_record(args.parser, args))
     from layerwise.evaluate.report import render_report_md
 
     print(render_report_md(report["rows"], report["context"]))

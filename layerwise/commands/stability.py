@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import ClassVar
 
-from layerwise.commands.common import MODEL, add_common, settings_record
+from layerwise.commands.common import MODEL, add_common, guard_out, settings_record
 from layerwise.commands.flags import Group, build
 from layerwise.runtime.errors import ConfigError
 from layerwise.runtime.io import slug
@@ -86,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/stability-{slug(model.model)}"
     ablation = (TrainConfig(steps=options.ablation_steps, lr=options.ablation_lr, max_length=calibration.max_length,
                             group_by_length=50) if options.ablation_steps else None)
-    result = stability_study(model, tasks, out, seeds=options.calibration_seeds, calibration=calibration,
-                             metrics=options.metrics, ablation_config=ablation,
-                             settings=settings_record(args.parser, args))
-    files = write_stability(out, result)
+    with guard_out(args, out):
+        result = stability_study(model, tasks, out, seeds=options.calibration_seeds, calibration=calibration,
+                                 metrics=options.metrics, ablation_config=ablation,
+                                 settings=settings_record(args.parser, args))
+        files = write_stability(out, result)
     print(render_stability_md(result))
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

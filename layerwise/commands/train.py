@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from layerwise.commands.common import (ADAPTER, DATA, MODEL, add_common, add_place_flags, calibration_group,
+                                       guard_out,
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import build
 from layerwise.runtime.io import slug
@@ -53,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
                    if makes_card else None)
 
     out = args.out or f"runs/train-{slug(model.model)}-{slug(data.task)}-{selection.policy}"
-    result, chosen = train_job(model, data, out, train_config=train_config, selection=selection, adapter=adapter,
-                               calibration=calibration, device=args.device, resume=args.resume,
-                               overwrite=args.overwrite, settings=settings_record(args.parser, args))
+    with guard_out(args, out):
+        result, chosen = train_job(model, data, out, train_config=train_config, selection=selection,
+                                   adapter=adapter, calibration=calibration, device=args.device, resume=args.resume,
+                                   overwrite=args.overwrite, settings=settings_record(args.parser, args))
     print(chosen.describe())
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
     print(f"trained {result.steps} steps in {result.train_seconds:.1f} s ({result.trainable_params:,} trainable "

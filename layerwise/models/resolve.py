@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerwise.runtime.errors import ModelError
-from layerwise.runtime.io import check_free_space, temp_dir_beside
+from layerwise.runtime.io import check_free_space, follow_umask, temp_dir_beside
 from layerwise.models.aliases import BUNDLED_MODELS, BundledModel
 
 __all__ = ["ModelSource", "resolve_model", "default_cache_dir", "converted_gguf_bytes"]
@@ -172,6 +172,7 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
         model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)  # safetensors makes its files 0o600
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 __all__ = ["slug", "atomic_write_text", "atomic_write_json", "atomic_write_with", "prepare_output_dir",
-           "temp_file_beside", "temp_dir_beside", "write_settings", "SETTINGS_NAME", "claim_output",
+           "temp_file_beside", "temp_dir_beside", "follow_umask", "write_settings", "SETTINGS_NAME", "claim_output",
            "check_writable_dir", "check_free_space", "has_checkpoint", "RUN_MARKERS", "leftover_runs",
            "check_leftovers"]
 
@@ -53,6 +53,19 @@ def temp_dir_beside(path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(_create_beside(path, lambda tmp: os.mkdir(tmp, 0o777)))
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give every file under ``folder`` (made by :func:`temp_dir_beside`, so its mode is 0o777 less the umask)
+    the mode a new file of the user's gets: 0o666 less the umask. Writers that make their files private
+    (``safetensors`` creates them 0o600) then follow the umask like every other file of a run."""
+    folder = Path(folder)
+    mode = os.stat(folder).st_mode & 0o666
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from layerwise.runtime.errors import ConfigError, ModelError
-from layerwise.runtime.io import atomic_write_json, temp_dir_beside
+from layerwise.runtime.io import atomic_write_json, follow_umask, temp_dir_beside
 from layerwise.train.hooks import Stateful
 from layerwise.train.log import json_safe
 from layerwise.train.state import TrainState
@@ -56,6 +56,7 @@ def replace_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     tmp = temp_dir_beside(path)
     try:
         write(tmp)
+        follow_umask(tmp)  # safetensors makes its files 0o600
         old = path.with_name(path.name + ".old")
         if old.exists():
             shutil.rmtree(old)

@@ -1,0 +1,201 @@
+"""Nothing lost, nothing silently changed (issue 29): an output that is its own input, a second process on the
+same ``--out``, a resume with changed settings, flags a command would ignore, impossible ranks, merged csv rows,
+file permissions. Each case drives the real command (``layerwise.cli.main`` in-process: the same code path as
+the console script without 15 s of imports per case; one subprocess where the process boundary matters) on a
+3-block random BERT and 40-row csv files, and checks the exit status, exactly one error line naming the flag or
+file, no traceback, that the user's files are unchanged (sha256) and that nothing was left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_cli import ENV
+
+from layerwise.cli import main
+
+
+def digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` (or of the file)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def listing(folder: Path) -> list[str]:
+    """Every entry under ``folder`` (hidden ones included): what 'nothing left behind' is checked against."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    """Exactly one 'layerwise <cmd>: error:' line and no traceback."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 3-block BERT (hidden 32) saved with the bundled MiniLM's tokenizer files."""
+    from tiny_models import tiny_bert
+
+    from layerwise.models.resolve import resolve_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_bert(vocab_size=30522, layers=3).bert.save_pretrained(out)
+    source = Path(resolve_model("minilm").path)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    rows = [f"sentence {i} is {'good' if i % 2 else 'bad'},{i % 2}" for i in range(40)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(model), "--task", "csv", "--data", str(data), "--policy", "all",
+            "--steps", "2", "--batch-size", "4", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model, small_csv) -> Path:
+    """A finished 2-step train run (module-wide; tests copy it before touching it)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(train_args(tiny_model, small_csv, out, "--save-every", "1")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights_card(tmp_path_factory, tiny_model) -> Path:
+    out = tmp_path_factory.mktemp("cards") / "card"
+    assert main(["card", "--model", str(tiny_model), "--metrics", "weights", "--no-plots", "--out", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------- an output is never an input
+
+
+def test_export_from_run_into_the_run_itself_is_refused_and_the_run_kept(tmp_path, capsys, finished_run) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = digest(run)
+    for out in (run, tmp_path, run / "adapter"):  # the run, a folder holding it, a folder inside it
+        code, _, err = cli(capsys, "export", "--from-run", run, "--out", out, "--overwrite")
+        line = error_line(err)
+        assert code == 2 and f"--out {out}" in line and f"--from-run {run}" in line, line
+        assert digest(run) == before
+    assert not (run / "adapter" / "adapter_config.json").read_text() == ""  # still the trained adapter
+    assert listing(tmp_path) == listing(tmp_path)  # (sanity) and nothing new beside the run:
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_export_card_into_the_card_folder_is_refused(tmp_path, capsys, weights_card) -> None:
+    card = tmp_path / "card"
+    shutil.copytree(weights_card, card)
+    before = digest(card)
+    for given in (card, card / "card.json"):
+        code, _, err = cli(capsys, "export", "--card", given, "--policy", "top-k", "--k", "1", "--out", card,
+                           "--overwrite")
+        line = error_line(err)
+        assert code == 2 and f"--out {card}" in line and f"--card {given}" in line, line
+    assert digest(card) == before and sorted(p.name for p in tmp_path.iterdir()) == ["card"]
+
+
+def test_a_symbolic_link_to_the_input_is_the_input(tmp_path, capsys, finished_run) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (tmp_path / "alias").symlink_to(run)
+    before = digest(run)
+    code, _, err = cli(capsys, "export", "--from-run", run, "--out", tmp_path / "alias", "--overwrite")
+    assert code == 2 and "--from-run" in error_line(err) and digest(run) == before
+
+
+def test_train_data_config_and_model_inside_out_are_refused(tmp_path, capsys, tiny_model, small_csv) -> None:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    data = folder / "small.csv"
+    shutil.copy(small_csv, data)
+    config = folder / "settings.yaml"
+    config.write_text("steps: 2\n")
+    (folder / "config.yaml").write_text("steps: 2\n")  # looks like a layerwise folder: --overwrite could take it
+    before = digest(folder)
+    for args, flag in ((train_args(tiny_model, data, folder, "--overwrite"), "--data"),
+                       (train_args(tiny_model, small_csv, folder, "--overwrite", "--config", config), "--config"),
+                       (train_args(tiny_model, small_csv, tiny_model, "--overwrite"), "--model"),
+                       (train_args(tiny_model, small_csv, tiny_model / "out"), "--model")):
+        code, _, err = cli(capsys, *args)
+        line = error_line(err)
+        assert code == 2 and flag in line and "--out" in line, line
+    assert digest(folder) == before and not (tiny_model / "out").exists()
+
+
+def test_stability_task_data_inside_out_is_refused(tmp_path, capsys, tiny_model, small_csv) -> None:
+    before = digest(small_csv)
+    code, _, err = cli(capsys, "stability", "--model", tiny_model, "--task", f"csv={small_csv}",
+                       "--calibration-seeds", "0,1", "--out", small_csv.parent)
+    assert code == 2 and "--task csv=" in error_line(err) and digest(small_csv) == before
+
+
+# ---------------------------------------------------------------- one process per --out
+
+
+def test_a_second_process_on_the_same_out_is_refused_naming_the_holder(tmp_path, capsys, weights_card) -> None:
+    from layerwise.runtime.out_lock import hold_out_lock, lock_path
+
+    out = tmp_path / "export"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom layerwise.runtime.out_lock import "
+                               "hold_out_lock\nwith hold_out_lock(sys.argv[1]):\n print('held', flush=True)\n "
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = cli(capsys, "export", "--card", weights_card, "--policy", "top-k", "--k", "1", "--metric", "snr", "--out", out)
+        line = error_line(err)
+        assert code == 2 and f"--out {out} is in use by another layerwise process (pid {holder.pid})" in line, line
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the killed holder's lock: the next command runs, and leaves no lock file behind
+    code, _, err = cli(capsys, "export", "--card", weights_card, "--policy", "top-k", "--k", "1", "--metric", "snr", "--out", out)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    with hold_out_lock(tmp_path / "a" / "b" / "c"):  # parents made for the lock file go again
+        assert lock_path(tmp_path / "a" / "b" / "c").exists()
+    assert not (tmp_path / "a").exists()
+
+
+# ---------------------------------------------------------------- permissions
+
+
+def test_safetensors_follow_the_umask_like_every_other_file(tmp_path, finished_run) -> None:
+    files = [p for p in finished_run.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    assert weights and any(p.parent.name == "checkpoint" for p in weights)
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert modes == {oct(0o666 & ~_umask())}, {str(p.relative_to(finished_run)): oct(p.stat().st_mode) for p in files}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
