@@ -199,3 +199,29 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------- flags a command would ignore
+
+
+@pytest.mark.parametrize("extra, flag", [(("--k", "2"), "--k"), (("--policy", "top-k"), "--policy"),
+                                         (("--rank", "4"), "--rank"), (("--method", "dora"), "--method"),
+                                         (("--targets", "all"), "--targets"), (("--card", "CARD"), "--card")])
+def test_export_from_run_refuses_the_selection_flags_it_would_ignore(tmp_path, capsys, finished_run, weights_card,
+                                                                      extra, flag) -> None:
+    before = digest(finished_run)
+    extra = tuple(str(weights_card) if e == "CARD" else e for e in extra)
+    code, _, err = cli(capsys, "export", "--from-run", finished_run, *extra, "--out", tmp_path / "export")
+    line = error_line(err)
+    assert code == 2 and f"error: {flag} " in line and "would be ignored" in line and "--from-run" in line, line
+    assert digest(finished_run) == before and not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("extra, flag", [(("--k", "3"), "--k"), (("--share", "0.5"), "--share"),
+                                         (("--k", "3", "--share", "0.5"), "--k, --share")])
+def test_train_policy_all_refuses_the_options_it_would_ignore(tmp_path, capsys, tiny_model, small_csv,
+                                                               extra, flag) -> None:
+    code, _, err = cli(capsys, *train_args(tiny_model, small_csv, tmp_path / "out", *extra))
+    line = error_line(err)
+    assert code == 2 and f"error: {flag}: not an option of policy 'all'" in line, line
+    assert listing(tmp_path) == []

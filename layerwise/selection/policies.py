@@ -21,7 +21,7 @@ from layerwise.card.cost import selection_cost
 from layerwise.runtime.errors import ConfigError
 from layerwise.settings.choices import OBJECTIVES
 
-__all__ = ["Selection", "Pick", "Policy", "POLICIES", "register_policy", "select", "parse_layers",
+__all__ = ["Selection", "Pick", "Policy", "POLICIES", "register_policy", "select", "check_options", "parse_layers",
            "OBJECTIVES"]
 
 _SHARE_OF_MAX = {"performance": 0.95, "cost": 0.5}
@@ -128,6 +128,18 @@ def _flag(option: str) -> str:
 
 
 # -- dispatch ---------------------------------------------------------------------------------------
+def check_options(policy: str, given: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the flags in ``given`` (options set, ``metric`` aside) that ``policy``
+    does not take: they would be ignored (``--policy all --k 3``)."""
+    pol = POLICIES[policy]
+    options = pol.options
+    unknown = [k for k, v in given.items() if v is not None and k != "metric" and k not in options]
+    if unknown:
+        takes = ", ".join(_flag(o) for o in options if o != "costs") or "no option"
+        raise ConfigError(f"{', '.join(_flag(k) for k in unknown)}: not an option of policy {policy!r}; "
+                          f"it takes {takes}" + (" and --metric" if pol.default_metric else ""))
+
+
 def select(card: LayerCard, policy: str, **kwargs: Any) -> Selection:
     """Run ``policy`` on ``card`` with its options (``metric`` included); options set to None count as not
     given, so a CLI may pass every flag. Unknown policies and options raise :class:`ConfigError`."""
@@ -137,11 +149,7 @@ def select(card: LayerCard, policy: str, **kwargs: Any) -> Selection:
     given = {k: v for k, v in kwargs.items() if v is not None}
     metric = _resolve_metric(card, pol, given.pop("metric", None))
     options = pol.options
-    unknown = [k for k in given if k not in options]
-    if unknown:
-        takes = ", ".join(_flag(o) for o in options) or "no option"
-        raise ConfigError(f"{', '.join(_flag(k) for k in unknown)}: not an option of policy {policy!r}; "
-                          f"it takes {takes}" + (" and --metric" if pol.default_metric else ""))
+    check_options(policy, given)
     missing = [k for k, p in options.items() if p.default is inspect.Parameter.empty and k not in given]
     if missing:
         raise ConfigError(f"policy {policy!r} needs {', '.join(_flag(k) for k in missing)}")

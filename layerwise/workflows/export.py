@@ -21,6 +21,7 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
     from layerwise.workflows.train import budget_ranks, choose_layers
 
     if target.from_run:
+        _refuse_ignored(selection, adapter)
         return from_run(target.from_run)
     if not selection.card:
         raise ConfigError("--card is needed (a card.json or its folder, from `layerwise card`), or --from-run DIR "
@@ -33,6 +34,21 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
                      metric=chosen.metric, params=chosen.params, source=source)
 
 
+def _refuse_ignored(selection: SelectionChoice, adapter: AdapterChoice) -> None:
+    """``--from-run`` exports what the run trained: a selection or adapter flag given with it would be ignored
+    (and yet recorded in ``config.yaml``), so it is refused, naming the flag."""
+    from dataclasses import fields
+
+    from layerwise.settings.fields import flag_name
+
+    for given, default in ((selection, SelectionChoice()), (adapter, AdapterChoice())):
+        for f in fields(given):
+            if getattr(given, f.name) != getattr(default, f.name):
+                raise ConfigError(f"{flag_name(given, f.name)} {getattr(given, f.name)!r} would be ignored: "
+                                  "--from-run exports the layers and adapter the run trained; drop "
+                                  f"{flag_name(given, f.name)}, or export from --card with it")
+
+
 def export_job(selection: SelectionChoice, adapter: AdapterChoice, target: ExportTarget, out: str | os.PathLike,
                *, overwrite: bool = False, settings: Mapping[str, Any] | None = None) -> tuple[Any, list[Path]]:
     """Write the exported selection as ``target.format`` into ``out``; returns (ExportedSelection, files
@@ -41,8 +57,10 @@ def export_job(selection: SelectionChoice, adapter: AdapterChoice, target: Expor
     ``config.yaml`` when ``settings`` are given, as the command gives them, or ``selection.json``), moved aside
     first and put back if the export fails."""
     from layerwise.adapters.export import write_export
+    from layerwise.runtime.apart import check_apart
     from layerwise.runtime.io import check_writable_dir, claim_output, write_settings
 
+    check_apart(out, {"--from-run": target.from_run, "--card": selection.card})  # the API too: never its own input
     check_writable_dir(out, "--out")  # before the card is read
     exported = exported_selection(selection, adapter, target)
     with claim_output(out, overwrite) as out_dir:  # an old export is moved aside, and put back on failure

@@ -23,9 +23,12 @@ def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
     """Apply the selection policy (card-free policies work without a card)."""
     from layerwise.selection.policies import Selection, parse_layers, select
 
+    from layerwise.selection.policies import check_options
+
     options = choice.options
     if card is not None:
         return select(card, choice.policy, metric=choice.metric, **options)
+    check_options(choice.policy, options)  # `--policy all --k 3`: --k would be ignored
     if choice.policy == "all":
         return Selection(tuple(range(num_layers)), "all", None, {})
     if choice.policy == "manual":
