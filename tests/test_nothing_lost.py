@@ -206,7 +206,7 @@ def _umask() -> int:
 
 @pytest.mark.parametrize("extra, flag", [(("--k", "2"), "--k"), (("--policy", "top-k"), "--policy"),
                                          (("--rank", "4"), "--rank"), (("--method", "dora"), "--method"),
-                                         (("--targets", "all"), "--targets"), (("--card", "CARD"), "--card")])
+                                         (("--targets", "attn"), "--targets"), (("--card", "CARD"), "--card")])
 def test_export_from_run_refuses_the_selection_flags_it_would_ignore(tmp_path, capsys, finished_run, weights_card,
                                                                       extra, flag) -> None:
     before = digest(finished_run)
@@ -225,3 +225,52 @@ def test_train_policy_all_refuses_the_options_it_would_ignore(tmp_path, capsys, 
     line = error_line(err)
     assert code == 2 and f"error: {flag}: not an option of policy 'all'" in line, line
     assert listing(tmp_path) == []
+
+
+# ---------------------------------------------------------------- --resume keeps what changes the weights
+
+
+def test_every_training_setting_is_sorted_into_must_match_or_may_change() -> None:
+    import dataclasses
+
+    from layerwise.train.resume_settings import MAY_CHANGE, MUST_MATCH, RESUME_CLASSES
+
+    assert set(MUST_MATCH) == set(MAY_CHANGE) == set(RESUME_CLASSES)
+    for cls in RESUME_CLASSES:
+        names = [f.name for f in dataclasses.fields(cls)]
+        must, may = MUST_MATCH[cls], MAY_CHANGE[cls]
+        assert not set(must) & set(may), (cls, set(must) & set(may))
+        assert sorted(must + may) == sorted(names), (cls.__name__, set(names) ^ set(must + may))
+    # the settings a train run is built from: every one of their classes is sorted
+    from layerwise.commands import run, train
+
+    for groups in (train.GROUPS, run.GROUPS):
+        for group in groups:
+            if group.cls.__name__ not in ("ProbeSettings",):  # the card's; a resumed run reuses its card
+                assert group.cls in RESUME_CLASSES, group.cls
+
+
+@pytest.mark.parametrize("extra, flag", [(("--dropout", "0.1"), "--dropout"), (("--alpha", "32"), "--alpha"),
+                                         (("--dtype", "bfloat16"), "--dtype"), (("--rank", "4"), "--rank"),
+                                         (("--prefix-cache-dtype", "bfloat16"), "--prefix-cache-dtype"),
+                                         (("--lr", "0.01"), "--lr"), (("--targets", "attn"), "--targets")])
+def test_resume_refuses_a_changed_setting_that_changes_the_weights(tmp_path, capsys, tiny_model, small_csv,
+                                                                   finished_run, extra, flag) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = digest(run)
+    code, _, err = cli(capsys, *train_args(tiny_model, small_csv, run, "--save-every", "1", "--resume", *extra))
+    line = error_line(err)
+    assert code == 2 and f"--resume: {flag} is " in line and f"the run in {run} was trained with" in line, line
+    assert digest(run) == before  # config.yaml still says what the run was trained with
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_resume_accepts_a_setting_that_does_not_change_the_weights(tmp_path, capsys, tiny_model, small_csv,
+                                                                   finished_run) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    code, _, err = cli(capsys, *train_args(tiny_model, small_csv, run, "--save-every", "2", "--eval-every", "1",
+                                           "--resume"))
+    assert code == 0, err
+    assert "continuing from step 2 of 2" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layerwise.runtime.errors import ConfigError
+from layerwise.train.resume_settings import RECORD_KEY, check_resume, resume_record
 from layerwise.settings import (AdapterChoice, AdaptiveRanks, Calibration, DataSource, ModelSource, SelectionChoice,
                                 parse_ranks)
 
@@ -150,8 +151,13 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     from layerwise.adapters.bridge import apply_adapter
     from layerwise.runtime.io import write_settings
     from layerwise.train import train
-    from layerwise.workflows.prepare import prepare
+    from layerwise.workflows.prepare import data_source, model_source, prepare
 
+    model, data = model_source(model), data_source(data)
+    record = resume_record(train_config, model, data, selection if adapter is not None else None, adapter,
+                           calibration)
+    if resume:  # before anything is written or loaded: a changed setting would change the weights
+        check_resume(_saved_record(out_dir), record, out_dir)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)
@@ -161,13 +167,13 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
         LayerCard.load(selection.card)
     ready = prepare(model, data, dev)
     if adapter is None:  # full fine-tuning: every parameter of the model with its task head
-        return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
+        return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress, record)
     card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name,
                              needed=needs_card(selection, adapter))
     chosen = choose_layers(card, len(ready.stack), selection)
     budget = {"rank_budget": adapter.rank_budget, "rank_metric": rank_metric_of(adapter, chosen)}
     adapter = budget_ranks(adapter, card, chosen)  # --rank-budget: the per-layer ranks it splits into
-    _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint, budget)
+    _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint, budget, record)
     torch.manual_seed(train_config.seed)  # adapter initialisation
     peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
                                targets=adapter.targets, rank=adapter.r_max, alpha=adapter.alpha,
@@ -187,7 +193,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
 
 
 def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, callbacks: Sequence[Any],
-                show_progress: bool) -> tuple[Any, Any]:
+                show_progress: bool, record: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     """Full fine-tuning in the same loop; the weights folder is the whole model (``FullModelWeights``)."""
     import torch
 
@@ -202,7 +208,8 @@ def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, call
     chosen = Selection(tuple(range(len(ready.stack))), "full", None, {})
     if distributed.is_main():
         atomic_write_json(out_dir / "selection.json", {"schema_version": 1, "model": ready.loaded.fingerprint,
-                                                       "adapter": None, "selection": chosen.to_dict()})
+                                                       "adapter": None, "selection": chosen.to_dict(),
+                                                       RECORD_KEY: dict(record or {})})
     torch.manual_seed(train_config.seed)
     result = train(model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev, train_config,
                    out_dir, resume=resume, callbacks=list(callbacks), show_progress=show_progress,
@@ -275,8 +282,18 @@ def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
     return claim_output(out, overwrite)
 
 
+def _saved_record(out_dir: Path) -> dict[str, Any] | None:
+    """The :func:`~layerwise.train.resume_settings.resume_record` a run wrote into its ``selection.json``
+    (``None`` for a run written before it was recorded, or without the file)."""
+    path = out_dir / "selection.json"
+    try:
+        return json.loads(path.read_text()).get(RECORD_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict,
-                     budget: Mapping[str, Any] | None = None) -> None:
+                     budget: Mapping[str, Any] | None = None, record: Mapping[str, Any] | None = None) -> None:
     """selection.json: the layers, the adapter they get (``ranks``: the per-layer ranks trained, also those a
     ``budget`` split into) and the model's fingerprint."""
     from layerwise.runtime import distributed
@@ -285,7 +302,7 @@ def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerp
     payload = {"schema_version": 1, "model": fingerprint, "selection": chosen.to_dict(),
                "adapter": {"method": adapter.method, "targets": adapter.targets, "rank": adapter.rank,
                            "alpha": adapter.alpha, "dropout": adapter.dropout,
-                           "ranks": _ranks_json(adapter)}}
+                           "ranks": _ranks_json(adapter)}, RECORD_KEY: dict(record or {})}
     if budget and budget.get("rank_budget") is not None:
         payload["adapter"].update(budget)
     path = out_dir / "selection.json"
