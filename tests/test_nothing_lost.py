@@ -274,3 +274,36 @@ def test_resume_accepts_a_setting_that_does_not_change_the_weights(tmp_path, cap
                                            "--resume"))
     assert code == 0, err
     assert "continuing from step 2 of 2" in err
+
+
+# ---------------------------------------------------------------- impossible ranks
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (("--rank", "33"), "--rank 33 asks more than layer 0 can hold: its encoder.layer.0.attention.self.query is "
+                       "32x32, so a low-rank update there has rank at most 32"),
+    (("--policy", "top-k", "--k", "2", "--metric", "snr", "--rank-budget", "100000"),
+     "--rank-budget 100000 gives layer"),
+    (("--policy", "manual", "--layers", "1,2", "--ranks", "1:4,2:40"), "--ranks 2:40 asks more than layer 2"),
+])
+def test_export_refuses_a_rank_above_the_layers_width(tmp_path, capsys, weights_card, extra, expected) -> None:
+    before = digest(weights_card)
+    code, _, err = cli(capsys, "export", "--card", weights_card, *extra, "--out", tmp_path / "export")
+    line = error_line(err)
+    assert code == 2 and expected in line, line
+    assert "at most 32" in line and digest(weights_card) == before and listing(tmp_path) == []
+    ok = cli(capsys, "export", "--card", weights_card, "--rank", "32", "--out", tmp_path / "export")
+    assert ok[0] == 0, ok[2]  # the limit itself is allowed
+
+
+def test_train_refuses_a_rank_above_the_layers_width(tmp_path, capsys, tiny_model, small_csv, weights_card) -> None:
+    code, _, err = cli(capsys, *train_args(tiny_model, small_csv, tmp_path / "out", "--rank", "1000"))
+    line = error_line(err)
+    assert code == 2 and "--rank 1000 asks more than layer 0 can hold" in line and "at most 32" in line, line
+    assert listing(tmp_path) == []
+    code, _, err = cli(capsys, *train_args(tiny_model, small_csv, tmp_path / "out", "--targets", "attn",
+                                           "--policy", "top-k", "--k", "2", "--metric", "snr",
+                                           "--card", weights_card, "--rank-budget", "100000"))
+    line = error_line(err)
+    assert code == 2 and "--rank-budget 100000 gives layer" in line and "at most 32" in line, line
+    assert listing(tmp_path) == []

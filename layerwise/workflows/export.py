@@ -18,6 +18,7 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
     card (``--card``) with ``adapter``. No model is loaded: the card holds every module name."""
     from layerwise.card.layer_card import LayerCard
     from layerwise.adapters.export import from_card, from_run
+    from layerwise.adapters.rank_limits import check_rank_limits, limits_of_card
     from layerwise.workflows.train import budget_ranks, choose_layers
 
     if target.from_run:
@@ -30,7 +31,9 @@ def exported_selection(selection: SelectionChoice, adapter: AdapterChoice, targe
     chosen = choose_layers(card, card.num_layers, selection)
     path = Path(selection.card) / "card.json" if Path(selection.card).is_dir() else Path(selection.card)
     source = {"card": str(path), "card_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return from_card(card, chosen.layers, budget_ranks(adapter, card, chosen), policy=chosen.policy,
+    budgeted = budget_ranks(adapter, card, chosen)
+    check_rank_limits(budgeted, limits_of_card(card, chosen.layers, adapter.targets), budget=adapter.rank_budget)
+    return from_card(card, chosen.layers, budgeted, policy=chosen.policy,
                      metric=chosen.metric, params=chosen.params, source=source)
 
 

@@ -149,6 +149,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
 
     from layerwise.runtime import distributed
     from layerwise.adapters.bridge import apply_adapter
+    from layerwise.adapters.rank_limits import check_rank_limits, limits_of_stack
     from layerwise.runtime.io import write_settings
     from layerwise.train import train
     from layerwise.workflows.prepare import data_source, model_source, prepare
@@ -173,6 +174,8 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     chosen = choose_layers(card, len(ready.stack), selection)
     budget = {"rank_budget": adapter.rank_budget, "rank_metric": rank_metric_of(adapter, chosen)}
     adapter = budget_ranks(adapter, card, chosen)  # --rank-budget: the per-layer ranks it splits into
+    check_rank_limits(adapter, limits_of_stack(ready.stack, chosen.layers, adapter.targets),
+                      budget=budget["rank_budget"])
     _write_selection(out_dir, chosen, adapter, ready.loaded.fingerprint, budget, record)
     torch.manual_seed(train_config.seed)  # adapter initialisation
     peft_model = apply_adapter(ready.loaded.model, ready.stack, list(chosen.layers), method=adapter.method,
