@@ -307,3 +307,26 @@ def test_train_refuses_a_rank_above_the_layers_width(tmp_path, capsys, tiny_mode
     line = error_line(err)
     assert code == 2 and "--rank-budget 100000 gives layer" in line and "at most 32" in line, line
     assert listing(tmp_path) == []
+
+
+# ---------------------------------------------------------------- rows merged by a quote
+
+
+def test_two_rows_merged_by_an_unterminated_quote_are_named(tmp_path, capsys, tiny_model) -> None:
+    rows = [f"sentence {i} is {'good' if i % 2 else 'bad'},{i % 2}" for i in range(40)]
+    rows[5] = '"' + rows[5]  # opened on line 7 (the header is line 1), closed at the end of line 8's text
+    rows[6] = rows[6].replace(",", '",')
+    data = tmp_path / "merged.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    before = digest(data)
+    code, out, err = cli(capsys, "inspect", "--model", tiny_model, "--task", "csv", "--data", data)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning:" in line and f"{data}:7:" in line]
+    assert len(warned) == 1 and "runs to line 8" in warned[0] and "two rows" in warned[0], err
+    assert digest(data) == before
+    # a quoted text over two lines that does not hold a row on each line is no warning
+    rows = [f"sentence {i},{i % 2}" for i in range(40)]
+    rows[5] = '"a text\nover two lines",1'
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    code, out, err = cli(capsys, "inspect", "--model", tiny_model, "--task", "csv", "--data", data)
+    assert code == 0 and "warning:" not in err, err

@@ -123,6 +123,23 @@ def _no_merged_rows(path: Path, first: int, last: int, fields: list[str], delimi
             raise DataError(f"{path}:{first}: a quote opened on line {first} runs to line {last}, so "
                             f"{last - first + 1} lines were read as one row (e.g. {rows_inside[0].strip()[:40]!r} "
                             f"inside it looks like a row of its own); close or escape the quote (\"\")")
+    _two_rows_in_one(path, first, last, fields, delimiter, n_fields)
+
+
+def _two_rows_in_one(path: Path, first: int, last: int, fields: list[str], delimiter: str, n_fields: int) -> None:
+    """A record whose first line and last line each hold a whole row's fields (``"a,1`` then ``b",0``) has no
+    inner line to look at: two rows merged by an unterminated quote read as one, one row short. A quoted text
+    with a line break and a delimiter on each side reads the same, so this is a warning naming both lines."""
+    with_break = [i for i, value in enumerate(fields) if "\n" in value]
+    if not with_break:
+        return
+    head_part = delimiter.join(fields[:with_break[0]] + [fields[with_break[0]].split("\n")[0]])
+    tail_part = delimiter.join([fields[with_break[-1]].split("\n")[-1]] + fields[with_break[-1] + 1:])
+    if head_part.count(delimiter) >= n_fields - 1 and tail_part.count(delimiter) >= n_fields - 1:
+        warnings.warn(f"{path}:{first}: a quote opened on line {first} runs to line {last}, and each of those lines "
+                      f"holds a whole row's {n_fields} fields ({head_part.strip()[:40]!r}, {tail_part.strip()[:40]!r}): "
+                      "if they are two rows, they were read as one; close or escape the quote (\"\")",
+                      DataWarning, stacklevel=2)
 
 
 def _keep_row(rows: list, line: int, fields: list[str], n_fields: int | None, skips: SkipLog, path: Path) -> None:
