@@ -330,3 +330,24 @@ def test_two_rows_merged_by_an_unterminated_quote_are_named(tmp_path, capsys, ti
     data.write_text("text,label\n" + "\n".join(rows) + "\n")
     code, out, err = cli(capsys, "inspect", "--model", tiny_model, "--task", "csv", "--data", data)
     assert code == 0 and "warning:" not in err, err
+
+
+# ---------------------------------------------------------------- the card's stated limits
+
+
+def test_a_card_from_too_few_batches_has_no_stability_and_says_so(tmp_path, capsys, tiny_model, small_csv) -> None:
+    from layerwise.card.stability import MIN_STABILITY_BATCHES, bootstrap_stability
+
+    out = tmp_path / "card"
+    code, _, err = cli(capsys, "card", "--model", tiny_model, "--task", "csv", "--data", small_csv, "--samples", "8",
+                       "--batch-size", "4", "--metrics", "actnorm", "--no-plots", "--out", out)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning:" in line and "stability is undefined" in line]
+    assert len(warned) == 1 and "2 calibration batches" in warned[0] and "--samples" in warned[0], err
+    stab = json.loads((out / "card.json").read_text())["metrics"]["actnorm"]["stability"]
+    assert stab["kendall_tau_mean"] is None and stab["n_batches"] == 2 and "at least 4" in stab["note"]
+    assert "n/a (2 batches; needs 4)" in (out / "card.md").read_text()
+    # two batches that agree gave "1.00 ± 0.00" before; from the documented minimum on, it is measured
+    agree = [[1.0, 2.0, 3.0], [1.1, 2.1, 3.1]]
+    assert bootstrap_stability(agree)["kendall_tau_mean"] is None
+    assert bootstrap_stability(agree * 2)["kendall_tau_mean"] == 1.0 and MIN_STABILITY_BATCHES == 4

@@ -111,6 +111,7 @@ def profile_layers(
     notes: list[str] = []
     entries = {m.name: _entry(m, result, options, stack, n_boot, seed, notes, grouped.get(m.name), plan)
                for m in chosen}
+    _warn_few_batches(entries)
     if "spectra" in options:  # the weight metrics' SVDs, run once per module (layerwise.card.probe.spectrum)
         probe_info["weights_seconds"] = options["spectra"].seconds
         probe_info["weights_modules"] = len(options["spectra"])
@@ -230,6 +231,20 @@ def _join(parts: list[MetricValues]) -> MetricValues:
         per_block = all(isinstance(p.extras.get(key), list) and len(p.extras[key]) == len(p.values) for p in parts)
         extras[key] = [x for p in parts for x in p.extras[key]] if per_block else v
     return MetricValues(values, per_batch, extras, undefined, notes)
+
+
+def _warn_few_batches(entries: dict) -> None:
+    """One warning when a measured metric's stability is undefined for too few calibration batches."""
+    from layerwise.card.stability import MIN_STABILITY_BATCHES
+
+    few = sorted({s["n_batches"] for e in entries.values() if (s := e.get("stability"))
+                  and s.get("kendall_tau_mean") is None and "n_batches" in s})
+    if few:
+        import warnings
+
+        warnings.warn(f"the card's ranking stability is undefined: {few[0]} calibration batch"
+                      f"{'es' if few[0] != 1 else ''} (the bootstrap needs at least {MIN_STABILITY_BATCHES}; raise "
+                      "--samples or lower --batch-size)", UserWarning, stacklevel=3)
 
 
 def _entry(metric: ImportanceMetric, result: Any, options: dict, stack: Any, n_boot: int, seed: int,

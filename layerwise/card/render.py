@@ -84,7 +84,11 @@ def _stability_text(s: dict | None) -> str:
         return "deterministic"
     tau = s.get("kendall_tau_mean")
     if tau is None or tau != tau:
-        return "n/a (one batch)"
+        n = s.get("n_batches")
+        from layerwise.card.stability import MIN_STABILITY_BATCHES
+
+        return ("n/a (one batch)" if n == 1 else f"n/a ({n} batches; needs {MIN_STABILITY_BATCHES})" if n
+                else "n/a")
     return f"{tau:.2f} ± {s['kendall_tau_std']:.2f} (top-{s['top_k']} Jaccard {s['top_k_jaccard_mean']:.2f})"
 
 

@@ -7,7 +7,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["order_of", "ranks_of", "kendall_tau", "kendall_taus", "top_k_jaccard", "bootstrap_stability"]
+__all__ = ["order_of", "ranks_of", "kendall_tau", "kendall_taus", "top_k_jaccard", "bootstrap_stability",
+           "MIN_STABILITY_BATCHES"]
+
+MIN_STABILITY_BATCHES = 4
+"""Fewest calibration batches a bootstrap stability is reported for. Resampling n batches with replacement
+gives at most C(2n-1, n) distinct means: 3 for two batches, 10 for three, 35 for four. A card from two batches
+said "1.00 ± 0.00" while its ranking changed with more data; below this many batches the stability is
+undefined (``null``, with a note) and making the card warns."""
 
 
 def order_of(values: Sequence[float], higher_is_better: bool = True) -> list[int]:
@@ -76,10 +83,12 @@ def bootstrap_stability(per_batch: np.ndarray, higher_is_better: bool = True, n_
         filled = np.where(np.isnan(x), np.nanmean(x, 0, keepdims=True), x)  # batches too small for an estimate
     x = np.nan_to_num(filled, nan=0.0)
     full = x.mean(0)
-    if n < 2:  # undefined, not NaN: the card is JSON, and JSON has no NaN
+    if n < MIN_STABILITY_BATCHES:  # undefined, not NaN: the card is JSON, and JSON has no NaN
+        what = "one calibration batch" if n == 1 else f"{n} calibration batches"
         return {"kendall_tau_mean": None, "kendall_tau_std": None, "top_k": k, "top_k_jaccard_mean": None,
                 "n_batches": n, "n_boot": 0,
-                "note": "undefined: one calibration batch (resampling needs at least 2; lower --batch-size)"}
+                "note": f"undefined: {what} (a bootstrap needs at least {MIN_STABILITY_BATCHES}; raise --samples "
+                        "or lower --batch-size)"}
     rng = np.random.default_rng(seed)
     samples = x[rng.integers(0, n, (n_boot, n))].mean(1)  # (n_boot, L) batch-resampled means
     taus = kendall_taus(full, samples)
