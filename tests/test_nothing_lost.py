@@ -351,3 +351,71 @@ def test_a_card_from_too_few_batches_has_no_stability_and_says_so(tmp_path, caps
     agree = [[1.0, 2.0, 3.0], [1.1, 2.1, 3.1]]
     assert bootstrap_stability(agree)["kendall_tau_mean"] is None
     assert bootstrap_stability(agree * 2)["kendall_tau_mean"] == 1.0 and MIN_STABILITY_BATCHES == 4
+
+
+# ---------------------------------------------------------------- the Python API checks its arguments up front
+
+
+@pytest.fixture()
+def api_case(monkeypatch):
+    """A 3-block BERT, four labelled batches, and a probe that must not run (every case is refused first)."""
+    import torch
+    from tiny_models import tiny_bert
+
+    import layerwise.card.profiling as profiling
+
+    model = tiny_bert(layers=3)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long),
+                "labels": torch.tensor([0, 1, 0, 1])} for _ in range(4)]
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the probe ran before the arguments were checked")
+
+    monkeypatch.setattr(profiling, "profile_layers", no_probe)
+    return model, batches
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("model='minilm'", "suggest: model= must be a loaded torch model"),
+    ("batches=None", "suggest: batches= must be an iterable of dicts"),
+    ("k='2'", "suggest: k= must be an int, got '2'"),
+    ("k=0", "k= must be >= 1, got 0"),
+    ("metric='resnrom'", "suggest: metric='resnrom' is not a metric; known: actnorm"),
+    ("metrics='actnorm', metric='gradnorm'", "metric='gradnorm' is not among the metrics measured (actnorm)"),
+    ("share=0.5", "share=: not an option of policy 'top-k'"),
+    ("labels=5", "suggest: batches= batch 0 has label 5, outside 0..1 of the model's 2 labels"),
+    ("model=Sequential", "pass layers_path= with the dotted path"),
+    ("rank=100", "at most 32"),
+])
+def test_suggest_refuses_misuse_in_parameter_names_before_the_probe(api_case, case, expected) -> None:
+    import torch
+
+    import layerwise
+    from layerwise.runtime.errors import LayerwiseError
+
+    model, batches = api_case
+    kwargs: dict = {"k": 2}
+    for part in case.split(", "):
+        key, _, value = part.partition("=")
+        kwargs[key] = eval(value, {"Sequential": torch.nn.Sequential(torch.nn.Linear(2, 2))})
+    if "labels" in kwargs:
+        bad = kwargs.pop("labels")
+        batches = [dict(b, labels=torch.tensor([0, bad, 0, 1])) for b in batches]
+    model = kwargs.pop("model", model)
+    batches = kwargs.pop("batches", batches)
+    with pytest.raises(LayerwiseError) as err:
+        layerwise.suggest(model, batches, **kwargs)
+    assert expected in str(err.value) and "--" not in str(err.value), str(err.value)
+
+
+def test_suggest_signature_names_every_option_with_a_type() -> None:
+    import inspect
+
+    import layerwise
+    from layerwise.selection.policies import POLICIES
+
+    params = inspect.signature(layerwise.suggest).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    assert all(p.annotation is not inspect.Parameter.empty and "Any" != p.annotation for p in params.values())
+    options = {o for pol in POLICIES.values() for o in pol.options if o != "costs"}
+    assert options <= set(params), options - set(params)
