@@ -182,3 +182,118 @@ def test_full_fine_tuning_of_a_bfloat16_model_computes_in_bfloat16(tmp_path) -> 
                                                                 prefix_cache="off"), tmp_path, show_progress=False)
     assert seen[0] == torch.bfloat16  # the training step's forward (the evaluation after it comes later)
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # the float32 master weights
+
+
+# ---------------------------------------------------------------- the frozen-prefix cache
+
+
+@pytest.fixture(scope="module")
+def small_rt():
+    """24 training and 8 dev rows of rotten-tomatoes (bundled), and 8 other training rows as a validation split."""
+    import random
+
+    from layerwise.data.load import load_task
+
+    data = load_task("rotten-tomatoes")
+    rng = random.Random(1)
+    rows = rng.sample(data.train, 32)
+    return data.task, rows[:24], rng.sample(data.dev, 8), rows[24:]
+
+
+def _adapted_bert(vocab: int, layers: list[int], dtype: torch.dtype = torch.float32):
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.models.layers import find_layer_stack
+    from layerwise.train.prefix.frozen import quiet_frozen_prefix
+
+    model = tiny_bert(vocab, layers=3).to(dtype)
+    stack = find_layer_stack(model)
+    torch.manual_seed(0)
+    peft_model = apply_adapter(model, stack, layers, method="lora", targets="q,v", rank=4)
+    quiet_frozen_prefix(peft_model, stack, layers)
+    return peft_model, stack
+
+
+def _config(**overrides):
+    from layerwise.train import TrainConfig
+
+    return TrainConfig(**{**dict(steps=6, lr=5e-3, batch_size=8, max_length=32, eval_every=3, warmup_ratio=0.2,
+                                 seed=3), **overrides})
+
+
+def test_the_block_just_below_the_cached_one_does_not_run_in_the_steps(tokenizer, small_rt, tmp_path, one_thread):
+    """Bug: one block below the cached one recomputed every step (the skip covering blocks 0..l-2). With
+    the adapter on block 2, block 1 runs only while the cache is built (24 training rows in batches of
+    BUILD_BATCH, and the dev set's one batch), never in the 6 steps or the 2 evaluations."""
+    from layerwise.train import train
+    from layerwise.train.prefix.cache import BUILD_BATCH
+
+    task, train_ex, dev_ex, _ = small_rt
+    model, stack = _adapted_bert(tokenizer.vocab_size, [2])
+    calls = []
+    stack.blocks[1].module.attention.register_forward_hook(lambda *a: calls.append(1))
+    train(model, tokenizer, task, train_ex, dev_ex, _config(prefix_cache="memory"), tmp_path, show_progress=False)
+    assert len(calls) == -(-24 // BUILD_BATCH) + 1
+
+
+def test_the_cache_key_covers_every_block_below_the_cached_one(tokenizer) -> None:
+    """Bug: the cache key missing the weights of the block just below l: a changed block l-1 reused a
+    cache of another model's hidden states. Each block below l (and the embeddings) changes the key; block
+    l and above do not (they are recomputed)."""
+    from layerwise.train.prefix.cache import prefix_digest
+
+    model, stack = _adapted_bert(tokenizer.vocab_size, [2])
+    base = prefix_digest(model, stack, 2)
+    for block, changes in ((0, True), (1, True), (2, False)):
+        weight = stack.blocks[block].module.attention.output.dense.weight
+        kept = weight.detach().clone()
+        with torch.no_grad():
+            weight[0, 0] += 1.0
+        assert (prefix_digest(model, stack, 2) != base) is changes, block
+        with torch.no_grad():
+            weight.copy_(kept)
+    assert prefix_digest(model, stack, 2) == base
+
+
+def test_dev_metrics_with_the_cache_and_a_validation_split_are_the_dev_sets(tokenizer, small_rt, tmp_path,
+                                                                             one_thread) -> None:
+    """Bug: the dev set fed the validation split's cached rows (both sets' batches sit in one cache, the
+    validation's first). Dev and validation loss of every evaluation with the cache are within fp32's spread
+    of the same run without it, judged against a float64 run."""
+    import json
+
+    from numerics import assert_within_fp32_spread
+
+    from layerwise.train import train
+
+    task, train_ex, dev_ex, val_ex = small_rt
+    evals = {}
+    for name, dtype, mode in (("plain", torch.float32, "off"), ("cached", torch.float32, "memory"),
+                              ("reference", torch.float64, "off")):
+        model, _ = _adapted_bert(tokenizer.vocab_size, [2], dtype)
+        result = train(model, tokenizer, task, train_ex, dev_ex, _config(prefix_cache=mode), tmp_path / name,
+                       show_progress=False, validation_examples=val_ex)
+        rows = [json.loads(line) for line in result.log_path.read_text().splitlines()]
+        evals[name] = [r for r in rows if "eval" in r]
+    assert len(evals["cached"]) == 2
+    for key in ("eval", "validation"):
+        losses = {name: np.array([r[key]["loss"] for r in rows], dtype=np.float64) for name, rows in evals.items()}
+        assert_within_fp32_spread(losses["cached"], losses["plain"], losses["reference"], key)
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_a_bfloat16_cache_holds_bfloat16(tokenizer, small_rt, tmp_path, mode) -> None:
+    """Bug: a bf16 cache stored as fp16. The stored hidden states are bfloat16, bit for bit the float32
+    cache's values rounded to bfloat16."""
+    from layerwise.data.collate import encode_examples
+    from layerwise.train.prefix.cache import prepare_prefix_cache
+
+    task, train_ex, _, _ = small_rt
+    model, _ = _adapted_bert(tokenizer.vocab_size, [2])
+    model.eval()
+    features = encode_examples(train_ex, tokenizer, task, 32)
+    exact, _ = prepare_prefix_cache(model, features, [], _config(prefix_cache=mode), tmp_path / "fp32", print)
+    half, report = prepare_prefix_cache(model, features, [], _config(prefix_cache=mode,
+                                                                      prefix_cache_dtype="bfloat16"),
+                                        tmp_path / "bf16", print)
+    assert report.dtype == "bfloat16" and half.train.data.dtype == torch.bfloat16
+    assert torch.equal(half.train.data, exact.train.data.to(torch.bfloat16))
