@@ -41,6 +41,9 @@ def hold_out_lock(out: str | os.PathLike, flag: str = "--out") -> Iterator[Path]
         yield lock_path(out)
         return
     path = lock_path(out)
+    if path.name == "..lock":  # --out / : refused by the command's own checks; nothing beside it to lock
+        yield path
+        return
     created = []
     probe = path.parent
     while not probe.exists() and probe.parent != probe:
