@@ -7,11 +7,12 @@ import argparse
 from layerwise.commands.common import (ADAPTER, DATA, MODEL, PROBE, add_common, add_place_flags, calibration_group,
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import Group, build
+from layerwise.settings import defaults
 from layerwise.runtime.io import slug
 
 __all__ = ["add_parser", "run", "DEFAULT_POLICY", "GROUPS"]
 
-DEFAULT_POLICY = "pareto"
+DEFAULT_POLICY = defaults.CARD_POLICY
 
 GROUPS = (MODEL, DATA, Group(PROBE.cls, PROBE.title, only=("metrics", "pooling", "weightdelta_steps")),
           selection_group(DEFAULT_POLICY), ADAPTER, training_group(), calibration_group(only=("samples", "seed")))
