@@ -151,3 +151,17 @@ def test_command_line_list_replaces_the_files_list(tmp_path: Path) -> None:
     assert record["task"] == ["sst2", "mrpc"]
     record, _ = _settings(["stability", "--config", str(path), "--task", "cola"])
     assert record["task"] == ["cola"]
+
+
+def test_the_example_config_loads_and_follows_the_measured_defaults() -> None:
+    from layerwise.selection.policies import POLICIES
+    from layerwise.settings import defaults
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "run-sst2.yaml"
+    record, _ = _settings(["run", "--config", str(example)])
+    assert record["lr"] == defaults.LR == 2e-3
+    assert record["metric"] == defaults.RANKING_METRIC == POLICIES["top-k"].default_metric == "cka"
+    assert POLICIES["threshold"].default_metric == defaults.RANKING_METRIC
+    from layerwise.commands.run import DEFAULT_POLICY
+
+    assert DEFAULT_POLICY == defaults.CARD_POLICY

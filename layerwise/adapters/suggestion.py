@@ -3,7 +3,8 @@
 ``suggest(model, batches)`` takes a transformers model with any head (or none) and calibration batches the user
 already made (a ``DataLoader`` or a list of dicts of tensors). With ``labels`` in the batches, or a
 ``loss_fn(outputs, batch)``, the card gets every default metric; without either, only the forward ones
-(``actnorm``, ``cka``, ``act_energy``) and ``cost``, and the policy ranks by ``actnorm`` unless told otherwise.
+(``actnorm``, ``cka``, ``act_energy``) and ``cost``, and the policy ranks by
+:data:`layerwise.settings.defaults.RANKING_METRIC` (``cka``, the best ranking measured) unless told otherwise.
 """
 
 from __future__ import annotations
