@@ -77,6 +77,8 @@ def test_without_labels_only_forward_metrics_and_the_config_fits_the_model() -> 
     assert s.layers == [s.card.order("cka")[0]]
     cka = s.card.values("cka")
     assert cka[s.layers[0]] == max(v for v in cka if v is not None)
+    shown = repr(s)  # one line (the dataclass's own repr printed the whole card: about 10 KB)
+    assert "\n" not in shown and len(shown) < 300 and f"layers={s.layers}" in shown and "metric='cka'" in shown
     wrapped = peft.get_peft_model(model, s.lora_config())
     assert adapted_modules(wrapped) == find_layer_stack(model).target_names(s.layers, "all-linear")
 

@@ -13,9 +13,16 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerwise.runtime.errors import ConfigError
+
+if TYPE_CHECKING:  # only for the annotations: importing layerwise stays free of torch and peft
+    from peft import PeftConfig
+
+    from layerwise.adapters.export import ExportedSelection
+    from layerwise.card.layer_card import LayerCard
+    from layerwise.selection.policies import Selection
 
 __all__ = ["Suggestion", "suggest", "FORWARD_METRICS"]
 
@@ -27,11 +34,11 @@ FORWARD_METRICS = ("actnorm", "cka", "act_energy", "cost")
 class Suggestion:
     """Where the adapters go: the card measured, the layers chosen and their ranks."""
 
-    card: Any
+    card: LayerCard
     """The :class:`~layerwise.card.layer_card.LayerCard` of the model on the batches."""
-    selection: Any
+    selection: Selection
     """The :class:`~layerwise.selection.policies.Selection` the policy made."""
-    exported: Any
+    exported: ExportedSelection
     """The selection with portable module names (:class:`~layerwise.adapters.export.ExportedSelection`)."""
 
     @property
@@ -44,7 +51,17 @@ class Suggestion:
         """Rank of each chosen block."""
         return {i: self.exported.rank_of(i) for i in self.layers}
 
-    def lora_config(self, **peft_kwargs: Any) -> Any:
+    def __repr__(self) -> str:
+        """One line: the policy, the metric, the layers and their ranks (the card and module names are in the
+        attributes)."""
+        sel = self.selection
+        ranks = sorted(set(self.ranks.values()))
+        rank = str(ranks[0]) if len(ranks) == 1 else ",".join(f"{i}:{r}" for i, r in self.ranks.items())
+        return (f"Suggestion(policy={sel.policy!r}, metric={sel.metric!r}, layers={self.layers}, "
+                f"rank={rank}, method={self.exported.method!r}, targets={self.exported.targets_spec!r}, "
+                f"modules={len(self.exported.targets)}, of {self.card.num_layers} layers)")
+
+    def lora_config(self, **peft_kwargs: Any) -> PeftConfig:
         """The peft config that adapts exactly the chosen modules of this model with any head (``peft_kwargs``,
         e.g. ``task_type="SEQ_CLS"`` or ``lora_dropout=0.1``, go to the config class)."""
         from layerwise.adapters.export import peft_config

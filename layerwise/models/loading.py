@@ -48,7 +48,9 @@ def model_fingerprint(model: Any, name: str) -> dict:
     if hasattr(base, "get_base_model"):
         base = base.get_base_model()
     params = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and not _is_head(n))
-    return {"name": name, "model_type": cfg.get("model_type"), "config_hash": digest, "parameters": params}
+    prefix = getattr(model, "base_model_prefix", None)
+    return {"name": name, "model_type": cfg.get("model_type"), "config_hash": digest, "parameters": params,
+            **({"base_model_prefix": prefix} if isinstance(prefix, str) else {})}
 
 
 _ARCH_KEYS = {
