@@ -24,7 +24,8 @@ DEFAULT_STEPS = defaults.STEPS
 """Optimizer steps of ``train`` and ``run`` (:data:`layerwise.settings.defaults.STEPS`)."""
 
 MODEL = Group(ModelSource, "model")
-DATA = Group(DataSource, "data")
+DATA = Group(DataSource, "data", defaults={"task": None})
+"""``--task`` unset: inferred from ``--data`` (a .csv/.tsv/.jsonl file is your own task), else rotten-tomatoes."""
 PROBE = Group(ProbeSettings, "Layer Card")
 ADAPTER = Group(AdapterChoice, "adapter")
 

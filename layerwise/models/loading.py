@@ -101,6 +101,12 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except Exception as err:  # tokenizers, json and transformers raise many types for a bad or missing file
+        if source.kind == "hub" and "/" not in source.name:  # a mistyped alias reads as a hub id without a namespace
+            from layerwise.models.aliases import BUNDLED_MODELS
+
+            raise ModelError(f"unknown model {source.name!r}: not a directory, .gguf file or bundled alias "
+                             f"({', '.join(BUNDLED_MODELS)}), and not loadable as a hub id: "
+                             f"{fault(err, source.path, 'tokenizer')}") from err
         raise ModelError(f"could not load the tokenizer of {source.name!r}: {fault(err, source.path, 'tokenizer')}"
                          ) from err
     if tok.pad_token is None:

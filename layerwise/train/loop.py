@@ -162,7 +162,7 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
 def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
            dev_examples: Sequence[Example], config: TrainConfig, out_dir: Path, resume: bool,
            callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None) -> _Run:
-    from layerwise.data.collate import Collator, encode_examples
+    from layerwise.data.collate import Collator, encode_examples, warn_truncation
     from layerwise.data.task_metrics import get_metric
     from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
@@ -176,6 +176,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
         from layerwise.train.prefix.recompute import prepare_gradient_checkpointing
 
         prepare_gradient_checkpointing(model)  # the adapted blocks only; the frozen prefix stays out of autograd
+    warn_truncation(train_examples, tokenizer, task, config.max_length)
     features = encode_examples(train_examples, tokenizer, task, config.max_length)
     if not features:
         raise DataError(f"task {task.name!r} has no training examples")
