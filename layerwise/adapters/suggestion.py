@@ -82,7 +82,7 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
             method: str = "lora", targets: str = "q,v", rank: int = 8, alpha: float | None = None,
             ranks: Mapping[int, int] | None = None, rank_budget: int | None = None,
             rank_metric: str | None = None, name: str | None = None, device: Any = None,
-            show_progress: bool = False, **options: Any) -> Suggestion:
+            show_progress: bool = True, **options: Any) -> Suggestion:
     """Measure ``model``'s blocks on ``batches`` and choose layers with ``policy`` and its ``options``
     (``k=3``, ``share=0.9``, ``ratio=0.5``, ``max_params=...``; see ``layerwise train --list-policies``).
 
@@ -93,6 +93,10 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
     card and the peft config record as the base model (default: ``model.name_or_path``, the hub id or folder the
     user loaded). The model is left as it was (mode, ``requires_grad`` flags); nothing is written until
     :meth:`Suggestion.save`.
+
+    Progress: with ``show_progress`` a bar over the batches is drawn where bars are shown (a terminal, or
+    ``LAYERWISE_PROGRESS=1`` for a notebook or a log file; ``=0`` never); the start and the end of the probe
+    are also INFO records of the ``layerwise`` logger (seen when the caller's logging shows them).
     """
     import torch
 
@@ -110,8 +114,13 @@ def suggest(model: Any, batches: Iterable[Mapping[str, Any]], policy: str = "top
     labelled = loss_fn is not None or all("labels" in b for b in listed)
     chosen_metrics = metrics if metrics is not None else (None if labelled else list(FORWARD_METRICS))
     card_name = name or getattr(model, "name_or_path", None) or type(model).__name__
-    card = profile_layers(model, listed, chosen_metrics, name=card_name, rank=rank, targets=parse_targets(targets),
-                          device=device, show_progress=show_progress, loss_fn=loss_fn)
+    from layerwise.runtime.progress import status
+
+    with status(f"suggest: measuring the blocks of {card_name} on {len(listed)} batches "
+                f"({'forward and backward' if labelled else 'forward only'})"):
+        card = profile_layers(model, listed, chosen_metrics, name=card_name, rank=rank,
+                              targets=parse_targets(targets), device=device, show_progress=show_progress,
+                              loss_fn=loss_fn)
     selection = select(card, policy, metric=metric, **options)
     if rank_budget is not None:
         from layerwise.selection.rank_budget import DEFAULT_RANK_METRIC, ranks_from_card
