@@ -46,6 +46,8 @@ _API: dict[str, tuple[str, str]] = {
     "export_from_card": ("layerwise.adapters.export", "from_card"),
     "export_from_run": ("layerwise.adapters.export", "from_run"),
     "write_export": ("layerwise.adapters.export", "write_export"),
+    "load_adapter": ("layerwise.adapters.loading", "load_adapter"),
+    "LoadedAdapter": ("layerwise.adapters.loading", "LoadedAdapter"),
     # training with someone else's loop (layerwise's own is layerwise.train.train)
     "LaLoRA": ("layerwise.train.lalora.callback", "LaLoRA"),
     "LaLoRATrainerCallback": ("layerwise.train.lalora.trainer", "LaLoRATrainerCallback"),

@@ -201,12 +201,9 @@ def _sigterm_interrupts() -> Iterator[_Termination]:
 def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
                  argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse again with the ``--config`` file's settings as the subcommand's defaults (flags given win)."""
-    from layerwise.commands.config_file import config_defaults
+    from layerwise.commands.config_file import parse_with_config
 
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    command = subparsers[args.command]
-    command.set_defaults(**config_defaults(args.config, command, args.command, subparsers))
-    return parser.parse_args(argv)
+    return parse_with_config(parser, args, argv)
 
 
 def _quiet_other_ranks() -> None:

@@ -29,7 +29,7 @@ PUBLIC = [
     "profile_layers", "LayerCard", "IMPORTANCE", "register_importance",
     "select", "Selection", "POLICIES", "register_policy", "split_rank_budget",
     "apply_adapter", "build_peft_config", "METHODS", "suggest", "Suggestion", "ExportedSelection",
-    "export_from_card", "export_from_run", "write_export",
+    "export_from_card", "export_from_run", "write_export", "load_adapter", "LoadedAdapter",
     "LaLoRA", "LaLoRATrainerCallback", "PhaseTimingCallback", "FrozenPrefixCallback", "prepare_gradient_checkpointing",
     "LayerwiseError", "ConfigError", "DataError", "ModelError",
 ]

@@ -17,9 +17,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-ORDER = ["README.md", "CLI.md", "CARD.md", "TRAINING.md", "EXPORT.md"]
+ORDER = ["README.md", "CLI.md", "CARD.md", "TRAINING.md", "EXPORT.md", "LOADING.md"]
 """Files run in this order, in one working folder: a later snippet may use what an earlier one wrote
-(docs/EXPORT.md loads the README's `runs/top3`)."""
+(docs/LOADING.md loads the README's `runs/top3`)."""
 
 FENCE = re.compile(r"^( *)```([\w-]*)[ \t]*\n(.*?)^\1```[ \t]*$", re.S | re.M)
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.*?)\s*-->\s*$")

@@ -61,3 +61,23 @@ def test_a_gguf_model_without_the_gguf_package_names_the_extra(tmp_path: Path, m
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelError, match=r"pip install 'layerwise\[gguf\]'"):
         convert_gguf(tmp_path / "m.gguf", tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_package_the_license_and_the_command(tmp_path: Path) -> None:
+    """docs/INSTALL.md's `pip wheel --no-deps -w dist .`, into a temporary folder."""
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    wheels = list(tmp_path.glob("layerwise-*.whl"))
+    assert len(wheels) == 1
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "layerwise/cli.py" in names and "layerwise/settings/defaults.py" in names
+    assert any(n.endswith("LICENSE") for n in names)
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "layerwise = layerwise.cli:main" in zipfile.ZipFile(wheels[0]).read(entry).decode()
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)

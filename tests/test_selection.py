@@ -92,7 +92,7 @@ def test_threshold_agrees_with_the_cumulative_table(seed):
     card = make_card(seed=seed)
     table = card.metrics["actnorm"]["cumulative"]
     for level in CUMULATIVE_LEVELS:
-        sel = select(card, "threshold", share=level / 100)
+        sel = select(card, "threshold", metric="actnorm", share=level / 100)
         assert len(sel.layers) == table[str(level)]
         assert set(sel.layers) == set(card.order("actnorm")[:len(sel.layers)])
         imp = card.importance("actnorm")
@@ -102,9 +102,9 @@ def test_threshold_agrees_with_the_cumulative_table(seed):
 def test_threshold_is_the_fewest_layers():
     card = make_card(n=4)
     card.metrics["actnorm"] = metric_entry([1.0, 5.0, 3.0, 1.0], IMPORTANCE["actnorm"].info(), None, {})
-    assert select(card, "threshold", share=0.5).layers == (1,)   # 5/10 reaches exactly one half
-    assert select(card, "threshold", share=0.51).layers == (1, 2)
-    assert select(card, "threshold", share=1.0).layers == (0, 1, 2, 3)
+    assert select(card, "threshold", metric="actnorm", share=0.5).layers == (1,)   # 5/10 reaches exactly one half
+    assert select(card, "threshold", metric="actnorm", share=0.51).layers == (1, 2)
+    assert select(card, "threshold", metric="actnorm", share=1.0).layers == (0, 1, 2, 3)
 
 
 def test_ratio_keeps_a_fraction_and_can_exclude_the_first_layer():
@@ -318,7 +318,7 @@ def test_every_policy_on_a_real_minilm_card(minilm):
     cap = min(a + d for a, d in zip(table["adapter_flops"], table["backward_depth_flops"]))
     assert select(card, "budget", max_flops=cap).layers == (n - 1,)  # only the top layer is that cheap
     for share in (0.25, 0.5, 0.75, 0.9, 1.0):
-        assert len(select(card, "threshold", share=share).layers) == card.metrics["actnorm"]["cumulative"][
+        assert len(select(card, "threshold", metric="actnorm", share=share).layers) == card.metrics["actnorm"]["cumulative"][
             str(round(share * 100))]
 
 

@@ -73,8 +73,12 @@ def test_without_labels_only_forward_metrics_and_the_config_fits_the_model() -> 
     model = model_of(transformers.BertModel)
     s = layerwise.suggest(model, DataLoader(data, batch_size=8), k=1, targets="all-linear", ranks=None)
     assert set(s.card.metric_names) == {"actnorm", "cka", "act_energy", "cost"}
-    assert s.selection.metric == "actnorm"
-    assert s.layers == [int(np.argmax(s.card.values("actnorm")))]
+    assert s.selection.metric == "cka"  # layerwise.settings.defaults.RANKING_METRIC, the best ranking measured
+    assert s.layers == [s.card.order("cka")[0]]
+    cka = s.card.values("cka")
+    assert cka[s.layers[0]] == max(v for v in cka if v is not None)
+    shown = repr(s)  # one line (the dataclass's own repr printed the whole card: about 10 KB)
+    assert "\n" not in shown and len(shown) < 300 and f"layers={s.layers}" in shown and "metric='cka'" in shown
     wrapped = peft.get_peft_model(model, s.lora_config())
     assert adapted_modules(wrapped) == find_layer_stack(model).target_names(s.layers, "all-linear")
 

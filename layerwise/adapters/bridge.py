@@ -27,14 +27,29 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import peft
-import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
+from typing import TYPE_CHECKING
 
 from layerwise.runtime.errors import ConfigError, LayerwiseError
 from layerwise.models.layers import (DEFAULT_TARGETS, OTHER, ROLES, TARGET_GROUPS, LayerStack, parse_targets,
                                      unwrap_model)
 from layerwise.runtime.quiet import peft_wrapping
+
+if TYPE_CHECKING:  # annotations only: peft and torch are imported when an adapter is built or applied, so that
+    import peft   # the registry, the names and the checks of the settings cost no import of either
+    import torch
+
+
+def _peft():  # type: ignore[no-untyped-def]
+    """The peft package, imported when first needed."""
+    import peft
+
+    return peft
+
+
+def _base_tuner_layer() -> type:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return BaseTunerLayer
 
 __all__ = [
     "METHODS",
@@ -171,24 +186,24 @@ def _lora_fields(spec: AdapterSpec) -> dict:
 
 @register_method("lora", supports_ranks=True, description="LoRA: low-rank update B A, scaled by alpha/r")
 def _lora(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
-    return peft.LoraConfig(**_lora_fields(spec), **kwargs)
+    return _peft().LoraConfig(**_lora_fields(spec), **kwargs)
 
 
 @register_method("dora", supports_ranks=True, description="DoRA: LoRA on the direction plus a learned magnitude")
 def _dora(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
-    return peft.LoraConfig(**_lora_fields(spec), use_dora=True, **kwargs)
+    return _peft().LoraConfig(**_lora_fields(spec), use_dora=True, **kwargs)
 
 
 @register_method("rslora", supports_ranks=True, description="rsLoRA: LoRA scaled by alpha/sqrt(r)")
 def _rslora(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
-    return peft.LoraConfig(**_lora_fields(spec), use_rslora=True, **kwargs)
+    return _peft().LoraConfig(**_lora_fields(spec), use_rslora=True, **kwargs)
 
 
 @register_method("pissa", supports_ranks=True,
                  description="PiSSA: LoRA initialised from the top singular vectors (taken out of the base weight)")
 def _pissa(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
     kwargs.setdefault("init_lora_weights", "pissa")
-    return peft.LoraConfig(**_lora_fields(spec), **kwargs)
+    return _peft().LoraConfig(**_lora_fields(spec), **kwargs)
 
 
 def _lycoris_fields(spec: AdapterSpec) -> dict:
@@ -201,12 +216,12 @@ def _lycoris_fields(spec: AdapterSpec) -> dict:
 
 @register_method("loha", supports_ranks=True, description="LoHa: Hadamard product of two low-rank updates")
 def _loha(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
-    return peft.LoHaConfig(**_lycoris_fields(spec), **kwargs)
+    return _peft().LoHaConfig(**_lycoris_fields(spec), **kwargs)
 
 
 @register_method("lokr", supports_ranks=True, description="LoKr: Kronecker product with a low-rank factor")
 def _lokr(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
-    return peft.LoKrConfig(**_lycoris_fields(spec), **kwargs)
+    return _peft().LoKrConfig(**_lycoris_fields(spec), **kwargs)
 
 
 @register_method("vera", supports_ranks=False,
@@ -215,7 +230,7 @@ def _vera(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
     _no_alpha(spec, "vera")
     # peft sizes the shared projections for the largest targeted layer; save_projection (default) keeps
     # them in the checkpoint so a reload does not depend on the PRNG.
-    return peft.VeraConfig(**spec.restricted(), r=spec.rank, vera_dropout=spec.dropout,
+    return _peft().VeraConfig(**spec.restricted(), r=spec.rank, vera_dropout=spec.dropout,
                            fan_in_fan_out=spec.fan_in_fan_out, **kwargs)
 
 
@@ -225,7 +240,7 @@ def _ia3(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
     _no_alpha(spec, "ia3")
     if spec.dropout:
         raise ConfigError(f"--dropout {spec.dropout} is not supported by --method ia3 (it has no dropout); use 0")
-    return peft.IA3Config(**spec.common(), feedforward_modules=list(spec.feedforward_modules),
+    return _peft().IA3Config(**spec.common(), feedforward_modules=list(spec.feedforward_modules),
                           fan_in_fan_out=spec.fan_in_fan_out, **kwargs)
 
 
@@ -243,7 +258,7 @@ def _adalora(spec: AdapterSpec, **kwargs) -> peft.PeftConfig:
     kwargs.setdefault("tfinal", steps // 5)
     kwargs.setdefault("deltaT", max(1, steps // 100))
     kwargs.setdefault("target_r", max(1, spec.rank // 2))
-    return peft.AdaLoraConfig(**spec.restricted(), init_r=spec.rank, lora_alpha=spec.base_alpha,
+    return _peft().AdaLoraConfig(**spec.restricted(), init_r=spec.rank, lora_alpha=spec.base_alpha,
                               lora_dropout=spec.dropout, total_step=steps, fan_in_fan_out=spec.fan_in_fan_out,
                               **kwargs)
 
@@ -331,7 +346,7 @@ def _uses_conv1d(stack: LayerStack, chosen: Sequence[int], roles: Sequence[str])
         block = stack.blocks[i]
         for lin in block.by_role(roles):
             layer = block.module.get_submodule(lin.name[len(block.name) + 1:])
-            if isinstance(layer, BaseTunerLayer):
+            if isinstance(layer, _base_tuner_layer()):
                 layer = layer.get_base_layer()
             if isinstance(layer, Conv1D):
                 return True
@@ -428,7 +443,7 @@ def apply_adapter(model: torch.nn.Module, stack: LayerStack, layers: Sequence[in
     expected = expected_adapter_modules(stack, layers, targets)
     try:
         with peft_wrapping():
-            wrapped = peft.get_peft_model(model, config)
+            wrapped = _peft().get_peft_model(model, config)
     except (TypeError, ValueError) as err:
         method = kwargs.get("method", "lora")
         raise ConfigError(
@@ -441,7 +456,7 @@ def apply_adapter(model: torch.nn.Module, stack: LayerStack, layers: Sequence[in
 
 def _carries_adapter(module: torch.nn.Module) -> bool:
     """A peft tuner layer (any method) holding at least one adapter."""
-    if not isinstance(module, BaseTunerLayer):
+    if not isinstance(module, _base_tuner_layer()):
         return False
     return any(len(getattr(module, attr, ())) > 0 for attr in module.adapter_layer_names)
 

@@ -28,10 +28,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerwise.runtime.errors import ConfigError
 from layerwise.settings.export import FORMATS
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 __all__ = ["FORMATS", "AXOLOTL_METHODS", "Target", "ExportedSelection", "base_model_prefix", "portable_name",
            "from_card", "from_run", "fan_in_fan_out", "peft_config", "axolotl_keys", "axolotl_yaml", "export_json",
@@ -103,8 +106,12 @@ class ExportedSelection:
         return int((self.ranks or {}).get(block, self.rank))
 
 
-def base_model_prefix(model_type: str | None) -> str:
-    """The transformers base model's attribute name in its task-head classes (``bert``, ``model``), or ''."""
+def base_model_prefix(model_type: str | None, recorded: str | None = None) -> str:
+    """The transformers base model's attribute name in its task-head classes (``bert``, ``model``), or ''.
+    ``recorded`` (what the card or run recorded when the model was loaded) is used as is: looking the class up
+    imports transformers' model code and torch (seconds), which an export otherwise never needs."""
+    if isinstance(recorded, str):
+        return recorded
     if not model_type:
         return ""
     import transformers
@@ -143,7 +150,7 @@ def from_card(card: Any, layers: Sequence[int], adapter: Any, *, policy: str | N
     if not chosen or bad:
         raise ConfigError(f"--layers: the selection {chosen} must be non-empty indices in 0..{card.num_layers - 1}")
     wanted = set().union(*(_fused_parts(r) for r in _roles(adapter.targets)))
-    prefix = base_model_prefix(card.model.get("model_type"))
+    prefix = base_model_prefix(card.model.get("model_type"), card.model.get("base_model_prefix"))
     found: list[Target] = []
     for i in chosen:
         block = card.layers[i]
@@ -201,7 +208,7 @@ def from_run(run_dir: str | Path) -> ExportedSelection:
     a, selection = record["adapter"], record["selection"]
     pattern = config.get("layers_pattern") or "layers"
     pattern = pattern[0] if isinstance(pattern, list) else pattern
-    prefix = base_model_prefix(record.get("model", {}).get("model_type"))
+    prefix = base_model_prefix(record.get("model", {}).get("model_type"), record.get("model", {}).get("base_model_prefix"))
     found, stack_path = [], pattern
     for name in config.get("target_modules") or []:
         m = re.fullmatch(rf"(?P<stack>(?:.*\.)?{re.escape(pattern)})\.(?P<idx>\d+)\.(?P<within>.+)", name)
@@ -284,7 +291,7 @@ def fan_in_fan_out(sel: ExportedSelection) -> bool:
     return any(t.conv1d for t in sel.targets)
 
 
-def peft_config(sel: ExportedSelection, **peft_kwargs: Any) -> Any:
+def peft_config(sel: ExportedSelection, **peft_kwargs: Any) -> PeftConfig:
     """The peft config of ``sel`` for a freshly loaded model with any head (``task_type`` unset unless given
     in ``peft_kwargs``). Raises :class:`ConfigError` for La-LoRA's ranks, which are chosen while training."""
     from layerwise.adapters.bridge import METHODS, AdapterSpec

@@ -3,7 +3,8 @@
 ``suggest(model, batches)`` takes a transformers model with any head (or none) and calibration batches the user
 already made (a ``DataLoader`` or a list of dicts of tensors). With ``labels`` in the batches, or a
 ``loss_fn(outputs, batch)``, the card gets every default metric; without either, only the forward ones
-(``actnorm``, ``cka``, ``act_energy``) and ``cost``, and the policy ranks by ``actnorm`` unless told otherwise.
+(``actnorm``, ``cka``, ``act_energy``) and ``cost``, and the policy ranks by
+:data:`layerwise.settings.defaults.RANKING_METRIC` (``cka``, the best ranking measured) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from layerwise.runtime.errors import ConfigError, LayerwiseError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for the annotations: importing layerwise stays free of torch and peft
     import torch
+    from peft import PeftConfig
+
+    from layerwise.adapters.export import ExportedSelection
+    from layerwise.card.layer_card import LayerCard
+    from layerwise.selection.policies import Selection
 
 __all__ = ["Suggestion", "suggest", "FORWARD_METRICS"]
 
@@ -29,11 +35,11 @@ FORWARD_METRICS = ("actnorm", "cka", "act_energy", "cost")
 class Suggestion:
     """Where the adapters go: the card measured, the layers chosen and their ranks."""
 
-    card: Any
+    card: LayerCard
     """The :class:`~layerwise.card.layer_card.LayerCard` of the model on the batches."""
-    selection: Any
+    selection: Selection
     """The :class:`~layerwise.selection.policies.Selection` the policy made."""
-    exported: Any
+    exported: ExportedSelection
     """The selection with portable module names (:class:`~layerwise.adapters.export.ExportedSelection`)."""
 
     @property
@@ -46,7 +52,17 @@ class Suggestion:
         """Rank of each chosen block."""
         return {i: self.exported.rank_of(i) for i in self.layers}
 
-    def lora_config(self, **peft_kwargs: Any) -> Any:
+    def __repr__(self) -> str:
+        """One line: the policy, the metric, the layers and their ranks (the card and module names are in the
+        attributes)."""
+        sel = self.selection
+        ranks = sorted(set(self.ranks.values()))
+        rank = str(ranks[0]) if len(ranks) == 1 else ",".join(f"{i}:{r}" for i, r in self.ranks.items())
+        return (f"Suggestion(policy={sel.policy!r}, metric={sel.metric!r}, layers={self.layers}, "
+                f"rank={rank}, method={self.exported.method!r}, targets={self.exported.targets_spec!r}, "
+                f"modules={len(self.exported.targets)}, of {self.card.num_layers} layers)")
+
+    def lora_config(self, **peft_kwargs: Any) -> PeftConfig:
         """The peft config that adapts exactly the chosen modules of this model with any head (``peft_kwargs``,
         e.g. ``task_type="SEQ_CLS"`` or ``lora_dropout=0.1``, go to the config class)."""
         from layerwise.adapters.export import peft_config
@@ -67,7 +83,7 @@ def suggest(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], policy
             loss_fn: Callable[[Any, dict], Any] | None = None, method: str = "lora", targets: str = "q,v",
             rank: int = 8, alpha: float | None = None, ranks: Mapping[int, int] | None = None,
             rank_budget: int | None = None, rank_metric: str | None = None, name: str | None = None,
-            device: str | torch.device | None = None, show_progress: bool = False, layers_path: str | None = None,
+            device: str | torch.device | None = None, show_progress: bool = True, layers_path: str | None = None,
             k: int | None = None, share: float | None = None, ratio: float | None = None,
             exclude_first: bool | None = None, max_params: int | None = None, max_flops: float | None = None,
             params_share: float | None = None, objective: str | None = None, layers: str | None = None,
@@ -87,6 +103,10 @@ def suggest(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], policy
 
     Every argument is checked before the probe runs; errors (:class:`~layerwise.runtime.errors.ConfigError`)
     name the parameter (``k=``, ``layers_path=``), not the command's flag.
+
+    Progress: with ``show_progress`` a bar over the batches is drawn where bars are shown (a terminal, or
+    ``LAYERWISE_PROGRESS=1`` for a notebook or a log file; ``=0`` never); the start and the end of the probe
+    are also INFO records of the ``layerwise`` logger (seen when the caller's logging shows them).
     """
     options = {"k": k, "share": share, "ratio": ratio, "exclude_first": exclude_first, "max_params": max_params,
                "max_flops": max_flops, "params_share": params_share, "objective": objective, "layers": layers,
@@ -148,8 +168,13 @@ def _suggest(model: Any, batches: Any, policy: str, metric: str | None, metrics:
             raise ConfigError(f"suggest: {what}={given!r} is not among the metrics measured ({', '.join(measured)}); "
                               f"pass metrics= with it" + ("" if labelled else " and batches with labels or a loss_fn"))
     card_name = name or getattr(model, "name_or_path", None) or type(model).__name__
-    card = profile_layers(model, listed, chosen_metrics, name=card_name, stack=stack, rank=rank,
-                          targets=parse_targets(targets), device=device, show_progress=show_progress, loss_fn=loss_fn)
+    from layerwise.runtime.progress import status
+
+    with status(f"suggest: measuring the blocks of {card_name} on {len(listed)} batches "
+                f"({'forward and backward' if labelled else 'forward only'})"):
+        card = profile_layers(model, listed, chosen_metrics, name=card_name, stack=stack, rank=rank,
+                              targets=parse_targets(targets), device=device, show_progress=show_progress,
+                              loss_fn=loss_fn)
     selection = select(card, policy, metric=metric, **options)
     if rank_budget is not None:
         from layerwise.selection.rank_budget import DEFAULT_RANK_METRIC, ranks_from_card

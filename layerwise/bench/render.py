@@ -139,7 +139,9 @@ def _selection_lines(rows: Sequence[dict[str, Any]], cfg: dict[str, Any]) -> lis
     majority = cfg.get("majority")
     if majority:
         shown = ", ".join(f"{k} {_num(v, '.4f')}" for k, v in (majority.get("metrics") or {}).items())
-        lines.append(f"- majority-class baseline on dev ({majority['predictor']}): {shown}")
+        size = (f", {majority['dev_examples']} of {majority['dev_total']} dev examples, those the cells score"
+                if "dev_examples" in majority else "")
+        lines.append(f"- majority-class baseline on dev ({majority['predictor']}{size}): {shown}")
     return lines
 
 

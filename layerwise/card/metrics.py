@@ -8,10 +8,11 @@ over a function ``(result: ProbeResult, options: dict) -> MetricValues``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: the registry is read without torch (an export loads no model)
+    import numpy as np
+    import torch
 
 from layerwise.runtime.errors import ConfigError
 
@@ -112,6 +113,7 @@ def is_data_free(names: str | list[str] | tuple[str, ...] | None) -> bool:
 
 
 def _stack(rows: list[torch.Tensor]) -> np.ndarray | None:
+    import torch
     return torch.stack(rows).cpu().numpy() if rows else None
 
 
@@ -140,6 +142,7 @@ def linear_cka(xx: torch.Tensor, yy: torch.Tensor, yx: torch.Tensor, tiny: float
 def _kernel_cka(x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float, float]:
     """Linear CKA of pooled rows x, y (n, d) in kernel form: ||Y^T X||_F^2 = <K_x, K_y> and ||X^T X||_F = ||K_x||_F
     with K = X_c X_c^T (n, n) of the centred rows, float64. Returns (CKA or None, the 0/0 floor, ||K_x||_F)."""
+    import torch
     x, y = x.double(), y.double()
     xc, yc = x - x.mean(0), y - y.mean(0)
     kx, ky = xc @ xc.T, yc @ yc.T  # (n, n)
@@ -157,6 +160,7 @@ CKA_UNDEFINED = ("cka (1 - CKA) undefined at block {i}: its {side} ({pooling} to
 @register_importance("cka", needs="forward", statistics=("pooled",), paper="CKA layer selection",
                      description="1 - linear CKA between the block's input and output hidden states")
 def cka(result: Any, options: dict) -> MetricValues:
+    import torch
     s, values, undefined = result.stats, [], {}
     rows = torch.cat(s.pooled_rows, dim=1).cpu() if s.pooled_rows else None  # (S, n, d): kernel form
     for i in range(s.num_blocks):
@@ -187,6 +191,8 @@ def cka(result: Any, options: dict) -> MetricValues:
                      description="trace of the covariance of the block's input activations (energy); "
                      "its condition number is in the extras")
 def act_energy(result: Any, options: dict) -> MetricValues:
+    import torch
+    import numpy as np
     s, energy, cond, eff_rank = result.stats, [], [], []
     for g in s.input_cov:
         cov = g.centred().cpu() / max(g.n - 1, 1)  # (d, d); small dense linear algebra is faster on the CPU
@@ -206,6 +212,7 @@ def act_energy(result: Any, options: dict) -> MetricValues:
 @register_importance("gradnorm", needs="backward", statistics=("param_grad",), paper="Act-LoRA",
                      description="L2 norm of the task-loss gradient over the block's linear weights")
 def gradnorm(result: Any, options: dict) -> MetricValues:
+    import numpy as np
     per = np.sqrt(_stack(result.stats.grad_sq))
     return MetricValues(per.mean(0).tolist(), per)
 
@@ -221,6 +228,7 @@ def fisher(result: Any, options: dict) -> MetricValues:
 @register_importance("taylor", needs="backward", statistics=("param_grad",), paper="Act-LoRA",
                      description="|sum of w * dL/dw| over the block's linear weights (first-order Taylor)")
 def taylor(result: Any, options: dict) -> MetricValues:
+    import numpy as np
     per = np.abs(_stack(result.stats.grad_wg))
     return MetricValues(per.mean(0).tolist(), per)
 
@@ -229,6 +237,7 @@ def ridge_for(m: torch.Tensor) -> float:
     """Tikhonov ridge added to a second-moment matrix before inverting it: 1e-3 of its mean eigenvalue
     (shrinkage where fewer tokens than dimensions leave it singular), and at least 1e-6 of its trace (above
     the float32 rounding noise of the statistics, which matters with massive activations)."""
+    import torch
     tr = float(torch.trace(m))
     return max(1e-3 * tr / m.shape[0], 1e-6 * tr)
 
@@ -242,6 +251,7 @@ def _whitened_gradients(result: Any, symmetric: bool = False) -> list[torch.Tens
     time), but G C^{-T} = G M^{-1/2} Q_i with a rotation Q_i that differs from block to block and depends on
     the order of the hidden units, so cosines between blocks (``coupling``) need the symmetric root.
     """
+    import torch
     s, out = result.stats, []
     for i in range(s.num_blocks):
         m = s.input_cov[i].second_moment().cpu()  # (d, d)
@@ -274,12 +284,14 @@ def coupling(result: Any, options: dict) -> MetricValues:
 
 def coupling_pieces(result: Any) -> torch.Tensor:
     """Each block's whitened residual signal G M^{-1/2}, flattened to unit length: (L, d_out * d_in) float64."""
+    import torch
     w = torch.stack([x.flatten() for x in _whitened_gradients(result, symmetric=True)])  # (L, d*d)
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
 def coupling_from_pieces(pieces: list[torch.Tensor]) -> MetricValues:
     """``coupling`` from the unit vectors of every block (several groups' :func:`coupling_pieces` in order)."""
+    import torch
     w = torch.cat([p.double() for p in pieces])
     mat = (w @ w.T).abs()  # (L, L)
     L = mat.shape[0]

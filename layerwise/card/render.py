@@ -115,6 +115,10 @@ def normalised_matrix(card: Any) -> tuple[list[str], list[list[float]]]:
     return names, rows
 
 
+CELL_VALUES_MAX_LAYERS = 48
+"""card.png writes each cell's value when the model has at most this many layers (more would not be legible)."""
+
+
 def render_png(card: Any, path: str | os.PathLike) -> Path:
     """Heatmap of normalised metrics per layer, and cumulative-importance curves, written atomically."""
     from layerwise.runtime.figures import new_figure, save_png
@@ -127,8 +131,15 @@ def render_png(card: Any, path: str | os.PathLike) -> Path:
     ax1.set_yticks(range(len(names)), names)
     ax1.set_xticks(range(L), [str(i) for i in range(L)], fontsize=7 if L > 16 else 9)
     ax1.set_xlabel("layer")
-    ax1.set_title(f"{card.model.get('name')}: per-layer importance (1 = most)")
-    fig.colorbar(im, ax=ax1, fraction=0.03)
+    ax1.set_title(f"{card.model.get('name')}: importance per layer, scaled per metric "
+                  "(1 = that metric's most important layer, 0 = its least)", fontsize=9)
+    bar = fig.colorbar(im, ax=ax1, fraction=0.03)
+    bar.set_label("scaled importance (1 = most important)", fontsize=8)
+    if L <= CELL_VALUES_MAX_LAYERS:  # the value in each cell, so no colour has to be read off the bar
+        for r, row in enumerate(rows):
+            for c, v in enumerate(row):
+                ax1.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6 if L > 12 else 8,
+                         color="black" if v > 0.6 else "white")
     for n in names:
         if card.metrics[n].get("cumulative"):
             imp = sorted(card.importance(n), reverse=True)

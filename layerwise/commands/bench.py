@@ -8,12 +8,13 @@ from layerwise.commands.common import DATA, MODEL, add_common, add_place_flags, 
     training_group
 from layerwise.commands.flags import Group, add_deprecated, build
 from layerwise.runtime.io import slug
+from layerwise.settings import defaults
 from layerwise.settings import AdapterChoice, BenchOptions, Calibration, parse_int_list
 
 __all__ = ["add_parser", "run", "parse_int_list", "list_methods", "GROUPS"]
 
 GROUPS = (MODEL, DATA, Group(BenchOptions, "bench"), Group(AdapterChoice, "adapter", only=("rank", "targets")),
-          training_group(steps=150, lr=2e-3), Group(Calibration, "Layer Card", only=("samples",)))
+          training_group(steps=defaults.STEPS, lr=defaults.LR), Group(Calibration, "Layer Card", only=("samples",)))
 """The settings of ``layerwise bench``: every adapter cell uses ``--rank``/``--targets`` and the training
 flags (``--lr`` 2e-3 by default: at 5e-4 most methods stayed at the majority class after 150 MiniLM steps on
 SST-2); full fine-tuning uses ``--full-lr``."""

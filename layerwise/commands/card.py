@@ -43,14 +43,11 @@ def run(args: argparse.Namespace) -> int:
         print(list_metrics())
         return 0
     model, data, calibration, probe = (build(g, args) for g in GROUPS)  # every flag checked before loading
-    from dataclasses import replace
-
     from layerwise.card.metrics import is_data_free
-    from layerwise.settings import DEFAULT_TASK
     from layerwise.workflows.card import make_card
 
-    if data.task is None:  # data-free metrics need no task; the others read the default one
-        data = None if is_data_free(probe.metrics) else replace(data, task=DEFAULT_TASK)
+    if args.task is None and is_data_free(probe.metrics):  # data-free metrics need no task and read no data
+        data = None
     out = args.out or f"runs/card-{slug(model.model)}-{slug(data.task if data else 'weights')}"
     with guard_out(args, out):
         card, files = make_card(model, data, out, calibration=calibration, probe=probe, device=args.device,

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from layerwise.commands.flags import Group, add_deprecated, add_groups, settings_of
 from layerwise.settings import (AdapterChoice, Calibration, DataSource, ModelSource, ProbeSettings,
                                 SelectionChoice)
+from layerwise.settings import defaults
 from layerwise.settings.sources import DEFAULT_MODEL, DEFAULT_TASK
 from layerwise.train.config import TrainConfig
 
@@ -17,14 +18,14 @@ __all__ = ["MODEL", "DATA", "PROBE", "ADAPTER", "selection_group", "calibration_
            "add_common", "add_place_flags", "legacy_ranks", "settings_record", "DEFAULT_MODEL", "DEFAULT_TASK",
            "DEFAULT_LR", "DEFAULT_STEPS", "INPUT_FLAGS", "guard_out"]
 
-DEFAULT_LR = 2e-3
-"""Peak learning rate of the commands: uniform LoRA's best of 5e-4, 2e-3 and 5e-3 on a validation split of
-MRPC train with MiniLM (``benchmarks/converged.py``, 2026-11-29). ``TrainConfig``'s own default stays 5e-4."""
-DEFAULT_STEPS = 150
-"""Optimizer steps of ``train`` and ``run``."""
+DEFAULT_LR = defaults.LR
+"""Peak learning rate of the commands (:data:`layerwise.settings.defaults.LR`)."""
+DEFAULT_STEPS = defaults.STEPS
+"""Optimizer steps of ``train`` and ``run`` (:data:`layerwise.settings.defaults.STEPS`)."""
 
 MODEL = Group(ModelSource, "model")
-DATA = Group(DataSource, "data")
+DATA = Group(DataSource, "data", defaults={"task": None})
+"""``--task`` unset: inferred from ``--data`` (a .csv/.tsv/.jsonl file is your own task), else rotten-tomatoes."""
 PROBE = Group(ProbeSettings, "Layer Card")
 ADAPTER = Group(AdapterChoice, "adapter")
 
@@ -47,7 +48,7 @@ def training_group(steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, **default
 def add_common(p: argparse.ArgumentParser, groups: Sequence[Group]) -> None:
     """Add the groups' flags, ``--config``, and the old spellings of renamed flags (deprecated)."""
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="YAML or JSON file of settings (keys are flag names, e.g. lr: 1e-3); flags given on "
+                   help="YAML, JSON or TOML file of settings (keys are flag names, e.g. lr: 1e-3); flags given on "
                    "the command line win; every run writes its resolved settings as config.yaml")
     add_groups(p, groups)
     known = p._option_string_actions

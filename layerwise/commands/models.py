@@ -36,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
         star = "*" if r["default"] else " "
         print(f"{r['alias']:<13}{star} {r['architecture']:<12} {r['kind']:<8} {r['layers']:>6} {r['hidden']:>6} "
               f"{r['params_m']:>7.1f}M  {mark}")
-    print("\n* default. Any local folder, .gguf file or hub id (org/name) works too.")
+    print("\n* default. Any local folder, .gguf file or hub id (gpt2 or org/name) works too.")
     return 0

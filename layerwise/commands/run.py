@@ -8,11 +8,12 @@ from layerwise.commands.common import (ADAPTER, DATA, MODEL, PROBE, add_common, 
                                        guard_out,
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import Group, build
+from layerwise.settings import defaults
 from layerwise.runtime.io import slug
 
 __all__ = ["add_parser", "run", "DEFAULT_POLICY", "GROUPS"]
 
-DEFAULT_POLICY = "pareto"
+DEFAULT_POLICY = defaults.CARD_POLICY
 
 GROUPS = (MODEL, DATA, Group(PROBE.cls, PROBE.title, only=("metrics", "pooling", "weightdelta_steps")),
           selection_group(DEFAULT_POLICY), ADAPTER, training_group(), calibration_group(only=("samples", "seed")))

@@ -9,18 +9,29 @@ from layerwise.commands.common import (ADAPTER, DATA, MODEL, add_common, add_pla
                                        legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import build
 from layerwise.runtime.io import slug
+from layerwise.settings import defaults
 
-__all__ = ["add_parser", "run", "GROUPS"]
+__all__ = ["add_parser", "run", "GROUPS", "default_policy"]
 
-GROUPS = (MODEL, DATA, selection_group("all"), ADAPTER, training_group(), calibration_group(only=("samples", "seed")))
+GROUPS = (MODEL, DATA, selection_group(None), ADAPTER, training_group(), calibration_group(only=("samples", "seed")))
 """The settings of ``layerwise train`` (the card made on the fly, when a policy needs one, shares
-``--batch-size`` and ``--max-length`` with training)."""
+``--batch-size`` and ``--max-length`` with training). ``--policy`` has no fixed default: see
+:func:`default_policy`."""
+
+
+def default_policy(card: str | None) -> str:
+    """The policy of ``train`` without ``--policy``: the card's policy (:data:`~layerwise.settings.defaults.
+    CARD_POLICY`, as ``layerwise run``) when ``--card`` is given, so that a given card is never ignored, else
+    uniform LoRA (:data:`~layerwise.settings.defaults.POLICY_WITHOUT_CARD`)."""
+    return defaults.CARD_POLICY if card else defaults.POLICY_WITHOUT_CARD
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="choose layers, put a peft adapter there and fine-tune it",
                        description="Fine-tune a peft adapter on the layers a policy chooses (from a Layer Card, "
-                       "made on the fly when needed). Writes a standard peft adapter folder, metrics.json, "
+                       "made on the fly when needed). Without --policy: "
+                       f"{defaults.CARD_POLICY} when --card is given, else {defaults.POLICY_WITHOUT_CARD} (uniform "
+                       "LoRA). Writes a standard peft adapter folder, metrics.json, "
                        "train_log.jsonl (per-step forward/backward/optimizer time and memory), plots.png and "
                        "config.yaml.")
     add_common(p, GROUPS)
@@ -44,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(list_policies())
         return 0
     legacy_ranks(args)
+    if args.policy is None:
+        args.policy = default_policy(args.card)
     model, data, selection, adapter, train_config = (build(g, args) for g in GROUPS[:5])
     from layerwise.workflows.train import needs_card, train_job
 

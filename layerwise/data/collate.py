@@ -8,6 +8,7 @@ a decoder's pad token is often its EOS token).
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from layerwise.data.readers import DataWarning
 from layerwise.data.tasks import TaskSpec
 from layerwise.runtime.errors import ConfigError, DataError, ModelError
 
-__all__ = ["IGNORE_INDEX", "encode_examples", "Collator", "make_batches", "GenerationBatch", "generation_batches"]
+__all__ = ["IGNORE_INDEX", "encode_examples", "example_lengths", "warn_truncation", "TRUNCATION_WARN_SHARE", "Collator", "make_batches", "GenerationBatch", "generation_batches"]
 
 IGNORE_INDEX = -100
 """Label value the cross-entropy loss ignores (prompt and padding positions of causal-LM batches)."""
@@ -46,6 +47,37 @@ def encode_examples(examples: Sequence[Example], tokenizer: Any, task: TaskSpec,
         if e.label is not None:
             f["labels"] = e.label
     return features
+
+
+TRUNCATION_WARN_SHARE = 0.05
+"""``warn_truncation`` warns when more than this share of the examples is longer than ``--max-length``."""
+
+
+def example_lengths(examples: Sequence[Example], tokenizer: Any, task: TaskSpec) -> list[int]:
+    """Tokens of each example before truncation (prompt + answer + EOS for causal LM; both texts of a pair)."""
+    if not examples:
+        return []
+    if task.kind == "causal-lm":
+        return [len(ids) + 1 for ids in tokenizer([e.text + (e.target or "") for e in examples])["input_ids"]]
+    pairs = [e.text_pair for e in examples] if task.pair else None
+    return [len(ids) for ids in tokenizer([e.text for e in examples], pairs, truncation=False)["input_ids"]]
+
+
+def warn_truncation(examples: Sequence[Example], tokenizer: Any, task: TaskSpec, max_length: int,
+                    what: str = "training examples") -> tuple[float, int] | None:
+    """Warn (a ``DataWarning``, one line) when more than :data:`TRUNCATION_WARN_SHARE` of ``examples`` is longer
+    than ``max_length``: the share truncated, the median length and the ``--max-length`` that keeps 95% whole.
+    Returns (share truncated, length of the 95th percentile), or None without examples."""
+    lengths = sorted(example_lengths(examples, tokenizer, task))
+    if not lengths:
+        return None
+    share = sum(n > max_length for n in lengths) / len(lengths)
+    keep95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
+    if share > TRUNCATION_WARN_SHARE:
+        warnings.warn(f"{share:.0%} of the {len(lengths):,} {what} are longer than --max-length {max_length} and "
+                      f"are truncated (median {lengths[len(lengths) // 2]} tokens); --max-length {keep95} keeps 95% "
+                      "of them whole", DataWarning, stacklevel=2)
+    return share, keep95
 
 
 def _encode_causal(examples: Sequence[Example], tokenizer: Any, max_length: int) -> list[dict]:

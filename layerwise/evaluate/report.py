@@ -68,7 +68,7 @@ def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) ->
              f"- selection: {context.get('selection')}",
              f"- same steps ({rows[0]['steps']}), seed and data for every row; time is training only (no eval)"
              + (f"; trained {context['trained']}" if context.get("trained") else ""),
-             f"- memory: {rows[0].get('memory_kind')} peak per step", "",
+             f"- memory: {rows[0].get('memory_kind')} peak per step", *_baseline_lines(rows, context), "",
              f"| run | layers | {main} | trainable params | train s | forward s | backward s | optimizer s | peak MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -89,6 +89,29 @@ def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) ->
     return "\n".join(lines + _prefix_cache_lines(rows)) + "\n"
 
 
+def _baseline_lines(rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> list[str]:
+    """The dev set's size, the majority-class baseline, and a warning for each run at or below it."""
+    from layerwise.evaluate.baseline import at_or_below
+
+    majority, main = context.get("majority"), rows[0]["main_metric"]
+    if not majority:
+        return []
+    lines = [f"- dev set: {majority['dev_examples']:,} examples scored (of {majority['dev_total']:,})",
+             f"- majority-class baseline ({majority['predictor']}): {main} "
+             f"{_score((majority.get('metrics') or {}).get(main))}"]
+    base = (majority.get("metrics") or {}).get(main)
+    for r in rows:
+        if at_or_below(r["score"], majority, main):
+            lines.append(f"- **warning: {r['label']} scores at or below the majority-class baseline ({main} "
+                         f"{r['score']:.4f} <= {base:.4f}): it has not learned the task; train longer (--steps) "
+                         "or check --lr**")
+    return lines
+
+
+def _score(value: float | None) -> str:
+    return "n/a (undefined for a constant prediction)" if value is None else f"{value:.4f}"
+
+
 def _prefix_cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Whether each run used the frozen-prefix cache: size and build time (not in train time), or why not."""
     caches = [(r["label"], r.get("prefix_cache")) for r in rows]
@@ -107,23 +130,40 @@ def _prefix_cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_report_png(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Score, trainable parameters and stacked phase times per run."""
+def render_report_png(rows: Sequence[dict[str, Any]], path: str | os.PathLike,
+                      majority: dict[str, Any] | None = None) -> Path:
+    """Score (with the majority-class baseline drawn), trainable parameters and stacked phase times per run:
+    linear scales from 0, each bar labelled with its value."""
     from layerwise.runtime.figures import new_figure, save_png
 
     labels = [r["label"] for r in rows]
-    fig = new_figure((12, 3.6))
+    main = rows[0]["main_metric"]
+    fig = new_figure((12, 3.8))
     axes = fig.subplots(1, 3)
-    axes[0].bar(labels, [r["score"] or 0 for r in rows], color="tab:green")
-    axes[0].set_title(f"dev {rows[0]['main_metric']}")
-    axes[1].bar(labels, [r["trainable_params"] for r in rows], color="tab:purple")
-    axes[1].set_yscale("log")
+    scores = [r["score"] or 0.0 for r in rows]
+    bars = axes[0].bar(labels, scores, color="tab:green")
+    axes[0].bar_label(bars, labels=[f"{v:.4f}" for v in scores], fontsize=8)
+    base = None if majority is None else (majority.get("metrics") or {}).get(main)
+    if base is not None:
+        axes[0].axhline(base, color="tab:red", linestyle="--", linewidth=1)
+        axes[0].text(len(rows) - 0.5, base, f"majority class {base:.4f}", color="tab:red", fontsize=8,
+                     ha="right", va="bottom")
+    top = max([*scores, base or 0.0, 1e-9])
+    axes[0].set_ylim(0, top * 1.15)
+    axes[0].set_title(f"dev {main}")
+    params = [r["trainable_params"] for r in rows]
+    bars = axes[1].bar(labels, params, color="tab:purple")
+    axes[1].bar_label(bars, labels=[f"{p:,}" for p in params], fontsize=8)
+    axes[1].set_ylim(0, max([*params, 1]) * 1.15)
     axes[1].set_title("trainable parameters")
     bottom = [0.0] * len(rows)
     for phase, color in zip(PHASES, ("tab:blue", "tab:orange", "tab:gray")):
         vals = [r["phase_seconds"][phase] for r in rows]
         axes[2].bar(labels, vals, bottom=bottom, label=phase, color=color)
         bottom = [b + v for b, v in zip(bottom, vals)]
+    totals = axes[2].bar(labels, [0.0] * len(rows), bottom=bottom)  # invisible: carries the totals' labels
+    axes[2].bar_label(totals, labels=[f"{b:.1f} s" for b in bottom], fontsize=8)
+    axes[2].set_ylim(0, max([*bottom, 1e-9]) * 1.2)
     axes[2].set_title("training seconds by phase")
     axes[2].legend(fontsize=8)
     for ax in axes:
@@ -139,4 +179,4 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], con
     return {"json": atomic_write_json(out / "report.json", {"schema_version": REPORT_SCHEMA, "context": context,
                                                              "runs": list(rows)}),
             "md": atomic_write_text(out / "report.md", render_report_md(rows, context)),
-            "png": render_report_png(rows, out / "report.png")}
+            "png": render_report_png(rows, out / "report.png", context.get("majority"))}

@@ -21,7 +21,10 @@ import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported when a model is inspected (export needs none)
+    import torch
 
 from layerwise.runtime.errors import ConfigError, ModelError
 
@@ -206,6 +209,13 @@ class LayerStack:
         return int(first)
 
 
+def _nn():  # type: ignore[no-untyped-def]
+    """``torch.nn``, imported when first needed (an export reads a card and loads no model)."""
+    import torch
+
+    return torch.nn
+
+
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a peft ``PeftModel``/``LoraModel`` (any other model unchanged)."""
     for _ in range(4):  # PeftModel -> LoraModel -> transformers model; never loops forever
@@ -246,7 +256,7 @@ def find_layer_stack(model: torch.nn.Module, layers_path: str | None = None) -> 
 
 def _module_lists(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.ModuleList]]:
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and name:
+        if isinstance(module, _nn().ModuleList) and len(module) > 0 and name:
             yield name, module
 
 
@@ -262,8 +272,8 @@ def _module_list_at(model: torch.nn.Module, path: str) -> torch.nn.ModuleList:
         raise ModelError(
             f"--layers-path {path!r} does not exist in {type(model).__name__}{_lists_hint(model)}"
         ) from None
-    if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
-        what = "an empty ModuleList" if isinstance(module, torch.nn.ModuleList) else type(module).__name__
+    if not isinstance(module, _nn().ModuleList) or len(module) == 0:
+        what = "an empty ModuleList" if isinstance(module, _nn().ModuleList) else type(module).__name__
         raise ModelError(
             f"--layers-path {path!r} in {type(model).__name__} is {what}, not a torch.nn.ModuleList of "
             f"blocks{_lists_hint(model)}"
@@ -291,7 +301,7 @@ def _generic_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | 
 
 def _make_block(index: int, name: str, module: torch.nn.Module) -> Block:
     linears = [
-        Linear(f"{name}.{rel}", _role(rel), *_features(layer), conv1d=not isinstance(layer, torch.nn.Linear))
+        Linear(f"{name}.{rel}", _role(rel), *_features(layer), conv1d=not isinstance(layer, _nn().Linear))
         for rel, layer in _walk_linears(module)
     ]
     return Block(index=index, name=name, module=module, linears=linears)
@@ -341,12 +351,12 @@ def _conv1d_class() -> type | None:
 
 def _is_linear(module: torch.nn.Module) -> bool:
     conv1d = _conv1d_class()
-    return isinstance(module, torch.nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+    return isinstance(module, _nn().Linear) or (conv1d is not None and isinstance(module, conv1d))
 
 
 def _features(layer: torch.nn.Module) -> tuple[int, int]:
     """(in_features, out_features); a Conv1D weight is stored (in, out), a Linear weight (out, in)."""
-    if isinstance(layer, torch.nn.Linear):
+    if isinstance(layer, _nn().Linear):
         return layer.in_features, layer.out_features
     rows, cols = layer.weight.shape
     return int(rows), int(cols)

@@ -48,7 +48,9 @@ def model_fingerprint(model: Any, name: str) -> dict:
     if hasattr(base, "get_base_model"):
         base = base.get_base_model()
     params = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and not _is_head(n))
-    return {"name": name, "model_type": cfg.get("model_type"), "config_hash": digest, "parameters": params}
+    prefix = getattr(model, "base_model_prefix", None)
+    return {"name": name, "model_type": cfg.get("model_type"), "config_hash": digest, "parameters": params,
+            **({"base_model_prefix": prefix} if isinstance(prefix, str) else {})}
 
 
 _ARCH_KEYS = {
@@ -99,6 +101,12 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except Exception as err:  # tokenizers, json and transformers raise many types for a bad or missing file
+        if source.kind == "hub" and "/" not in source.name:  # a mistyped alias reads as a hub id without a namespace
+            from layerwise.models.aliases import BUNDLED_MODELS
+
+            raise ModelError(f"unknown model {source.name!r}: not a directory, .gguf file or bundled alias "
+                             f"({', '.join(BUNDLED_MODELS)}), and not loadable as a hub id: "
+                             f"{fault(err, source.path, 'tokenizer')}") from err
         raise ModelError(f"could not load the tokenizer of {source.name!r}: {fault(err, source.path, 'tokenizer')}"
                          ) from err
     if tok.pad_token is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -71,12 +72,16 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None,
         bundled = BUNDLED_MODELS[name.lower()]
         return ModelSource(name, str(_materialise_bundled(bundled, cache, trust_remote_code)), "bundled",
                            bundled.alias)
-    if "/" in name and not name.startswith((".", "/", "~")):
+    if HUB_ID.fullmatch(name):  # org/name, or a name without a namespace (bert-base-uncased, gpt2)
         return ModelSource(name, name, "hub")
     raise ModelError(
         f"unknown model {name!r}: not a directory, not a .gguf file, not a bundled alias "
-        f"({', '.join(BUNDLED_MODELS)}) and not a hub id of the form org/name"
+        f"({', '.join(BUNDLED_MODELS)}) and not a hub id (name or org/name)"
     )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+"""A Hugging Face hub id: ``org/name``, or a model without a namespace (``bert-base-uncased``, ``gpt2``)."""
 
 
 def _materialise_bundled(model: BundledModel, cache: Path, trust_remote_code: bool = False) -> Path:

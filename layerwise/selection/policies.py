@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from layerwise.card.layer_card import LayerCard
 from layerwise.card.cost import selection_cost
 from layerwise.runtime.errors import ConfigError
+from layerwise.settings import defaults
 from layerwise.settings.choices import OBJECTIVES
 
 __all__ = ["Selection", "Pick", "Policy", "POLICIES", "register_policy", "select", "check_options", "parse_layers",
@@ -219,7 +220,7 @@ def _check_layers(layers: list[int], num_layers: int, shown: str) -> list[int]:
 
 
 # -- ranking policies -------------------------------------------------------------------------------
-@register_policy("top-k", "the k most important layers by the metric (Act-LoRA)", "actnorm")
+@register_policy("top-k", "the k most important layers by the metric (Act-LoRA)", defaults.RANKING_METRIC)
 def top_k(card: LayerCard, metric: str, k: int) -> Pick:
     """The ``k`` layers ranked highest by ``metric`` (Act-LoRA's top-k selection); ties keep lower indices."""
     L = card.num_layers
@@ -228,7 +229,8 @@ def top_k(card: LayerCard, metric: str, k: int) -> Pick:
     return Pick(card.order(metric)[:int(k)])
 
 
-@register_policy("threshold", "the fewest top layers holding a share of total importance (Act-LoRA)", "actnorm")
+@register_policy("threshold", "the fewest top layers holding a share of total importance (Act-LoRA)",
+                 defaults.RANKING_METRIC)
 def threshold(card: LayerCard, metric: str, share: float) -> Pick:
     """Act-LoRA's cumulative-importance mapping: the fewest top layers whose share of the total importance
     (``card.importance(metric)``) reaches ``share``; agrees with the card's ``cumulative`` table."""

@@ -9,7 +9,7 @@ from layerwise.runtime.errors import ConfigError
 from layerwise.models.precision import DTYPES, QUANTIZATIONS
 from layerwise.settings.fields import at_least, finite_numbers, flag, flag_name, one_of
 
-__all__ = ["ModelSource", "DataSource", "DEFAULT_MODEL", "DEFAULT_TASK", "KINDS"]
+__all__ = ["ModelSource", "DataSource", "DEFAULT_MODEL", "DEFAULT_TASK", "KINDS", "FILE_TASKS", "infer_task"]
 
 DEFAULT_MODEL = "minilm"
 """The bundled default model (works offline)."""
@@ -24,7 +24,7 @@ class ModelSource:
     """Which model to load, and how."""
 
     model: str = DEFAULT_MODEL
-    """local directory, .gguf file, bundled alias (see `layerwise models`) or hub id org/name"""
+    """local directory, .gguf file, bundled alias (see `layerwise models`) or hub id (name or org/name)"""
     cache_dir: str | None = None
     """where converted GGUF models are kept (default: $LAYERWISE_CACHE or ~/.cache/layerwise)"""
     trust_remote_code: bool = False
@@ -53,13 +53,30 @@ class ModelSource:
             check_writable_dir(self.cache_dir, flag_name(self, "cache_dir"))
 
 
+FILE_TASKS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl"}
+"""``--data`` file suffixes and the task they are read as when ``--task`` is not given."""
+
+
+def infer_task(data: str | None) -> str:
+    """The task of ``--data`` when ``--task`` is not given: ``csv``/``jsonl`` for such a file (your own
+    columns and labels; reading it as the default task would silently take its labels for that task's), else
+    :data:`DEFAULT_TASK`."""
+    import os
+
+    if data is not None:
+        suffix = os.path.splitext(str(data))[1].lower()
+        if suffix in FILE_TASKS:
+            return FILE_TASKS[suffix]
+    return DEFAULT_TASK
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Which task and data to load, and how its rows are read."""
 
-    task: str = DEFAULT_TASK
+    task: str | None = DEFAULT_TASK
     """cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli, gsm8k, rotten-tomatoes (embedded), csv,
-    jsonl or hf:<name>[:<config>]"""
+    jsonl or hf:<name>[:<config>] (default: csv or jsonl when --data is such a file, else rotten-tomatoes)"""
     data: str | None = None
     """folder with the task's files (GLUE tsv, GSM8K jsonl) or a CSV/JSONL file"""
     text_column: str | None = None
@@ -90,6 +107,8 @@ class DataSource:
     FLAGS: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        if self.task is None:  # not given: the file's own format, else the default task
+            object.__setattr__(self, "task", infer_task(self.data))
         finite_numbers(self)
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"{flag_name(self, 'kind')} must be one of {', '.join(KINDS)}, got {self.kind!r}")

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from layerwise.adapters.loading import BASE_RECORD
 from layerwise.runtime.errors import ConfigError, ModelError
-from layerwise.runtime.io import atomic_write_json, follow_umask, temp_dir_beside
+from layerwise.runtime.io import atomic_write_json, atomic_write_text, follow_umask, temp_dir_beside
 from layerwise.train.hooks import Stateful
 from layerwise.train.log import json_safe
 from layerwise.train.state import TrainState
@@ -84,12 +85,11 @@ def save_adapter(model: Any, path: str | os.PathLike) -> Path:
         # layerwise never adapts embeddings; "auto" would look the base model's name up on the hub
         model.save_pretrained(str(tmp), save_embedding_layers=False)
         write_base_record(model, tmp)
+        portable_model_card(tmp)
 
     return replace_dir(path, write)
 
 
-BASE_RECORD = "layerwise_base.json"
-"""The file in an adapter folder naming the base model, its class and head, so it loads elsewhere."""
 
 
 def base_record(model: Any) -> dict[str, Any]:
@@ -108,7 +108,27 @@ def base_record(model: Any) -> dict[str, Any]:
     if head == "classification":
         record["num_labels"] = int(base.config.num_labels)
         record["problem_type"] = getattr(base.config, "problem_type", None)
+        names = {int(i): str(n) for i, n in (getattr(base.config, "id2label", None) or {}).items()}
+        if names and names != {i: f"LABEL_{i}" for i in range(len(names))}:  # the task's class names
+            record["id2label"] = {str(i): names[i] for i in sorted(names)}
+            record["label2id"] = {n: i for i, n in sorted(names.items())}
     return record
+
+
+def portable_model_card(folder: str | os.PathLike) -> None:
+    """peft's model card (``README.md``) names the base by the folder it was loaded from (for a bundled alias,
+    a path inside the virtualenv); write there the portable name ``adapter_config.json`` holds."""
+    card, config = Path(folder) / "README.md", Path(folder) / "adapter_config.json"
+    if not card.is_file() or not config.is_file():
+        return
+    name = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    text = card.read_text(encoding="utf-8")
+    if not name or not text.startswith("---"):
+        return
+    end = text.find("\n---", 3)
+    head = "\n".join(f"base_model: {json.dumps(name)}" if line.startswith("base_model:") else line
+                     for line in text[:end].split("\n"))
+    atomic_write_text(card, head + text[end:])
 
 
 def write_base_record(model: Any, folder: str | os.PathLike) -> Path:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from layerwise.runtime.errors import ConfigError
 from layerwise.settings.fields import at_least, finite_numbers, flag, one_of
 from layerwise.settings.fields import flag_name as _field_flag
+from layerwise.train.reporting import REPORT_TO
 
 __all__ = ["TrainConfig", "SCHEDULERS", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
 
@@ -77,6 +78,13 @@ class TrainConfig:
     """Folder of the disk prefix cache, shared by runs over the same model prefix and data (default: the run's
     ``prefix_cache/`` folder)."""
 
+    logging_steps: int = 50
+    """Without a progress bar (stderr not a terminal: nohup, Slurm, a log file), print one line every this many
+    steps (loss, learning rate, steps/s, ETA) and one per evaluation; 0: none."""
+    report_to: str | None = flag(None, choices=REPORT_TO)
+    """Also write the loss, learning rate and evaluation metrics for TensorBoard into --out's tensorboard/
+    folder (needs the extra: pip install "layerwise[tensorboard]")."""
+
     gradient_checkpointing: bool = False
     """Recompute the adapted blocks' activations in the backward instead of keeping them (less memory, about
     one more forward of those blocks per step); only blocks with a trainable parameter are checkpointed and the
@@ -98,7 +106,7 @@ class TrainConfig:
         one_of(self, "scheduler", SCHEDULERS)
         for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 2), ("eval_every", 0),
                           ("save_every", 0), ("early_stopping", 0), ("seed", 0), ("max_grad_norm", 0.0),
-                          ("gen_max_new_tokens", 1), ("group_by_length", 0)):
+                          ("gen_max_new_tokens", 1), ("group_by_length", 0), ("logging_steps", 0)):
             at_least(self, name, low)
         if self.eval_max_examples is not None:
             at_least(self, "eval_max_examples", 1)
@@ -108,6 +116,8 @@ class TrainConfig:
                 raise ConfigError(f"{flag_name('pad_to')} must be >= {flag_name('max_length')} ({self.max_length}) "
                                   f"so every example fits, got {self.pad_to}")
         one_of(self, "prefix_cache", PREFIX_CACHE_MODES)
+        if self.report_to is not None:
+            one_of(self, "report_to", REPORT_TO)
         one_of(self, "prefix_cache_dtype", PREFIX_CACHE_DTYPES)
         if self.prefix_cache_dir is not None and not str(self.prefix_cache_dir).strip():
             raise ConfigError(f"{flag_name('prefix_cache_dir')} must be a folder path, got an empty string")

@@ -15,7 +15,7 @@ from layerwise.data.examples import Example
 from layerwise.data.tasks import TaskSpec
 from layerwise.runtime.errors import DataError
 
-__all__ = ["EvalSet", "prepare_eval", "run_eval", "evaluate"]
+__all__ = ["EvalSet", "eval_sample", "prepare_eval", "run_eval", "evaluate"]
 
 
 @dataclass
@@ -34,6 +34,18 @@ class EvalSet:
     """Decodes generations and supplies pad/EOS ids."""
 
 
+def eval_sample(examples: Sequence[Example], max_examples: int | None = None) -> list[Example]:
+    """The examples an evaluation scores: all of them, or a seeded sample of ``max_examples`` in file order
+    (``--eval-max-examples``); baselines are computed on the same sample."""
+    examples = list(examples)
+    if max_examples is not None and max_examples < len(examples):
+        import random
+
+        keep = sorted(random.Random(0).sample(range(len(examples)), max_examples))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
 def prepare_eval(examples: Sequence[Example], task: TaskSpec, tokenizer: Any, batch_size: int,
                  max_length: int, max_examples: int | None = None) -> EvalSet:
     """Tokenise ``examples`` (a seeded sample of ``max_examples`` of them, if given) for :func:`run_eval`.
@@ -42,12 +54,7 @@ def prepare_eval(examples: Sequence[Example], task: TaskSpec, tokenizer: Any, ba
     """
     from layerwise.data.collate import Collator, encode_examples, generation_batches
 
-    examples = list(examples)
-    if max_examples is not None and max_examples < len(examples):
-        import random
-
-        keep = sorted(random.Random(0).sample(range(len(examples)), max_examples))
-        examples = [examples[i] for i in keep]
+    examples = eval_sample(examples, max_examples)
     if not examples:
         raise DataError(f"task {task.name!r} has no dev examples to evaluate on")
     collate = Collator(tokenizer, task)

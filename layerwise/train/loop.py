@@ -119,6 +119,7 @@ class _Run:
     engine: Any = None
     """What the training step calls: ``DistributedDataParallel(model)`` in a process group, else ``model``."""
     bar: Any = field(default=None, repr=False)
+    reporter: Any = field(default=None, repr=False)
     prefix: Any = None
     """The frozen-prefix cache (``layerwise.train.prefix.cache.PrefixCache``), or None when off."""
     prefix_report: Any = None
@@ -156,13 +157,15 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
         raise
     finally:
         run.log.close()
+        if run.reporter is not None:
+            run.reporter.close()  # after the final evaluation, which it reports too
     return _write_outputs(run)
 
 
 def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
            dev_examples: Sequence[Example], config: TrainConfig, out_dir: Path, resume: bool,
            callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None) -> _Run:
-    from layerwise.data.collate import Collator, encode_examples
+    from layerwise.data.collate import Collator, encode_examples, warn_truncation
     from layerwise.data.task_metrics import get_metric
     from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
@@ -176,6 +179,7 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
         from layerwise.train.prefix.recompute import prepare_gradient_checkpointing
 
         prepare_gradient_checkpointing(model)  # the adapted blocks only; the frozen prefix stays out of autograd
+    warn_truncation(train_examples, tokenizer, task, config.max_length)
     features = encode_examples(train_examples, tokenizer, task, config.max_length)
     if not features:
         raise DataError(f"task {task.name!r} has no training examples")
@@ -293,8 +297,14 @@ def _run_steps(run: _Run, interrupt: DeferredInterrupt, show_progress: bool) -> 
     from layerwise.runtime.progress import enabled
 
     state = run.state
+    from layerwise.train.reporting import TrainingReporter
+
     run.bar = tqdm(total=run.config.steps, initial=state.step, desc="train", unit="step", leave=False,
                    dynamic_ncols=True, disable=not (show_progress and enabled()))
+    # without a bar (no terminal: nohup, Slurm, a log file), a line every --logging-steps; on rank 0 only
+    lines = show_progress and run.bar.disable and distributed.is_main()
+    run.reporter = TrainingReporter(run.config.steps, state.step, run.config.logging_steps, lines,
+                                    run.config.report_to if distributed.is_main() else None, run.out_dir)
     try:
         while state.step < run.config.steps and not (state.should_stop or state.stopped_early):
             _train_step(run)
@@ -328,6 +338,8 @@ def _train_step(run: _Run) -> None:
     _record_step(run, record, loss_value)
     run.mid_step = False
     run.log.write({"step": record["step"], "loss": loss_value, "lr": lr, **record})
+    if run.reporter is not None:
+        run.reporter.step(record["step"], loss_value, lr)
     if loss_value != loss_value or abs(loss_value) == float("inf"):
         raise ConfigError(f"the training loss is {loss_value} at step {state.step}: training diverged; "
                           f"lower --lr (now {cfg.lr}) or check the data")
@@ -388,12 +400,19 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
     if state.last_eval_step == state.step or not (force or (every and state.step % every == 0)):
         return
     validation, offset = None, 0
+    reporter = run.reporter
     if run.valset is not None:
+        started = reporter.evaluating(state.step, len(run.valset.references), "validation") if reporter else 0.0
         validation = distributed.run_on_main(run_eval, run.model, run.valset, run.config.gen_max_new_tokens,
                                              prefix=run.prefix)
         offset = len(run.valset.loss_batches)  # the dev set's batches follow the validation's in the cache
+        if reporter is not None:
+            reporter.evaluated(state.step, validation, started, "validation")
+    started = reporter.evaluating(state.step, len(run.evalset.references)) if reporter else 0.0
     metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
                                       prefix=run.prefix, prefix_offset=offset)
+    if reporter is not None:
+        reporter.evaluated(state.step, metrics, started)
     state.last_metrics, state.last_eval_step = metrics, state.step
     run.log.write_eval(state.step, metrics, validation)
     _update_best(run, metrics, validation)

@@ -26,9 +26,16 @@ def plot_training(log_path: str | os.PathLike, out_path: str | os.PathLike, main
     if steps:
         loss_ax.plot(*zip(*steps), lw=1.0, color="tab:blue")
     loss_ax.set(title="training loss", xlabel="optimizer step", ylabel="loss")
-    if evals:
+    if len(evals) > 1:
         metric_ax.plot(*zip(*evals), marker="o", color="tab:orange")
-    metric_ax.set(title=f"dev {main_metric}", xlabel="optimizer step", ylabel=main_metric)
+    elif evals:  # one evaluation: a labelled bar at its step, not a lone dot
+        (step, value), = evals
+        bars = metric_ax.bar([step], [value], width=max(1.0, 0.1 * step), color="tab:orange")
+        metric_ax.bar_label(bars, labels=[f"{value:.4f} at step {step}"], fontsize=9)
+        metric_ax.set_xlim(0, max(2 * step, 2))
+        metric_ax.set_ylim(min(0.0, value) * 1.15, max(value, 1e-9) * 1.2)
+    metric_ax.set(title=f"dev {main_metric}" + (" (one evaluation)" if len(evals) == 1 else ""),
+                  xlabel="optimizer step", ylabel=main_metric)
     for ax in (loss_ax, metric_ax):
         ax.grid(alpha=0.3)
     return atomic_write_with(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -48,7 +48,7 @@ def run_bench(model: ModelSource | str, data: DataSource | str, out: str | os.Pa
         config = bench_config(model, data, train_config, adapter.rank, adapter.targets, calibration)
         config["full_lr"] = bench.full_lr
         check_resume(out_dir, config)
-        majority = _majority(data)
+        majority = _majority(data, train_config.eval_max_examples)
         write_settings(out_dir, settings)  # after the check: a refused resume leaves the bench's record as it was
         if train_config.prefix_cache != "off" and train_config.prefix_cache_dir is None:
             # one disk cache per lowest adapted block, built by the first cell and reused by every other seed/method
@@ -167,12 +167,12 @@ def _ensure_card(job: _Job, adapter: AdapterChoice, calibration: Calibration) ->
     return card_file
 
 
-def _majority(data: DataSource) -> dict[str, Any] | None:
-    """The majority-class (or training-mean) baseline on dev, from the bench's own data split."""
-    from layerwise.data.task_metrics import majority_baseline
+def _majority(data: DataSource, max_examples: int | None = None) -> dict[str, Any] | None:
+    """The majority-class (or training-mean) baseline on the dev examples the cells score (the
+    ``--eval-max-examples`` sample), from the bench's own data split."""
+    from layerwise.evaluate.baseline import scored_majority
 
-    task = data.load()
-    return majority_baseline(task.task, [e.label for e in task.train], [e.label for e in task.dev])
+    return scored_majority(data.load(), max_examples)
 
 
 def _release_memory() -> None:

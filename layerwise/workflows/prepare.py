@@ -47,6 +47,9 @@ def prepare(model: ModelSource | str, data: DataSource | str, device: Any, task:
     task_data = task if task is not None else data.load()
     spec = task_data.task
     loaded = load_source(model, device, precision, head=spec.head, num_labels=spec.num_labels)
+    if spec.head == "classification" and spec.label_names:  # the class names, where transformers reads them
+        loaded.model.config.id2label = dict(enumerate(spec.label_names))
+        loaded.model.config.label2id = {name: i for i, name in enumerate(spec.label_names)}
     fits_positions(data.max_length, loaded.model)
     return Prepared(task_data, loaded, find_layer_stack(loaded.model, model.layers_path), device)
 

@@ -92,7 +92,10 @@ def _pipeline(model: ModelSource | str, data: DataSource | str, out_dir: Path, t
     baseline = collect_run(out_dir / "uniform", "uniform LoRA")
     selected = collect_run(out_dir / "selected", f"{selection.policy}")
     rows = compare([selected, baseline], baseline)
+    from layerwise.evaluate.baseline import scored_majority
+
     context = {"model": model.model, "task": data.task, "data": data.data,
+               "majority": scored_majority(data.load(), train_config.eval_max_examples),
                "selection": _describe(out_dir / "selected"), "train_config": train_config.to_dict(),
                "adapter": asdict(adapter),
                "trained": _how_trained(jobs, lockstep)}
