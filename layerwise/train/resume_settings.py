@@ -13,6 +13,7 @@ differs. ``--steps`` may change with a warning (see ``layerwise.train.loop``).""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,6 +62,9 @@ gradient checkpointing (the same forward recomputed in the backward)."""
 RESUME_CLASSES = tuple(MUST_MATCH)
 """The settings classes a training run is made from."""
 
+_PATHS = {(ModelSource, "model"), (DataSource, "data"), (SelectionChoice, "card")}
+"""Fields that may name a file or folder: recorded as their real path when they exist."""
+
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -80,7 +84,10 @@ def resume_record(*settings: Any) -> dict[str, Any]:
         if type(obj) not in MUST_MATCH:  # None, or a stand-in of the API's own
             continue
         for name in MUST_MATCH[type(obj)]:
-            record[f"{type(obj).__name__}.{name}"] = _plain(getattr(obj, name))
+            value = getattr(obj, name)
+            if (type(obj), name) in _PATHS and isinstance(value, str) and os.path.exists(value):
+                value = os.path.realpath(value)  # the same file spelled another way is the same setting
+            record[f"{type(obj).__name__}.{name}"] = _plain(value)
     return record
 
 
