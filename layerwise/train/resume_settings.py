@@ -23,7 +23,8 @@ from layerwise.settings.choices import AdaptiveRanks
 from layerwise.settings.fields import flag_name
 from layerwise.train.config import TrainConfig
 
-__all__ = ["MUST_MATCH", "MAY_CHANGE", "RESUME_CLASSES", "resume_record", "check_resume", "RECORD_KEY"]
+__all__ = ["MUST_MATCH", "MAY_CHANGE", "RESUME_CLASSES", "resume_record", "check_resume", "read_record",
+           "RECORD_KEY"]
 
 RECORD_KEY = "resume_settings"
 """The key of :func:`resume_record` in a run's ``selection.json``."""
@@ -89,6 +90,17 @@ def resume_record(*settings: Any) -> dict[str, Any]:
                 value = os.path.realpath(value)  # the same file spelled another way is the same setting
             record[f"{type(obj).__name__}.{name}"] = _plain(value)
     return record
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """The :func:`resume_record` a run wrote into its ``selection.json`` at ``path`` (``None`` for a run
+    recorded before it existed, or without the file)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text()).get(RECORD_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _flag(key: str) -> str:
