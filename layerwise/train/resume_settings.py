@@ -13,6 +13,7 @@ differs. ``--steps`` may change with a warning (see ``layerwise.train.loop``).""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +23,8 @@ from layerwise.settings.choices import AdaptiveRanks
 from layerwise.settings.fields import flag_name
 from layerwise.train.config import TrainConfig
 
-__all__ = ["MUST_MATCH", "MAY_CHANGE", "RESUME_CLASSES", "resume_record", "check_resume", "RECORD_KEY"]
+__all__ = ["MUST_MATCH", "MAY_CHANGE", "RESUME_CLASSES", "resume_record", "check_resume", "read_record",
+           "RECORD_KEY"]
 
 RECORD_KEY = "resume_settings"
 """The key of :func:`resume_record` in a run's ``selection.json``."""
@@ -61,6 +63,9 @@ gradient checkpointing (the same forward recomputed in the backward)."""
 RESUME_CLASSES = tuple(MUST_MATCH)
 """The settings classes a training run is made from."""
 
+_PATHS = {(ModelSource, "model"), (DataSource, "data"), (SelectionChoice, "card")}
+"""Fields that may name a file or folder: recorded as their real path when they exist."""
+
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -80,8 +85,22 @@ def resume_record(*settings: Any) -> dict[str, Any]:
         if type(obj) not in MUST_MATCH:  # None, or a stand-in of the API's own
             continue
         for name in MUST_MATCH[type(obj)]:
-            record[f"{type(obj).__name__}.{name}"] = _plain(getattr(obj, name))
+            value = getattr(obj, name)
+            if (type(obj), name) in _PATHS and isinstance(value, str) and os.path.exists(value):
+                value = os.path.realpath(value)  # the same file spelled another way is the same setting
+            record[f"{type(obj).__name__}.{name}"] = _plain(value)
     return record
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """The :func:`resume_record` a run wrote into its ``selection.json`` at ``path`` (``None`` for a run
+    recorded before it existed, or without the file)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text()).get(RECORD_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _flag(key: str) -> str:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from layerwise.runtime.errors import ConfigError
-from layerwise.train.resume_settings import RECORD_KEY, check_resume, resume_record
+from layerwise.train.job_hooks import AdaLoraAllocation, FullModelWeights
+from layerwise.train.resume_settings import RECORD_KEY, check_resume, read_record, resume_record
 from layerwise.settings import (AdapterChoice, AdaptiveRanks, Calibration, DataSource, ModelSource, SelectionChoice,
                                 parse_ranks)
 
@@ -22,9 +23,7 @@ CARD_FREE_POLICIES = ("all", "manual", "random")
 
 def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
     """Apply the selection policy (card-free policies work without a card)."""
-    from layerwise.selection.policies import Selection, parse_layers, select
-
-    from layerwise.selection.policies import check_options
+    from layerwise.selection.policies import Selection, check_options, parse_layers, select
 
     options = choice.options
     if card is not None:
@@ -158,7 +157,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     record = resume_record(train_config, model, data, selection if adapter is not None else None, adapter,
                            calibration)
     if resume:  # before anything is written or loaded: a changed setting would change the weights
-        check_resume(_saved_record(out_dir), record, out_dir)
+        check_resume(read_record(out_dir / "selection.json"), record, out_dir)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)
@@ -220,29 +219,6 @@ def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, call
     return result, chosen
 
 
-class FullModelWeights:
-    """Weights writer of full fine-tuning: the folder holds ``model.safetensors`` of the whole model
-    (written atomically) instead of a peft adapter."""
-
-    def save_adapter(self, model: Any, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_model
-
-        from layerwise.train.checkpoint import replace_dir
-
-        return replace_dir(path, lambda tmp: save_model(model, str(tmp / "model.safetensors")))
-
-
-class AdaLoraAllocation:
-    """AdaLoRA prunes and reallocates its ranks only when ``update_and_allocate`` is called after each
-    optimizer step, while the gradients are still there (peft's contract); the loop calls this hook then."""
-
-    def __init__(self, peft_model: Any) -> None:
-        self.model = peft_model
-
-    def after_optimizer_step(self, step: int) -> None:
-        self.model.base_model.update_and_allocate(step)
-
-
 def check_adaptive(adapter: AdapterChoice) -> None:
     """Raise :class:`ConfigError` naming the flag for La-LoRA settings outside what is allowed (the settings
     check themselves when made; this checks an adapter that must be adaptive)."""
@@ -283,16 +259,6 @@ def _output_dir(out: Path, resume: bool, overwrite: bool) -> Any:
         check_leftovers(out, resume=True)  # an old run a killed --overwrite left aside: named, kept
         return contextlib.nullcontext(out)
     return claim_output(out, overwrite)
-
-
-def _saved_record(out_dir: Path) -> dict[str, Any] | None:
-    """The :func:`~layerwise.train.resume_settings.resume_record` a run wrote into its ``selection.json``
-    (``None`` for a run written before it was recorded, or without the file)."""
-    path = out_dir / "selection.json"
-    try:
-        return json.loads(path.read_text()).get(RECORD_KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _write_selection(out_dir: Path, chosen: Any, adapter: AdapterChoice, fingerprint: dict,
