@@ -19,8 +19,14 @@ def test_aliases_cover_the_documented_models() -> None:
 def test_unknown_alias_lists_known_ones() -> None:
     with pytest.raises(ModelError, match="unknown model alias 'bogus'.*minilm"):
         bundled_model("bogus")
-    with pytest.raises(ModelError, match="unknown model 'bogus'.*minilm.*org/name"):
-        resolve_model("bogus")
+    with pytest.raises(ModelError, match="unknown model 'bo gus'.*minilm.*name or org/name"):
+        resolve_model("bo gus")
+    # a bare name is a hub id (gpt2, bert-base-uncased); offline and not cached, it is an unknown model
+    from layerwise.models.loading import load_tokenizer
+
+    assert resolve_model("bogus").kind == "hub"
+    with pytest.raises(ModelError, match="unknown model 'bogus'.*minilm"):
+        load_tokenizer(resolve_model("bogus"))
 
 
 def test_resolution_order(tmp_path) -> None:
