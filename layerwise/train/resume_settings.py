@@ -48,7 +48,7 @@ because with a 16-bit ``prefix_cache_dtype`` the cache rounds what the blocks ab
 
 MAY_CHANGE: dict[type, tuple[str, ...]] = {
     TrainConfig: ("steps", "eval_every", "save_every", "early_stopping", "eval_max_examples", "gen_max_new_tokens",
-                  "prefix_cache_dir", "gradient_checkpointing"),
+                  "prefix_cache_dir", "gradient_checkpointing", "logging_steps", "report_to"),
     ModelSource: ("cache_dir", "trust_remote_code"),
     DataSource: (),
     SelectionChoice: (),
@@ -57,7 +57,7 @@ MAY_CHANGE: dict[type, tuple[str, ...]] = {
     Calibration: (),
 }
 """Fields that do not change the weights of the steps done: the total of steps (a warning: the schedule's
-end moves), evaluation and saving intervals and sizes, where caches live, whether remote code may run, and
+end moves), evaluation, saving and logging intervals and sizes, where metrics are reported, where caches live, whether remote code may run, and
 gradient checkpointing (the same forward recomputed in the backward)."""
 
 RESUME_CLASSES = tuple(MUST_MATCH)
