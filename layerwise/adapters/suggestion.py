@@ -148,7 +148,10 @@ def _suggest(model: Any, batches: Any, policy: str, metric: str | None, metrics:
     adapter = AdapterChoice(method=method, targets=targets, rank=rank, alpha=alpha,
                             ranks=dict(ranks) if ranks else None, rank_budget=rank_budget, rank_metric=rank_metric)
     check_options(policy, options)
-    stack = find_layer_stack(model, layers_path)  # an unknown architecture is named before any batch is read
+    from layerwise.card.profiling import plain_model
+
+    # an unknown architecture is named before any batch is read (blocks found under peft/torch.compile wrappers)
+    stack = find_layer_stack(plain_model(model), layers_path)
     from layerwise.adapters.rank_limits import check_rank_limits, limits_of_stack
 
     # --rank and --ranks before the probe (over every block the policy may choose); a budget's split after it

@@ -18,7 +18,7 @@ from layerwise.card.stability import bootstrap_stability
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["profile_layers", "NonFiniteMetricError"]
+__all__ = ["profile_layers", "plain_model", "NonFiniteMetricError"]
 
 
 class NonFiniteMetricError(LayerwiseError):
@@ -74,7 +74,7 @@ def profile_layers(
     from layerwise.card.probe.stats import ProbeStats
 
     chosen = get_metrics(metrics)
-    model = _plain_model(model)
+    model = plain_model(model)
     stack = stack or find_layer_stack(model, layers_path)
     statistics = {s for m in chosen for s in m.statistics}
     grouped: dict[str, MetricValues] = {}
@@ -145,7 +145,7 @@ def _probe_all_ranks(model: torch.nn.Module, stack: Any, batches: Sequence[dict]
     return result, reduce_result_(result)
 
 
-def _plain_model(model: torch.nn.Module) -> torch.nn.Module:
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under peft and ``torch.compile`` wrappers (the probe's hooks run it eagerly)."""
     from layerwise.models.layers import unwrap_model
     from layerwise.card.probe.runner import is_compiled, uncompiled
