@@ -131,10 +131,13 @@ def test_config_checks_the_freeze_flags():
 
 # --- runs ------------------------------------------------------------------------------------------------
 
-def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, rt, tmp_path):
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, rt, tmp_path, cache):
+    """With the cache the frozen blocks do not even run; without it they run and requires_grad=False keeps
+    them out of the backward and the optimizer."""
     model = _adapted(tokenizer)
     snaps = _Snapshots(model)
-    cfg = _config(freeze="card", freeze_start=0.25, freeze_end=0.6)
+    cfg = _config(freeze="card", freeze_start=0.25, freeze_end=0.6, prefix_cache=cache)
     result = train(model, tokenizer, *rt, cfg, tmp_path / "card", callbacks=[snaps], show_progress=False,
                    freeze_importance=IMPORTANCE)
     rec = result.freeze
@@ -166,7 +169,7 @@ def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, r
             assert torch.equal(final[name], snaps.steps[12][live]), name
     metrics = json.loads((tmp_path / "card" / "metrics.json").read_text())
     assert metrics["freeze"]["freeze_step"] == rec["freeze_step"] and metrics["config"]["freeze"] == "card"
-    assert metrics["freeze"]["cache_fill_seconds"] > 0 and len(metrics["freeze"]["epoch_seconds"]) == 2
+    assert (metrics["freeze"]["cache_fill_seconds"] > 0) == (cache != "off") and len(metrics["freeze"]["epoch_seconds"]) == 2
     assert (tmp_path / "card" / "freeze.png").stat().st_size > 0
 
 
@@ -241,6 +244,7 @@ def test_resume_after_some_blocks_froze_is_bit_identical(tokenizer, rt, tmp_path
     resumed = train(_adapted(tokenizer), tokenizer, *rt, cfg, out, resume=True, show_progress=False)
     assert resumed.steps == 12
     assert resumed.freeze["freeze_step"] == whole.freeze["freeze_step"]
+    assert resumed.freeze["checks"] == whole.freeze["checks"]  # every change and threshold, bit for bit
     a, b = _adapter(whole), _adapter(resumed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
