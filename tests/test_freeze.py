@@ -24,7 +24,8 @@ from layerwise.train.prefix.frozen import quiet_frozen_prefix
 from numerics import assert_within_fp32_spread
 from tiny_models import tiny_bert
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")]
 
 LAYERS = 4
 
@@ -254,3 +255,51 @@ def test_resume_after_some_blocks_froze_is_bit_identical(tokenizer, rt, tmp_path
 def test_unsupported_combinations_are_refused_naming_freeze(tokenizer, rt, tmp_path):
     with pytest.raises(ConfigError, match="--freeze card needs a Layer Card"):
         train(_adapted(tokenizer), tokenizer, *rt, _config(freeze="card"), tmp_path / "nocard", show_progress=False)
+
+
+# --- the Hugging Face Trainer ------------------------------------------------------------------------------
+
+def _trainer_rows(n: int = 32) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 100, (n, 10), generator=g)
+    return [{"input_ids": ids[i], "attention_mask": torch.ones(10, dtype=torch.long),
+             "labels": torch.tensor(int(ids[i, 0] > 50))} for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["card", "auto"])
+def test_the_trainer_callback_freezes_a_prefix_whose_weights_stay_bitwise(tmp_path, mode):
+    import peft
+    import transformers
+
+    from layerwise import FreezeTrainerCallback
+
+    model = tiny_bert(100, layers=LAYERS)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    options = (dict(importance=IMPORTANCE, start=0.25, end=0.6) if mode == "card"
+               else dict(every=2, percentile=100))
+    freeze = FreezeTrainerCallback(model, mode=mode, **options)
+    snaps = {}
+
+    class Snap(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            snaps[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8,
+                                          report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
+                                          learning_rate=5e-2, seed=0)
+    transformers.Trainer(model=model, args=args, train_dataset=_trainer_rows(),
+                         callbacks=[freeze, Snap()]).train()
+    rec = json.loads((tmp_path / "freeze.json").read_text())
+    if mode == "card":  # the same schedule as `layerwise train --freeze card` on 12 steps
+        assert rec["freeze_step"] == {"0": 5, "1": 5, "2": 7, "3": None}
+    steps = list(rec["freeze_step"].values())
+    assert steps[0] is not None and steps[-1] is None  # something froze; the top block never does
+    frozen = [s is not None for s in steps]
+    assert frozen == sorted(frozen, reverse=True)
+    for name in snaps[12]:
+        at = rec["freeze_step"][str(_block(name))]
+        if at is not None:
+            assert all(torch.equal(snaps[s][name], snaps[at][name]) for s in range(at, 13)), name
+            assert not dict(model.named_parameters())[name].requires_grad
+    top = [n for n in snaps[12] if _block(n) == LAYERS - 1 and "lora_B" in n]
+    assert all(not torch.equal(snaps[12][n], snaps[1][n]) for n in top)  # the unfrozen block kept training
