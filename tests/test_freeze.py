@@ -303,3 +303,57 @@ def test_the_trainer_callback_freezes_a_prefix_whose_weights_stay_bitwise(tmp_pa
             assert not dict(model.named_parameters())[name].requires_grad
     top = [n for n in snaps[12] if _block(n) == LAYERS - 1 and "lora_B" in n]
     assert all(not torch.equal(snaps[12][n], snaps[1][n]) for n in top)  # the unfrozen block kept training
+
+
+# --- the command, its record and report, the bench methods --------------------------------------------------
+
+def _layerwise(*args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LAYERWISE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+TINY = ("--model", "minilm", "--task", "rotten-tomatoes", "--batch-size", "8", "--max-length", "32",
+        "--train-subset", "64", "--eval-max-examples", "16")
+
+
+def test_train_command_freezes_records_and_reports(tmp_path):
+    from layerwise.evaluate.report import collect_run, freeze_lines
+
+    out = tmp_path / "run"
+    proc = _layerwise("train", *TINY, "--policy", "all", "--steps", "10", "--freeze", "auto", "--freeze-every", "2",
+                      "--freeze-percentile", "100", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    f = metrics["freeze"]
+    assert f["mode"] == "auto" and f["blocks"] == list(range(6)) and f["frozen"] >= 1
+    steps = list(f["freeze_step"].values())
+    assert steps[-1] is None and [s is not None for s in steps] == sorted([s is not None for s in steps], reverse=True)
+    assert f["depth"][0] == [0, 6] and f["depth"][-1][1] == 6 - f["frozen"]
+    assert len(f["epoch_seconds"]) == 1 and f["cache_fill_seconds"] > 0  # 64 examples / 8 = one epoch of 8 steps
+    assert "freeze: auto" in (out / "config.yaml").read_text() and (out / "freeze.png").stat().st_size > 0
+    line = freeze_lines([collect_run(out, "uniform+freeze")])
+    assert "--freeze auto; frozen (block@step) 0@" in line[-1]
+    refused = _layerwise("train", *TINY, "--policy", "all", "--steps", "2", "--freeze", "auto", "--freeze-every", "2",
+                         "--adaptive-ranks", "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and "--freeze auto is not supported with La-LoRA" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_bench_methods_set_the_schedule():
+    from layerwise.bench.methods import BenchSettings, build_cell, find_method
+
+    cfg = _config()
+    auto = build_cell("freeze-auto", 1, cfg, BenchSettings())
+    assert auto.train_config.freeze == "auto" and auto.train_config.seed == 1 and auto.selection.policy == "all"
+    card = build_cell("freeze-card", 0, cfg, BenchSettings(card="card.json"))
+    assert card.train_config.freeze == "card" and card.selection.card == "card.json"
+    assert find_method("freeze-card")[0].needs_card and not find_method("freeze-auto")[0].needs_card
+    assert build_cell("lora", 0, cfg, BenchSettings()).train_config.freeze == "off"
