@@ -122,8 +122,9 @@ def test_config_checks_the_freeze_flags():
         _config(freeze="auto", freeze_percentile=0)
     with pytest.raises(ConfigError, match="--freeze-start"):
         _config(freeze="card", freeze_start=0.8, freeze_end=0.5)
-    with pytest.raises(ConfigError, match="--freeze auto needs --freeze-every"):
-        _config(freeze="auto", eval_every=0)
+    assert _config(freeze="auto", eval_every=0).freeze_interval == 1  # a tenth of 12 steps
+    assert _config(freeze="auto", eval_every=6).freeze_interval == 6
+    assert _config(freeze="auto", eval_every=6, freeze_every=2).freeze_interval == 2
     with pytest.raises(ConfigError, match="--freeze card does not support --gradient-checkpointing"):
         _config(freeze="card", gradient_checkpointing=True)
     with pytest.raises(ConfigError, match="--freeze must be one of"):
@@ -132,13 +133,15 @@ def test_config_checks_the_freeze_flags():
 
 # --- runs ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cache", ["auto", "off"])
+@pytest.mark.parametrize("cache", ["auto", "off", "dropout"])
 def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, rt, tmp_path, cache):
-    """With the cache the frozen blocks do not even run; without it they run and requires_grad=False keeps
-    them out of the backward and the optimizer."""
+    """With the cache the frozen blocks do not even run; without it (or with --prefix-dropout, which keeps
+    their dropout and so cannot cache) they run and requires_grad=False keeps them out of the backward and the
+    optimizer."""
     model = _adapted(tokenizer)
     snaps = _Snapshots(model)
-    cfg = _config(freeze="card", freeze_start=0.25, freeze_end=0.6, prefix_cache=cache)
+    extra = {"prefix_dropout": True} if cache == "dropout" else {"prefix_cache": cache}
+    cfg = _config(freeze="card", freeze_start=0.25, freeze_end=0.6, **extra)
     result = train(model, tokenizer, *rt, cfg, tmp_path / "card", callbacks=[snaps], show_progress=False,
                    freeze_importance=IMPORTANCE)
     rec = result.freeze
@@ -170,7 +173,7 @@ def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, r
             assert torch.equal(final[name], snaps.steps[12][live]), name
     metrics = json.loads((tmp_path / "card" / "metrics.json").read_text())
     assert metrics["freeze"]["freeze_step"] == rec["freeze_step"] and metrics["config"]["freeze"] == "card"
-    assert (metrics["freeze"]["cache_fill_seconds"] > 0) == (cache != "off") and len(metrics["freeze"]["epoch_seconds"]) == 2
+    assert (metrics["freeze"]["cache_fill_seconds"] > 0) == (cache == "auto") and len(metrics["freeze"]["epoch_seconds"]) == 2
     assert (tmp_path / "card" / "freeze.png").stat().st_size > 0
 
 

@@ -198,9 +198,7 @@ def _energy_ranks(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
                        "gradient-norm change falls below the percentile (--freeze auto; AutoFreeze's rule)",
                        train_overrides={"freeze": "auto"})
 def _freeze_auto(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
-    # the bench's card, when there is one, is only compared with the observed freeze order (Kendall tau)
-    selection = SelectionChoice("all", None, s.card) if s.card else SelectionChoice("all")
-    return selection, AdapterChoice("lora", s.targets, s.rank)
+    return SelectionChoice("all"), AdapterChoice("lora", s.targets, s.rank)
 
 
 @register_bench_method("freeze-card", "LoRA on every layer, blocks frozen bottom-up at fractions of the budget in "

@@ -89,7 +89,8 @@ class TrainConfig:
     fractions of the budget in the Layer Card's order; frozen blocks are always a bottom prefix and their
     output comes from the prefix cache (see ``layerwise.train.freeze``). 'off': every adapted block trains."""
     freeze_every: int = 0
-    """Steps between two freezing checks; 0 checks at each evaluation (``--eval-every``)."""
+    """Steps between two freezing checks; 0 checks at each evaluation (``--eval-every``), or every tenth of
+    ``--steps`` when there is no evaluation before the end."""
     freeze_percentile: float = 50.0
     """``--freeze auto``: the lowest trainable block freezes when its gradient-norm change is below this
     percentile of the trainable blocks' changes (0-100)."""
@@ -140,15 +141,17 @@ class TrainConfig:
         if not 0.0 <= self.freeze_start <= self.freeze_end <= 1.0:
             raise ConfigError(f"{flag_name('freeze_start')} and {flag_name('freeze_end')} must satisfy 0 <= start <= "
                               f"end <= 1, got {self.freeze_start} and {self.freeze_end}")
-        if self.freeze == "auto" and not (self.freeze_every or self.eval_every):
-            raise ConfigError(f"{flag_name('freeze')} auto needs {flag_name('freeze_every')} > 0 or "
-                              f"{flag_name('eval_every')} > 0 (when to check)")
         if self.freeze != "off" and self.gradient_checkpointing:
             raise ConfigError(f"{flag_name('freeze')} {self.freeze} does not support --gradient-checkpointing; "
                               "use one of them")
         if self.early_stopping and not self.eval_every:
             raise ConfigError(f"{flag_name('early_stopping')} needs {flag_name('eval_every')} > 0 (with 0 there is "
                               "only the final evaluation)")
+
+    @property
+    def freeze_interval(self) -> int:
+        """Steps between two freezing checks: ``freeze_every``, else ``eval_every``, else a tenth of ``steps``."""
+        return self.freeze_every or self.eval_every or max(1, self.steps // 10)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

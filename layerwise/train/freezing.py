@@ -7,7 +7,8 @@ evaluation and checkpoint) it checks when due and, when the rule says so, freeze
 - its adapter parameters get ``requires_grad=False`` (no gradient, so the backward stops at the block above)
   and their AdamW state is dropped (AdamW skips a parameter without a gradient, so the weights stay bitwise
   as they were);
-- the frozen prefix runs without dropout (``layerwise.train.prefix.frozen``);
+- the frozen prefix runs without dropout (``layerwise.train.prefix.frozen``), unless ``--prefix-dropout``
+  (which also turns the cache off: rows with dropout change every epoch);
 - with the prefix cache on (any ``--prefix-cache`` but ``off``), the cache boundary moves up: the input of
   the next trainable block is computed for every training example in one inference pass of the newly frozen
   block over the previously cached rows (the embeddings and block 0 for the first freeze), with the frozen
@@ -113,8 +114,7 @@ class Freezer:
         """Whether ``step`` (just completed) is a check."""
         if self.config.freeze == "card":
             return self.state.frozen < len(self.schedule)
-        every = self.config.freeze_every or self.config.eval_every
-        return step % every == 0 and step < self.config.steps
+        return step % self.config.freeze_interval == 0 and step < self.config.steps
 
     def check(self, step: int) -> bool:
         """Run the check of ``step``; freeze the next block when the criterion fires. True when one froze."""
@@ -169,6 +169,8 @@ class Freezer:
         if frozen >= len(self.blocks):
             return
         layer = self.blocks[frozen]
+        if self.config.prefix_dropout:  # frozen blocks keep their dropout (and so cannot be cached)
+            return
         for handle in self._quiet:
             handle.remove()
         self._quiet = quiet_frozen_prefix(self.model, self.stack, [layer])
@@ -222,7 +224,7 @@ class Freezer:
         if self.importance is not None and st.frozen:
             n = len(self.blocks) - c.freeze_keep_top
             tau = kendall_tau(self.importance[:n], observed[:n])
-        return {"mode": c.freeze, "every": c.freeze_every or c.eval_every, "percentile": c.freeze_percentile,
+        return {"mode": c.freeze, "every": c.freeze_interval, "percentile": c.freeze_percentile,
                 "keep_top": c.freeze_keep_top, "start": c.freeze_start, "end": c.freeze_end,
                 "metric": c.freeze_metric if self.importance is not None else None,
                 "blocks": list(self.blocks), "freeze_step": {str(b): s for b, s in zip(self.blocks, st.freeze_steps)},

@@ -246,7 +246,8 @@ def _make_freezer(model: Any, config: TrainConfig, features: list, optimizer: An
                           f"{flag_name('freeze')} off")
     steps_per_epoch = len(features) / (config.batch_size * config.grad_accum)
     return Freezer(model, config, features, optimizer, importance, cache=prefix,
-                   use_cache=config.prefix_cache != "off", steps_per_epoch=steps_per_epoch)
+                   use_cache=config.prefix_cache != "off" and not config.prefix_dropout,
+                   steps_per_epoch=steps_per_epoch)
 
 
 def _eval_sets(valset: EvalSet | None, evalset: EvalSet) -> list[EvalSet]:
