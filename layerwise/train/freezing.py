@@ -33,7 +33,7 @@ import torch
 from layerwise.runtime.errors import ConfigError
 from layerwise.train.freeze import FreezeState, auto_decision, card_schedule, kendall_tau
 
-__all__ = ["Freezer", "adapted_block_parameters"]
+__all__ = ["Freezer", "adapted_block_parameters", "check_freeze", "card_importance"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,33 @@ def adapted_block_parameters(model: Any, stack: Any) -> tuple[list[int], list[li
             groups.setdefault(block, []).append((name, p))
     blocks = sorted(groups)
     return blocks, [groups[b] for b in blocks]
+
+
+def check_freeze(train_config: Any, adapter: Any) -> None:
+    """Refuse ``--freeze`` where it is not supported, in one line naming the flag."""
+    freeze = getattr(train_config, "freeze", "off")
+    if freeze == "off":
+        return
+    if adapter is None:
+        raise ConfigError(f"--freeze {freeze} freezes adapted blocks; full fine-tuning has none (use --freeze off "
+                          "or an adapter)")
+    if adapter.is_adaptive or adapter.method == "adalora":
+        raise ConfigError(f"--freeze {freeze} is not supported with {'La-LoRA (--adaptive-ranks)' if adapter.is_adaptive else 'AdaLoRA'}: "
+                          "its ranks change during training; use --freeze off or --method lora")
+
+
+def card_importance(train_config: Any, card: Any) -> list[float] | None:
+    """The card's importance per block by ``--freeze-metric`` (``--freeze card``'s order, and what the observed
+    order is compared with), or None without a card or freezing."""
+    if getattr(train_config, "freeze", "off") == "off" or card is None:
+        return None
+    if train_config.freeze_metric not in card.metric_names:
+        if train_config.freeze == "card":
+            raise ConfigError(f"--freeze-metric {train_config.freeze_metric!r} is not on the card; it has: "
+                              f"{', '.join(card.metric_names)}")
+        return None
+    return card.importance(train_config.freeze_metric)
+
 
 
 class Freezer:

@@ -13,7 +13,7 @@ from layerwise.settings import (AdapterChoice, AdaptiveRanks, Calibration, DataS
                                 parse_ranks)
 
 __all__ = ["AdapterChoice", "AdaptiveRanks", "SelectionChoice", "train_job", "parse_ranks", "check_adaptive",
-           "make_lalora", "choose_layers", "budget_ranks", "rank_metric_of", "needs_card", "check_freeze", "freeze_importance", "CARD_FREE_POLICIES"]
+           "make_lalora", "choose_layers", "budget_ranks", "rank_metric_of", "needs_card", "CARD_FREE_POLICIES"]
 
 CARD_FREE_POLICIES = ("all", "manual", "random")
 """Policies that need no Layer Card."""
@@ -47,9 +47,8 @@ def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
 def needs_card(selection: SelectionChoice, adapter: AdapterChoice | None, train_config: Any = None) -> bool:
     """Whether the run needs a Layer Card: a policy that ranks layers, ``--rank-budget`` (split by a card
     metric) on any policy, or ``--freeze card`` (the card's ranking sets the freezing order)."""
-    freeze_card = train_config is not None and getattr(train_config, "freeze", "off") == "card"
     return adapter is not None and (selection.policy not in CARD_FREE_POLICIES or adapter.rank_budget is not None
-                                    or freeze_card)
+                                    or getattr(train_config, "freeze", "off") == "card")
 
 
 def rank_metric_of(adapter: AdapterChoice, chosen: Any) -> str | None:
@@ -149,8 +148,10 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     from layerwise.adapters.bridge import apply_adapter
     from layerwise.runtime.io import write_settings
     from layerwise.train import train
+    from layerwise.train.freezing import card_importance, check_freeze
     from layerwise.workflows.prepare import prepare
 
+    check_freeze(train_config, adapter)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)
@@ -160,9 +161,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
         LayerCard.load(selection.card)
     ready = prepare(model, data, dev)
     if adapter is None:  # full fine-tuning: every parameter of the model with its task head
-        check_freeze(train_config, adapter)
         return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress)
-    check_freeze(train_config, adapter)
     card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name,
                              needed=needs_card(selection, adapter, train_config))
     chosen = choose_layers(card, len(ready.stack), selection)
@@ -184,34 +183,8 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
                    train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
                    weights_writer=own[0] if adapter.is_adaptive else None,  # La-LoRA writes its truncated adapter
                    validation_examples=ready.task.validation,
-                   freeze_importance=freeze_importance(train_config, card))
+                   freeze_importance=card_importance(train_config, card))
     return result, chosen
-
-
-def check_freeze(train_config: Any, adapter: AdapterChoice | None) -> None:
-    """Refuse ``--freeze`` where it is not supported, in one line naming the flag."""
-    freeze = getattr(train_config, "freeze", "off")
-    if freeze == "off":
-        return
-    if adapter is None:
-        raise ConfigError(f"--freeze {freeze} freezes adapted blocks; full fine-tuning has none (use --freeze off "
-                          "or an adapter)")
-    if adapter.is_adaptive or adapter.method == "adalora":
-        raise ConfigError(f"--freeze {freeze} is not supported with {'La-LoRA (--adaptive-ranks)' if adapter.is_adaptive else 'AdaLoRA'}: "
-                          "its ranks change during training; use --freeze off or --method lora")
-
-
-def freeze_importance(train_config: Any, card: Any) -> list[float] | None:
-    """The card's importance per block by ``--freeze-metric`` (``--freeze card``'s order, and what the observed
-    order is compared with), or None without a card or freezing."""
-    if getattr(train_config, "freeze", "off") == "off" or card is None:
-        return None
-    if train_config.freeze_metric not in card.metric_names:
-        if train_config.freeze == "card":
-            raise ConfigError(f"--freeze-metric {train_config.freeze_metric!r} is not on the card; it has: "
-                              f"{', '.join(card.metric_names)}")
-        return None
-    return card.importance(train_config.freeze_metric)
 
 
 def _train_full(ready: Any, out_dir: Path, train_config: Any, resume: bool, callbacks: Sequence[Any],
