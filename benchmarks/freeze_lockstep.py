@@ -51,7 +51,8 @@ def parse() -> argparse.Namespace:
 def config(args: argparse.Namespace, seed: int, freeze: str, dropout: bool = False):
     from layerwise.train import TrainConfig
 
-    return TrainConfig(prefix_dropout=dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=seed, max_length=args.max_length,
+    return TrainConfig(prefix_dropout=dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=seed,
+                       max_length=args.max_length,
                        eval_every=args.eval_every, freeze=freeze, freeze_every=args.freeze_every,
                        freeze_percentile=args.freeze_percentile, freeze_keep_top=args.freeze_keep_top,
                        freeze_start=args.freeze_start, freeze_end=args.freeze_end)

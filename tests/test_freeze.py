@@ -8,7 +8,6 @@ import json
 import math
 import random
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -169,11 +168,13 @@ def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, r
     for name in lora:  # and the frozen ones as they were when they froze
         b = _block(name)
         if rec["freeze_step"][str(b)] is not None:
-            live = next(k for k in snaps.steps[12] if k.endswith(name.split("bert.")[1].replace(".weight", ".default.weight")))
+            tail = name.split("bert.")[1].replace(".weight", ".default.weight")
+            live = next(k for k in snaps.steps[12] if k.endswith(tail))
             assert torch.equal(final[name], snaps.steps[12][live]), name
     metrics = json.loads((tmp_path / "card" / "metrics.json").read_text())
     assert metrics["freeze"]["freeze_step"] == rec["freeze_step"] and metrics["config"]["freeze"] == "card"
-    assert (metrics["freeze"]["cache_fill_seconds"] > 0) == (cache == "auto") and len(metrics["freeze"]["epoch_seconds"]) == 2
+    assert (metrics["freeze"]["cache_fill_seconds"] > 0) == (cache == "auto")
+    assert len(metrics["freeze"]["epoch_seconds"]) == 2  # 48 examples / 8 = 6 steps an epoch
     assert (tmp_path / "card" / "freeze.png").stat().st_size > 0
 
 
@@ -193,7 +194,6 @@ def test_the_moved_cache_equals_the_recomputed_prefix_with_the_frozen_adapters(t
     from layerwise.train.freezing import Freezer
     from layerwise.data.collate import encode_examples
     from layerwise.models.layers import unwrap_model
-    from layerwise.train.prefix.cache import _pad_batch  # noqa: F401  (the build's own padding, for shape)
 
     task, train_ex, _ = rt
     features = encode_examples(train_ex[:20], tokenizer, task, 40)

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["REPORT_SCHEMA", "collect_run", "compare", "freeze_lines", "render_report_md", "render_report_png", "write_report"]
+__all__ = ["REPORT_SCHEMA", "collect_run", "compare", "freeze_lines", "render_report_md", "render_report_png",
+           "write_report"]
 
 REPORT_SCHEMA = 1
 PHASES = ("forward", "backward", "optimizer")

@@ -68,8 +68,9 @@ def check_freeze(train_config: Any, adapter: Any) -> None:
         raise ConfigError(f"--freeze {freeze} freezes adapted blocks; full fine-tuning has none (use --freeze off "
                           "or an adapter)")
     if adapter.is_adaptive or adapter.method == "adalora":
-        raise ConfigError(f"--freeze {freeze} is not supported with {'La-LoRA (--adaptive-ranks)' if adapter.is_adaptive else 'AdaLoRA'}: "
-                          "its ranks change during training; use --freeze off or --method lora")
+        what = "La-LoRA (--adaptive-ranks)" if adapter.is_adaptive else "AdaLoRA"
+        raise ConfigError(f"--freeze {freeze} is not supported with {what}: its ranks change during training; use "
+                          "--freeze off or --method lora")
 
 
 def card_importance(train_config: Any, card: Any) -> list[float] | None:
@@ -113,7 +114,6 @@ class Freezer:
         self.schedule = (card_schedule(self.importance, config.steps, config.freeze_keep_top, config.freeze_start,
                                        config.freeze_end) if config.freeze == "card" else [])
         self.cache, self.use_cache = cache, use_cache
-        self.base_cache = cache
         self.state = FreezeState(freeze_steps=[None] * n, depth=[[0, n]])
         self.fill_seconds = 0.0
         self.saved_fill_seconds = 0.0
