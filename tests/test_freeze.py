@@ -255,9 +255,23 @@ def test_resume_after_some_blocks_froze_is_bit_identical(tokenizer, rt, tmp_path
     assert resumed.final_metrics == whole.final_metrics
 
 
-def test_unsupported_combinations_are_refused_naming_freeze(tokenizer, rt, tmp_path):
+def test_unsupported_combinations_are_refused_naming_freeze(tokenizer, rt, tmp_path, monkeypatch):
+    from layerwise.runtime import distributed
+    from layerwise.settings import AdapterChoice, AdaptiveRanks
+    from layerwise.train.freezing import check_freeze
+
     with pytest.raises(ConfigError, match="--freeze card needs a Layer Card"):
         train(_adapted(tokenizer), tokenizer, *rt, _config(freeze="card"), tmp_path / "nocard", show_progress=False)
+    with pytest.raises(ConfigError, match="--freeze auto is not supported with AdaLoRA"):
+        check_freeze(_config(freeze="auto"), AdapterChoice("adalora", "q,v", 4))
+    with pytest.raises(ConfigError, match="--freeze auto is not supported with La-LoRA"):
+        check_freeze(_config(freeze="auto"), AdapterChoice("lora", "q,v", 4, adaptive=AdaptiveRanks(r_max=4)))
+    with pytest.raises(ConfigError, match="--freeze auto freezes adapted blocks; full fine-tuning"):
+        check_freeze(_config(freeze="auto"), None)
+    check_freeze(_config(), None)  # off: anything goes
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="--freeze auto is not supported under torchrun"):
+        train(_adapted(tokenizer), tokenizer, *rt, _config(freeze="auto"), tmp_path / "ddp", show_progress=False)
 
 
 # --- the Hugging Face Trainer ------------------------------------------------------------------------------

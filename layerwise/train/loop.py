@@ -182,6 +182,10 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
 
+    if config.freeze != "off" and distributed.world_size() > 1:
+        raise ConfigError(f"{flag_name('freeze')} {config.freeze} is not supported under torchrun yet (every rank "
+                          "would have to freeze the same blocks at the same step); run it in one process or use "
+                          f"{flag_name('freeze')} off")
     named = trainable_parameters(model)
     params = list(named.values())
     if not params:
@@ -240,10 +244,6 @@ def _make_freezer(model: Any, config: TrainConfig, features: list, optimizer: An
     """The freezing schedule of ``--freeze``; refuses what it does not support, in one line."""
     from layerwise.train.freezing import Freezer
 
-    if distributed.world_size() > 1:
-        raise ConfigError(f"{flag_name('freeze')} {config.freeze} is not supported under torchrun yet (every rank "
-                          "would have to freeze the same blocks at the same step); run it in one process or use "
-                          f"{flag_name('freeze')} off")
     steps_per_epoch = len(features) / (config.batch_size * config.grad_accum)
     return Freezer(model, config, features, optimizer, importance, cache=prefix,
                    use_cache=config.prefix_cache != "off" and not config.prefix_dropout,
