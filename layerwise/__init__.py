@@ -52,6 +52,7 @@ _API: dict[str, tuple[str, str]] = {
     "LaLoRA": ("layerwise.train.lalora.callback", "LaLoRA"),
     "LaLoRATrainerCallback": ("layerwise.train.lalora.trainer", "LaLoRATrainerCallback"),
     "PhaseTimingCallback": ("layerwise.train.callback", "PhaseTimingCallback"),
+    "FreezeTrainerCallback": ("layerwise.train.callback", "FreezeTrainerCallback"),
     "FrozenPrefixCallback": ("layerwise.train.prefix.callback", "FrozenPrefixCallback"),
     "prepare_gradient_checkpointing": ("layerwise.train.prefix.recompute", "prepare_gradient_checkpointing"),
     # errors

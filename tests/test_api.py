@@ -30,7 +30,7 @@ PUBLIC = [
     "select", "Selection", "POLICIES", "register_policy", "split_rank_budget",
     "apply_adapter", "build_peft_config", "METHODS", "suggest", "Suggestion", "ExportedSelection",
     "export_from_card", "export_from_run", "write_export", "load_adapter", "LoadedAdapter",
-    "LaLoRA", "LaLoRATrainerCallback", "PhaseTimingCallback", "FrozenPrefixCallback", "prepare_gradient_checkpointing",
+    "LaLoRA", "LaLoRATrainerCallback", "PhaseTimingCallback", "FreezeTrainerCallback", "FrozenPrefixCallback", "prepare_gradient_checkpointing",
     "LayerwiseError", "ConfigError", "DataError", "ModelError",
 ]
 

@@ -97,3 +97,21 @@ def test_converged_benchmark_sweeps_on_validation_then_benches_in_parts(glue_dir
     md = (out / "converged.md").read_text()
     assert "majority-class baseline on dev (always class 1" in md and "Learning-rate sweep" in md
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_freeze_lockstep_benchmark_end_to_end(glue_dir, tmp_path):
+    """benchmarks/freeze_lockstep.py on a sliver of MRPC: uniform, freeze-auto and freeze-card side by side,
+    the card's schedule froze blocks and the summary holds the ratios."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--data", str(glue_dir / "MRPC"),
+           "--train-subset", "48", "--steps", "6", "--eval-every", "3", "--freeze-every", "2", "--samples", "16",
+           "--max-length", "32", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"uniform", "freeze-auto", "freeze-card"}
+    assert summary["methods"]["uniform"]["time_ratio_of_means"] == 1.0
+    card = summary["runs"]["0"]["freeze-card"]["freeze"]
+    assert card["mode"] == "card" and card["frozen"] == 5 and card["card_schedule"]
+    assert "time ratio" in done.stdout

@@ -47,6 +47,8 @@ class BenchMethod:
     description: str
     card_metrics: tuple[str, ...] = ()
     """Card metrics the method ranks by; empty for methods that need no card."""
+    train_overrides: tuple[tuple[str, Any], ...] = ()
+    """``TrainConfig`` fields the method sets (``freeze-auto`` sets ``freeze='auto'``)."""
 
     @property
     def needs_card(self) -> bool:
@@ -77,11 +79,14 @@ class CellJob:
 BENCH_METHODS: dict[str, BenchMethod] = {}
 
 
-def register_bench_method(name: str, description: str, card_metrics: Sequence[str] = ()) -> Callable:
-    """Decorator adding ``fn(settings, k) -> (selection, adapter)`` to :data:`BENCH_METHODS`."""
+def register_bench_method(name: str, description: str, card_metrics: Sequence[str] = (),
+                          train_overrides: dict[str, Any] | None = None) -> Callable:
+    """Decorator adding ``fn(settings, k) -> (selection, adapter)`` to :data:`BENCH_METHODS`; ``train_overrides``
+    are ``TrainConfig`` fields the method's cells train with."""
 
     def wrap(fn: Callable[[BenchSettings, int | None], tuple[Any, Any]]) -> Callable:
-        BENCH_METHODS[name] = BenchMethod(name, fn, description, tuple(card_metrics))
+        BENCH_METHODS[name] = BenchMethod(name, fn, description, tuple(card_metrics),
+                                          tuple((train_overrides or {}).items()))
         return fn
 
     return wrap
@@ -189,6 +194,20 @@ def _energy_ranks(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
     return selection, AdapterChoice("lora", s.targets, s.rank, rank_budget=budget, rank_metric="act_energy")
 
 
+@register_bench_method("freeze-auto", "LoRA on every layer, blocks frozen bottom-up during training when their "
+                       "gradient-norm change falls below the percentile (--freeze auto; AutoFreeze's rule)",
+                       train_overrides={"freeze": "auto"})
+def _freeze_auto(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    return SelectionChoice("all"), AdapterChoice("lora", s.targets, s.rank)
+
+
+@register_bench_method("freeze-card", "LoRA on every layer, blocks frozen bottom-up at fractions of the budget in "
+                       "the Layer Card's order (--freeze card, by resnorm)", card_metrics=("resnorm",),
+                       train_overrides={"freeze": "card"})
+def _freeze_card(s: BenchSettings, k: int | None) -> tuple[Any, Any]:
+    return _from_card(s, "all", {}), AdapterChoice("lora", s.targets, s.rank)
+
+
 # -- method names ---------------------------------------------------------------------------------------
 def find_method(name: str) -> tuple[BenchMethod, int | None]:
     """The registered method of a concrete name and its k (``actnorm-top3`` -> (actnorm-top{k}, 3))."""
@@ -233,7 +252,7 @@ def build_cell(name: str, seed: int, train_config: Any, settings: BenchSettings)
     selection, adapter = method.fn(settings, k)
     if selection is not None and selection.policy == "random":
         selection = replace(selection, draw=int(seed))  # each seed is another draw of layers
-    job = CellJob(name, selection, adapter, replace(train_config, seed=int(seed)))
+    job = CellJob(name, selection, adapter, replace(train_config, seed=int(seed), **dict(method.train_overrides)))
     if job.full and settings.full_lr is not None:
         job = replace(job, train_config=replace(job.train_config, lr=settings.full_lr))
     return job

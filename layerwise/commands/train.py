@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The calibration sample only matters when a card is made here: `--policy all --batch-size 512` must not be
     # refused because of --samples (the card's sample), which this run never draws.
-    makes_card = not selection.card and needs_card(selection, adapter)
+    makes_card = not selection.card and needs_card(selection, adapter, train_config)
     calibration = (build(GROUPS[5], args, batch_size=train_config.batch_size, max_length=train_config.max_length)
                    if makes_card else None)
 

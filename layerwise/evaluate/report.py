@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["REPORT_SCHEMA", "collect_run", "compare", "render_report_md", "render_report_png", "write_report"]
+__all__ = ["REPORT_SCHEMA", "collect_run", "compare", "freeze_lines", "render_report_md", "render_report_png",
+           "write_report"]
 
 REPORT_SCHEMA = 1
 PHASES = ("forward", "backward", "optimizer")
@@ -37,6 +38,7 @@ def collect_run(run_dir: str | os.PathLike, label: str) -> dict[str, Any]:
         "layers": (selection.get("selection") or {}).get("layers"),
         "selection": selection.get("selection"), "adapter": selection.get("adapter"),
         "prefix_cache": metrics.get("prefix_cache"),
+        "freeze": metrics.get("freeze"),
     }
 
 
@@ -86,7 +88,25 @@ def render_report_md(rows: Sequence[dict[str, Any]], context: dict[str, Any]) ->
         lines.append(f"| {r['label']} | {_pct(v['score'])} | {_pct(v['trainable_params'])} | "
                      f"{_pct(v['train_seconds'])} | {_pct(v['forward_seconds'])} | {_pct(v['backward_seconds'])} | "
                      f"{_pct(v['optimizer_seconds'])} | {_pct(v['peak_memory'])} |")
-    return "\n".join(lines + _prefix_cache_lines(rows)) + "\n"
+    return "\n".join(lines + _prefix_cache_lines(rows) + freeze_lines(rows)) + "\n"
+
+
+def freeze_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each run's freezing schedule (``--freeze``): which block froze at which step, the trainable depth at the
+    end, the time per epoch, the cache fills (part of the train time) and the card's Kendall tau."""
+    runs = [(r["label"], r.get("freeze")) for r in rows if r.get("freeze")]
+    if not runs:
+        return []
+    lines = ["", "Freezing schedule (cache fills are part of the train time above):", ""]
+    for label, f in runs:
+        froze = ", ".join(f"{b}@{s}" for b, s in f["freeze_step"].items() if s is not None) or "none"
+        epochs = ", ".join(f"{e:.1f}" for e in f.get("epoch_seconds") or []) or "n/a"
+        tau = "" if f.get("kendall_tau") is None else f"; Kendall tau, card ({f['metric']}) vs observed order: " \
+                                                       f"{f['kendall_tau']:.2f}"
+        lines.append(f"- {label}: --freeze {f['mode']}; frozen (block@step) {froze}; "
+                     f"{len(f['blocks']) - f['frozen']} of {len(f['blocks'])} adapted blocks train at the end; "
+                     f"seconds per epoch {epochs}; cache fills {f['cache_fill_seconds']:.1f} s{tau}")
+    return lines
 
 
 def _baseline_lines(rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from layerwise.train.config import TrainConfig
 from layerwise.train.evaluate import evaluate
 
 __all__ = ["TrainConfig", "train", "TrainResult", "TrainState", "evaluate", "PhaseTimer", "PhaseTimingCallback",
-           "FrozenPrefixCallback"]
+           "FrozenPrefixCallback", "FreezeTrainerCallback"]
 
 _LAZY = {
     "train": "layerwise.train.loop",
@@ -22,6 +22,7 @@ _LAZY = {
     "PhaseTimer": "layerwise.train.phases",
     "PhaseTimingCallback": "layerwise.train.callback",
     "FrozenPrefixCallback": "layerwise.train.prefix.callback",
+    "FreezeTrainerCallback": "layerwise.train.callback",
 }
 
 

@@ -1,4 +1,5 @@
-"""``PhaseTimingCallback``: per-step time and memory for users of the Hugging Face ``Trainer``.
+"""``PhaseTimingCallback``: per-step time and memory for users of the Hugging Face ``Trainer``; and
+``FreezeTrainerCallback``: the ``--freeze`` schedule in the ``Trainer`` (see its docstring).
 
 The Trainer does not expose the forward/backward split to callbacks, so a step is split at
 ``on_pre_optimizer_step`` into ``forward_backward`` (every micro-batch's forward and backward, and gradient
@@ -21,7 +22,7 @@ from transformers import TrainerCallback
 from layerwise.train.log import TrainLog
 from layerwise.train.phases import PhaseTimer
 
-__all__ = ["PhaseTimingCallback"]
+__all__ = ["PhaseTimingCallback", "FreezeTrainerCallback"]
 
 _PHASES = ("forward_backward", "optimizer")
 
@@ -88,3 +89,105 @@ class PhaseTimingCallback(TrainerCallback):
         if self._pending is not None and self._log is not None:
             self._log.write(self._pending)
         self._pending = None
+
+
+class FreezeTrainerCallback(TrainerCallback):
+    """``--freeze auto|card`` in the Hugging Face ``Trainer``: the same criteria as :func:`layerwise.train.train`
+    (:mod:`layerwise.train.freeze`), without the prefix cache.
+
+    The adapted blocks of the peft ``model`` (those with a trainable parameter) freeze bottom-up: a frozen
+    block's adapter gets ``requires_grad=False`` (the backward then stops above it) and its optimizer state is
+    dropped. ``mode='auto'`` checks every ``every`` optimizer steps; the signal is each block's adapter
+    gradient norm summed over the interval, read in ``on_pre_optimizer_step``, which the Trainer calls *after*
+    clipping (``layerwise train`` reads it before clipping: with ``max_grad_norm`` reached, the two differ by the
+    clip factor of each step). ``mode='card'`` needs ``importance`` (the card's importance per block, e.g.
+    ``LayerCard.importance('resnorm')``) and freezes at ``start..end`` of ``state.max_steps``.
+
+    ``record`` holds the freeze step per block, the trainable depth over time and the checks; it is written to
+    ``<output_dir>/freeze.json`` at the end. Not for multi-process training (each rank would decide alone).
+    """
+
+    def __init__(self, model: Any, mode: str = "auto", every: int = 50, percentile: float = 50.0,
+                 keep_top: int = 1, start: float = 0.3, end: float = 0.7,
+                 importance: Any = None) -> None:
+        import torch
+
+        from layerwise.models.layers import find_layer_stack
+        from layerwise.runtime.errors import ConfigError
+        from layerwise.train.freeze import FreezeState
+        from layerwise.train.freezing import adapted_block_parameters
+
+        if mode not in ("auto", "card"):
+            raise ConfigError(f"FreezeTrainerCallback: mode must be 'auto' or 'card', got {mode!r}")
+        if mode == "card" and importance is None:
+            raise ConfigError("FreezeTrainerCallback(mode='card') needs importance (the card's, per block)")
+        if mode == "auto" and every < 1:
+            raise ConfigError(f"FreezeTrainerCallback: every must be >= 1, got {every}")
+        self.mode, self.every, self.percentile, self.keep_top = mode, every, percentile, keep_top
+        self.start, self.end = start, end
+        self.blocks, self.params = adapted_block_parameters(model, find_layer_stack(model))
+        self.importance = None if importance is None else [float(importance[b]) for b in self.blocks]
+        self.state = FreezeState(freeze_steps=[None] * len(self.blocks), depth=[[0, len(self.blocks)]])
+        self.schedule: list[int] = []
+        self.accumulated = torch.zeros(len(self.blocks), dtype=torch.float64)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from layerwise.train.freeze import card_schedule
+
+        if self.mode == "card":
+            self.schedule = card_schedule(self.importance, state.max_steps, self.keep_top, self.start, self.end)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch
+
+        if self.mode != "auto":
+            return
+        for pos in range(self.state.frozen, len(self.blocks)):
+            grads = [p.grad for _, p in self.params[pos] if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                self.accumulated[pos] += float(norm)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        from layerwise.train.freeze import auto_decision
+
+        step, st = state.global_step, self.state
+        if self.mode == "card":
+            while st.frozen < len(self.schedule) and step >= self.schedule[st.frozen]:
+                self._freeze(step, optimizer)
+            return
+        if step % self.every or step >= state.max_steps:
+            return
+        current = self.accumulated.tolist()
+        fire, info = auto_decision(st.previous, current, st.frozen, self.keep_top, self.percentile)
+        st.checks.append({"step": step, **info, "froze": fire})
+        st.previous = current
+        self.accumulated.zero_()
+        if fire:
+            self._freeze(step, optimizer)
+
+    def _freeze(self, step: int, optimizer: Any) -> None:
+        st = self.state
+        pos = st.frozen
+        for _, p in self.params[pos]:
+            p.requires_grad_(False)
+            p.grad = None
+            if optimizer is not None:
+                optimizer.state.pop(p, None)
+        st.frozen += 1
+        st.freeze_steps[pos] = step
+        st.depth.append([step, len(self.blocks) - st.frozen])
+
+    @property
+    def record(self) -> dict:
+        """Blocks, freeze step per block, trainable depth over time and the checks."""
+        return {"mode": self.mode, "blocks": list(self.blocks),
+                "freeze_step": {str(b): s for b, s in zip(self.blocks, self.state.freeze_steps)},
+                "depth": self.state.depth, "card_schedule": self.schedule or None, "checks": self.state.checks}
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from layerwise.runtime.io import atomic_write_json
+        from layerwise.train.log import json_safe
+
+        if state.is_world_process_zero:
+            atomic_write_json(Path(args.output_dir) / "freeze.json", json_safe(self.record))

@@ -148,10 +148,13 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any,
-                    state: TrainState, config: dict, callbacks: Sequence[Any] = ()) -> Path:
+                    state: TrainState, config: dict, callbacks: Sequence[Any] = (),
+                    named: dict[str, Any] | None = None) -> Path:
     """Write everything :func:`load_checkpoint` needs to continue at ``state.step`` exactly.
 
     ``callbacks`` with ``state_dict()``/``load_state_dict()`` have their state saved in ``callbacks.pt``.
+    ``named`` (name -> parameter) is the run's parameter set when it differs from what requires grad now (a
+    freezing schedule turns ``requires_grad`` off on frozen blocks, whose weights the checkpoint still holds).
 
     In a data-parallel run every rank must call it (it gathers each rank's RNG state); rank 0 writes.
     """
@@ -164,7 +167,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, sche
         import torch
         from safetensors.torch import save_file
 
-        params = trainable_parameters(model)
+        params = named if named is not None else trainable_parameters(model)
         save_file({k: p.detach().contiguous() for k, p in params.items()}, str(tmp / "trainable.safetensors"))
         for name, obj in (("optimizer", optimizer.state_dict()), ("scheduler", scheduler.state_dict())):
             _check_plain(obj, name)
@@ -187,7 +190,8 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any, sche
 
 
 def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
-                    scheduler: Any, callbacks: Sequence[Any] = ()) -> tuple[TrainState, dict]:
+                    scheduler: Any, callbacks: Sequence[Any] = (),
+                    named: dict[str, Any] | None = None) -> tuple[TrainState, dict]:
     """Restore trainable weights, optimizer, scheduler, RNG and callback states from ``out_dir``'s checkpoint.
 
     Returns the saved :class:`TrainState` and the config dict it was trained with. Raises
@@ -205,7 +209,7 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Any, optimizer: Any,
                           f"{meta.get('schema_version') if isinstance(meta, dict) else None}, "
                           f"this version reads {SCHEMA_VERSION}")
     _load_trainable(model, _read(folder / "trainable.safetensors", lambda f: load_file(str(f))), meta["trainable"],
-                    folder)
+                    folder, named)
     optimizer.load_state_dict(_read(folder / "optimizer.pt", _torch_load))
     scheduler.load_state_dict(_read(folder / "scheduler.pt", _torch_load))
     _load_callbacks(folder, callbacks)
@@ -270,10 +274,11 @@ def _load_callbacks(folder: Path, callbacks: Sequence[Any]) -> None:
         cb.load_state_dict(saved[key])
 
 
-def _load_trainable(model: Any, tensors: dict, names: list[str], folder: Path) -> None:
+def _load_trainable(model: Any, tensors: dict, names: list[str], folder: Path,
+                    named: dict[str, Any] | None = None) -> None:
     import torch
 
-    params = trainable_parameters(model)
+    params = named if named is not None else trainable_parameters(model)
     if list(params) != names:
         missing, extra = sorted(set(names) - set(params)), sorted(set(params) - set(names))
         raise ModelError(f"--resume: the checkpoint in {folder} was saved for other trainable parameters "

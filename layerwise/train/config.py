@@ -9,8 +9,9 @@ from layerwise.runtime.errors import ConfigError
 from layerwise.settings.fields import at_least, finite_numbers, flag, one_of
 from layerwise.settings.fields import flag_name as _field_flag
 from layerwise.train.reporting import REPORT_TO
+from layerwise.train.freeze import FREEZE_MODES
 
-__all__ = ["TrainConfig", "SCHEDULERS", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
+__all__ = ["TrainConfig", "SCHEDULERS", "FREEZE_MODES", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
 
 SCHEDULERS = ("linear", "cosine", "constant")
 """Learning-rate decay shapes after warmup (see :mod:`layerwise.train.schedule`)."""
@@ -90,6 +91,27 @@ class TrainConfig:
     one more forward of those blocks per step); only blocks with a trainable parameter are checkpointed and the
     frozen blocks below the lowest adapter stay out of the backward (see ``layerwise.train.prefix.recompute``)."""
 
+    freeze: str = flag("off", choices=FREEZE_MODES)
+    """Freeze as you go: 'auto' freezes the lowest trainable block when its gradient-norm change falls below
+    ``--freeze-percentile`` of the trainable blocks' changes (AutoFreeze's rule), 'card' freezes blocks at
+    fractions of the budget in the Layer Card's order; frozen blocks are always a bottom prefix and their
+    output comes from the prefix cache (see ``layerwise.train.freeze``). 'off': every adapted block trains."""
+    freeze_every: int = 0
+    """Steps between two freezing checks; 0 checks at each evaluation (``--eval-every``), or every tenth of
+    ``--steps`` when there is no evaluation before the end."""
+    freeze_percentile: float = 50.0
+    """``--freeze auto``: the lowest trainable block freezes when its gradient-norm change is below this
+    percentile of the trainable blocks' changes (0-100)."""
+    freeze_keep_top: int = 1
+    """The top this many adapted blocks (and the task head) are never frozen."""
+    freeze_start: float = 0.3
+    """``--freeze card``: fraction of ``--steps`` at which the block the card ranks lowest freezes."""
+    freeze_end: float = 0.7
+    """``--freeze card``: fraction of ``--steps`` at which the last freezable block (ranked highest) freezes."""
+    freeze_metric: str = "resnorm"
+    """``--freeze card``: the card metric that ranks the blocks (least important freezes first); also the
+    ranking the observed freeze order is compared with (Kendall tau) when a card is at hand."""
+
     FLAGS: ClassVar[dict[str, str]] = {"seed": "train-seed"}
     """Fields whose flag is not their name with dashes (``seed`` is ``--train-seed``: ``--calibration-seed``
     is the card's)."""
@@ -121,9 +143,25 @@ class TrainConfig:
         one_of(self, "prefix_cache_dtype", PREFIX_CACHE_DTYPES)
         if self.prefix_cache_dir is not None and not str(self.prefix_cache_dir).strip():
             raise ConfigError(f"{flag_name('prefix_cache_dir')} must be a folder path, got an empty string")
+        one_of(self, "freeze", FREEZE_MODES)
+        at_least(self, "freeze_every", 0)
+        at_least(self, "freeze_keep_top", 0)
+        if not 0.0 < self.freeze_percentile <= 100.0:
+            raise ConfigError(f"{flag_name('freeze_percentile')} must be in (0, 100], got {self.freeze_percentile}")
+        if not 0.0 <= self.freeze_start <= self.freeze_end <= 1.0:
+            raise ConfigError(f"{flag_name('freeze_start')} and {flag_name('freeze_end')} must satisfy 0 <= start <= "
+                              f"end <= 1, got {self.freeze_start} and {self.freeze_end}")
+        if self.freeze != "off" and self.gradient_checkpointing:
+            raise ConfigError(f"{flag_name('freeze')} {self.freeze} does not support --gradient-checkpointing; "
+                              "use one of them")
         if self.early_stopping and not self.eval_every:
             raise ConfigError(f"{flag_name('early_stopping')} needs {flag_name('eval_every')} > 0 (with 0 there is "
                               "only the final evaluation)")
+
+    @property
+    def freeze_interval(self) -> int:
+        """Steps between two freezing checks: ``freeze_every``, else ``eval_every``, else a tenth of ``steps``."""
+        return self.freeze_every or self.eval_every or max(1, self.steps // 10)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

@@ -42,16 +42,19 @@ from layerwise.train import parallel
 from layerwise.train.phases import TRAIN_PHASES, PhaseTimer
 from layerwise.train.state import TrainState
 
-__all__ = ["TrainResult", "train", "LOG_NAME", "METRICS_NAME", "ADAPTER_DIR", "BEST_DIR", "PLOT_NAME"]
+__all__ = ["TrainResult", "train", "LOG_NAME", "METRICS_NAME", "ADAPTER_DIR", "BEST_DIR", "PLOT_NAME",
+           "FREEZE_PLOT_NAME"]
 
 log = logging.getLogger(__name__)
 
 LOG_NAME, METRICS_NAME, PLOT_NAME = "train_log.jsonl", "metrics.json", "plots.png"
+FREEZE_PLOT_NAME = "freeze.png"
 ADAPTER_DIR, BEST_DIR = "adapter", "best"
 
 # Config fields that shape the trajectory: a resumed run must use the values it was trained with.
 _TRAJECTORY = ("lr", "weight_decay", "warmup_ratio", "scheduler", "batch_size", "grad_accum", "max_length",
-               "seed", "max_grad_norm", "pad_to", "group_by_length")
+               "seed", "max_grad_norm", "pad_to", "group_by_length", "freeze", "freeze_every", "freeze_percentile",
+               "freeze_keep_top", "freeze_start", "freeze_end", "freeze_metric")
 
 
 @dataclass
@@ -87,6 +90,9 @@ class TrainResult:
     """Validation metrics of the best evaluation (``None`` without a validation split)."""
     prefix_cache: dict | None = None
     """Whether the frozen-prefix cache was used, its size and build time, or why not (``PrefixCacheReport``)."""
+    freeze: dict | None = None
+    """The freezing schedule's record (``--freeze``): freeze step per block, trainable depth over time, time
+    per epoch, cache fills, Kendall tau; None with ``--freeze off``."""
 
 
 @dataclass
@@ -127,13 +133,18 @@ class _Run:
     """The validation split that chooses the checkpoint, or None (the dev set chooses)."""
     precision: Any = None
     """Autocast and loss scaling of a 16-bit model (``layerwise.train.precision.Precision``)."""
+    named: dict | None = None
+    """Name -> parameter of every parameter trained at the start (checkpoints keep them all, frozen or not)."""
+    freezer: Any = None
+    """The freezing schedule (``layerwise.train.freezing.Freezer``), or None with ``--freeze off``."""
 
 
 def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
           dev_examples: Sequence[Example], config: TrainConfig, out_dir: str | Path, resume: bool = False,
           callbacks: Sequence[Any] = (), show_progress: bool = True,
           weights_writer: WeightsWriter | None = None,
-          validation_examples: Sequence[Example] | None = None) -> TrainResult:
+          validation_examples: Sequence[Example] | None = None,
+          freeze_importance: Sequence[float] | None = None) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` (a peft model) on ``train_examples`` for ``config.steps``.
 
     ``resume=True`` continues from ``out_dir/checkpoint`` at its exact step. ``callbacks`` implement any of
@@ -142,10 +153,13 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
     ``save_pretrained`` (La-LoRA's truncated adapter, full fine-tuning's whole model). ``validation_examples``
     (held out of train, e.g. by :func:`layerwise.data.holdout.hold_out_validation`) choose the best
     checkpoint and stop early; the dev set is then scored alongside and reported at the chosen step. A
-    ``KeyboardInterrupt`` saves a checkpoint at the last completed step, then propagates.
+    ``KeyboardInterrupt`` saves a checkpoint at the last completed step, then propagates. With
+    ``config.freeze`` on, blocks freeze bottom-up during the run (:mod:`layerwise.train.freezing`);
+    ``freeze_importance`` (the card's importance per block, by ``config.freeze_metric``) sets ``card``'s order
+    and is compared with the observed order.
     """
     run = _setup(model, tokenizer, task, train_examples, dev_examples, config, Path(out_dir), resume, callbacks,
-                 validation_examples)
+                 validation_examples, freeze_importance)
     run.weights_writer = weights_writer
     try:
         with DeferredInterrupt() as interrupt:
@@ -164,13 +178,19 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
 
 def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[Example],
            dev_examples: Sequence[Example], config: TrainConfig, out_dir: Path, resume: bool,
-           callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None) -> _Run:
+           callbacks: Sequence[Any], validation_examples: Sequence[Example] | None = None,
+           freeze_importance: Sequence[float] | None = None) -> _Run:
     from layerwise.data.collate import Collator, encode_examples, warn_truncation
     from layerwise.data.task_metrics import get_metric
     from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
 
-    params = list(trainable_parameters(model).values())
+    if config.freeze != "off" and distributed.world_size() > 1:
+        raise ConfigError(f"{flag_name('freeze')} {config.freeze} is not supported under torchrun yet (every rank "
+                          "would have to freeze the same blocks at the same step); run it in one process or use "
+                          f"{flag_name('freeze')} off")
+    named = trainable_parameters(model)
+    params = list(named.values())
     if not params:
         raise ModelError("the model has no trainable parameters; wrap it with peft (LoRA) before training")
     precision = Precision.for_model(model, params)  # 16-bit base: float32 master weights, autocast
@@ -198,9 +218,16 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
             "validation_examples": len(validation_examples) if validation_examples is not None else 0,
             **parallel.run_info()}
     parallel.check_data_size(len(features), config.batch_size)
+    freezer = None
+    if config.freeze != "off":
+        freezer = _make_freezer(model, config, features, optimizer, freeze_importance, prefix)
+        callbacks = (*callbacks, freezer)  # its state is checkpointed
     # Last, so nothing between here and the first step consumes random numbers.
-    state = (_resume_state(out_dir, model, optimizer, scheduler, info, callbacks) if resume
+    state = (_resume_state(out_dir, model, optimizer, scheduler, info, callbacks, named) if resume
              else _fresh_state(config.seed))
+    if freezer is not None and freezer.state.frozen and freezer.cache is not None:
+        prefix = freezer.cache  # resumed after some blocks froze: the rebuilt cache
+        state.train_seconds += freezer.fill_seconds - freezer.saved_fill_seconds
     model.train()
     return _Run(model=model, task=task, config=config, out_dir=out_dir, params=params, optimizer=optimizer,
                 scheduler=scheduler, features=features, lengths=lengths, info=info,
@@ -212,7 +239,19 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
                 log=parallel.open_log(out_dir / LOG_NAME, keep_through=state.step if resume else None),
                 callbacks=tuple(callbacks), higher_is_better=get_metric(task.main_metric).higher_is_better,
                 device=device, saved_step=state.step if resume else -1, engine=parallel.wrap_model(model),
-                prefix=prefix, prefix_report=prefix_report, valset=valset, precision=precision)
+                prefix=prefix, prefix_report=prefix_report, valset=valset, precision=precision, named=named,
+                freezer=freezer)
+
+
+def _make_freezer(model: Any, config: TrainConfig, features: list, optimizer: Any,
+                  importance: Sequence[float] | None, prefix: Any) -> Any:
+    """The freezing schedule of ``--freeze``; refuses what it does not support, in one line."""
+    from layerwise.train.freezing import Freezer
+
+    steps_per_epoch = len(features) / (config.batch_size * config.grad_accum)
+    return Freezer(model, config, features, optimizer, importance, cache=prefix,
+                   use_cache=config.prefix_cache != "off" and not config.prefix_dropout,
+                   steps_per_epoch=steps_per_epoch)
 
 
 def _eval_sets(valset: EvalSet | None, evalset: EvalSet) -> list[EvalSet]:
@@ -268,9 +307,9 @@ def _check_disk_space(out_dir: Path, params: Sequence[Any]) -> None:
 
 
 def _resume_state(out_dir: Path, model: Any, optimizer: Any, scheduler: Any, info: dict,
-                  callbacks: Sequence[Any] = ()) -> TrainState:
+                  callbacks: Sequence[Any] = (), named: dict | None = None) -> TrainState:
     """Load the checkpoint; refuse a config or data set that would change the trajectory."""
-    state, saved = load_checkpoint(out_dir, model, optimizer, scheduler, callbacks)
+    state, saved = load_checkpoint(out_dir, model, optimizer, scheduler, callbacks, named)
     parallel.check_world_size(saved, info, out_dir)
     for name in _TRAJECTORY:
         if name in saved and saved[name] != info[name]:
@@ -358,6 +397,8 @@ def _micro_batch(run: _Run, n: int) -> tuple[dict, torch.Tensor | None]:
 
 def _optimizer_step(run: _Run) -> None:
     run.precision.unscale(run.optimizer)  # float16: clip and log the true gradients
+    if run.freezer is not None:  # AutoFreeze's signal: the blocks' final, unclipped gradient norms
+        run.freezer.accumulate()
     if run.config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
     for callback in run.callbacks:  # e.g. La-LoRA keeps the pruned slices of its factors
@@ -384,7 +425,9 @@ def _record_step(run: _Run, record: dict, loss: float) -> None:
 
 
 def _after_step(run: _Run, interrupt: DeferredInterrupt) -> None:
-    """Evaluation and checkpoint if due, callbacks, then a deferred Ctrl-C (at this exact boundary)."""
+    """Freezing check, evaluation and checkpoint if due, callbacks, then a deferred Ctrl-C (at this exact
+    boundary)."""
+    _maybe_freeze(run)
     _maybe_evaluate(run)
     _maybe_save(run)
     for callback in run.callbacks:
@@ -392,6 +435,18 @@ def _after_step(run: _Run, interrupt: DeferredInterrupt) -> None:
             callback.on_step_end(run.state)
     if distributed.any_rank(interrupt.requested):  # every rank stops at the same step boundary
         raise KeyboardInterrupt
+
+
+def _maybe_freeze(run: _Run) -> None:
+    """The freezing check of this step when due; a cache fill's time counts as training time."""
+    freezer, state = run.freezer, run.state
+    if freezer is None:
+        return
+    before = freezer.fill_seconds
+    if freezer.due(state.step) and freezer.check(state.step) and freezer.cache is not None:
+        run.prefix = freezer.cache
+    state.train_seconds += freezer.fill_seconds - before
+    freezer.end_of_step(state.step, state.train_seconds)
 
 
 def _maybe_evaluate(run: _Run, force: bool = False) -> None:
@@ -446,7 +501,8 @@ def _save(run: _Run) -> None:
     """Checkpoint the current step (once per step)."""
     if run.saved_step == run.state.step:
         return
-    save_checkpoint(run.out_dir, run.model, run.optimizer, run.scheduler, run.state, run.info, run.callbacks)
+    save_checkpoint(run.out_dir, run.model, run.optimizer, run.scheduler, run.state, run.info, run.callbacks,
+                    run.named)
     run.saved_step = run.state.step
 
 
@@ -481,6 +537,10 @@ def _write_outputs(run: _Run) -> TrainResult:
     if distributed.is_main():
         atomic_write_json(out / METRICS_NAME, json_safe(_metrics(run, trainable)))
         plot_training(out / LOG_NAME, out / PLOT_NAME, run.task.main_metric)
+        if run.freezer is not None:
+            from layerwise.train.plots import plot_freezing
+
+            plot_freezing(run.freezer.report(state.step), state.step, out / FREEZE_PLOT_NAME)
         for callback in run.callbacks:  # e.g. La-LoRA's rank_history.json and ranks.png
             if isinstance(callback, OnTrainEnd):
                 callback.on_train_end(state, out)
@@ -492,7 +552,8 @@ def _write_outputs(run: _Run) -> TrainResult:
                        phase_totals=dict(state.phase_totals), peak_memory=state.peak_memory,
                        trainable_params=trainable, log_path=out / LOG_NAME, adapter_dir=adapter_dir,
                        best_dir=best_dir, stopped_early=state.stopped_early,
-                       prefix_cache=run.prefix_report.to_dict() if run.prefix_report is not None else None)
+                       prefix_cache=run.prefix_report.to_dict() if run.prefix_report is not None else None,
+                       freeze=run.freezer.report(state.step) if run.freezer is not None else None)
 
 
 def _metrics(run: _Run, trainable: int) -> dict:
@@ -520,4 +581,5 @@ def _metrics(run: _Run, trainable: int) -> dict:
         "tokens_seen": state.tokens_seen,
         "config": run.config.to_dict(),
         "prefix_cache": run.prefix_report.to_dict() if run.prefix_report is not None else None,
+        "freeze": run.freezer.report(state.step) if run.freezer is not None else None,
     }

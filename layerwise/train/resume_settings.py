@@ -32,7 +32,8 @@ RECORD_KEY = "resume_settings"
 MUST_MATCH: dict[type, tuple[str, ...]] = {
     TrainConfig: ("lr", "weight_decay", "warmup_ratio", "scheduler", "batch_size", "grad_accum", "max_length",
                   "seed", "max_grad_norm", "pad_to", "group_by_length", "prefix_dropout", "prefix_cache",
-                  "prefix_cache_dtype"),
+                  "prefix_cache_dtype", "freeze", "freeze_every", "freeze_percentile", "freeze_keep_top", "freeze_start",
+                  "freeze_end", "freeze_metric"),
     ModelSource: ("model", "layers_path", "dtype", "quantize"),
     DataSource: ("task", "data", "text_column", "pair_column", "label_column", "kind", "num_labels", "label_names",
                  "dev_fraction", "max_length", "train_subset", "validation_fraction"),

@@ -47,10 +47,11 @@ def choose_layers(card: Any, num_layers: int, choice: SelectionChoice) -> Any:
     raise AssertionError("policies other than all/manual/random get a card first")
 
 
-def needs_card(selection: SelectionChoice, adapter: AdapterChoice | None) -> bool:
-    """Whether the run needs a Layer Card: a policy that ranks layers, or ``--rank-budget`` (split by a card
-    metric) on any policy."""
-    return adapter is not None and (selection.policy not in CARD_FREE_POLICIES or adapter.rank_budget is not None)
+def needs_card(selection: SelectionChoice, adapter: AdapterChoice | None, train_config: Any = None) -> bool:
+    """Whether the run needs a Layer Card: a policy that ranks layers, ``--rank-budget`` (split by a card
+    metric) on any policy, or ``--freeze card`` (the card's ranking sets the freezing order)."""
+    return adapter is not None and (selection.policy not in CARD_FREE_POLICIES or adapter.rank_budget is not None
+                                    or getattr(train_config, "freeze", "off") == "card")
 
 
 def rank_metric_of(adapter: AdapterChoice, chosen: Any) -> str | None:
@@ -151,6 +152,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     from layerwise.adapters.rank_limits import check_rank_limits, limits_of_stack
     from layerwise.runtime.io import write_settings
     from layerwise.train import train
+    from layerwise.train.freezing import card_importance, check_freeze
     from layerwise.workflows.prepare import data_source, model_source, prepare
 
     model, data = model_source(model), data_source(data)
@@ -158,6 +160,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
                            calibration)
     if resume:  # before anything is written or loaded: a changed setting would change the weights
         check_resume(read_record(out_dir / "selection.json"), record, out_dir)
+    check_freeze(train_config, adapter)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if distributed.is_main():
         write_settings(out_dir, settings)
@@ -169,7 +172,7 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     if adapter is None:  # full fine-tuning: every parameter of the model with its task head
         return _train_full(ready, out_dir, train_config, resume, callbacks, show_progress, record)
     card = load_or_make_card(selection, ready, calibration or Calibration(), out_dir, ready.loaded.source.name,
-                             needed=needs_card(selection, adapter))
+                             needed=needs_card(selection, adapter, train_config))
     chosen = choose_layers(card, len(ready.stack), selection)
     budget = {"rank_budget": adapter.rank_budget, "rank_metric": rank_metric_of(adapter, chosen)}
     adapter = budget_ranks(adapter, card, chosen)  # --rank-budget: the per-layer ranks it splits into
@@ -190,7 +193,8 @@ def _train_in(out_dir: Path, model: ModelSource | str, data: DataSource | str, d
     result = train(peft_model, ready.loaded.tokenizer, ready.task.task, ready.task.train, ready.task.dev,
                    train_config, out_dir, resume=resume, callbacks=[*own, *callbacks], show_progress=show_progress,
                    weights_writer=own[0] if adapter.is_adaptive else None,  # La-LoRA writes its truncated adapter
-                   validation_examples=ready.task.validation)
+                   validation_examples=ready.task.validation,
+                   freeze_importance=card_importance(train_config, card))
     return result, chosen
 
 

@@ -46,7 +46,7 @@ from layerwise.runtime import distributed
 from layerwise.runtime.errors import ConfigError, ModelError
 
 __all__ = ["PrefixStore", "PrefixSkipper", "PrefixCache", "PrefixCacheReport", "prepare_prefix_cache",
-           "lowest_trainable_block", "prefix_digest", "cache_key", "SCHEMA_VERSION", "DTYPES"]
+           "lowest_trainable_block", "fill_store", "prefix_digest", "cache_key", "SCHEMA_VERSION", "DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,10 @@ def _pad_batch(features: Sequence[dict]) -> dict[str, torch.Tensor]:
 
 def _build(model: torch.nn.Module, blocks: torch.nn.ModuleList, layer: int,
            batches: Sequence[tuple[dict, Sequence[int]]], offsets: np.ndarray, hidden_size: int, dtype: str,
-           path: Path | None) -> tuple[PrefixStore, int]:
-    """Run the prefix over ``batches`` ((inputs, example indices)) and store block ``layer``'s input rows."""
+           path: Path | None, context: Callable[[Sequence[int], dict], Any] | None = None
+           ) -> tuple[PrefixStore, int]:
+    """Run the prefix over ``batches`` ((inputs, example indices)) and store block ``layer``'s input rows
+    (``context(indices, inputs)``, when given, is entered around each batch's forward)."""
     tokens, torch_dtype = int(offsets[-1]), DTYPES[dtype]
     if path is None:
         data = torch.empty(tokens, hidden_size, dtype=torch_dtype)
@@ -320,7 +322,9 @@ def _build(model: torch.nn.Module, blocks: torch.nn.ModuleList, layer: int,
     try:
         with torch.inference_mode():
             for inputs, indices in batches:
-                hidden, structure = _capture(model, blocks, layer, {k: v.to(device) for k, v in inputs.items()})
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                with context(indices, inputs) if context is not None else contextlib.nullcontext():
+                    hidden, structure = _capture(model, blocks, layer, inputs)
                 hidden = hidden.to(torch_dtype).cpu()
                 for row, i in enumerate(indices):
                     start, end = int(offsets[i]), int(offsets[i + 1])
@@ -505,6 +509,31 @@ def _make(model: torch.nn.Module, stack: Any, layer: int, features: Sequence[dic
     announce(report.summary())
     compute = next(p for p in model.parameters()).dtype
     return PrefixCache(PrefixSkipper(blocks, layer, structure), train, dev, dev_starts, report, compute), report
+
+
+def fill_store(model: torch.nn.Module, blocks: torch.nn.ModuleList, layer: int, features: Sequence[dict],
+               dtype: str = "float32", source: tuple[PrefixStore, int, int] | None = None,
+               compute_dtype: torch.dtype = torch.float32) -> tuple[PrefixStore, int]:
+    """Block ``layer``'s input for every training example (``features``), in memory, in one inference pass
+    (eval mode, no dropout) over length-sorted batches: through the embeddings and blocks ``0..layer-1``
+    (``source`` None), or through blocks ``source_layer..layer-1`` only, fed with the cached input of block
+    ``source_layer`` (``source = (store, source_layer, block structure)``). Returns (store, block structure).
+
+    This is how a freezing schedule moves the cache boundary up by one block: only the newly frozen block runs.
+    """
+    lengths = [len(f["input_ids"]) for f in features]
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    context = None
+    if source is not None:
+        store, source_layer, structure = source
+        skipper = PrefixSkipper(blocks, source_layer, structure)
+
+        def context(indices: Sequence[int], inputs: dict) -> contextlib.AbstractContextManager:
+            hidden = store.gather(indices, inputs["input_ids"].shape[1], compute_dtype)
+            return skipper.feeding(hidden.to(inputs["input_ids"].device))
+
+    return _build(model, blocks, layer, _train_batches(features, lengths), offsets, _hidden_size(model), dtype,
+                  None, context)
 
 
 def _train_batches(features: Sequence[dict], lengths: Sequence[int]) -> list[tuple[dict, list[int]]]:
