@@ -69,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--targets", default="q,v")
-    p.add_argument("--lrs", default="2e-4,5e-4,1e-3,2e-3", help="uniform LoRA's sweep (stage sweep)")
+    p.add_argument("--card-samples", type=int, default=256, help="training examples the Layer Card measures")
+    p.add_argument("--lrs", default="1e-3,5e-4,2e-3,2e-4", help="uniform LoRA's sweep (stage sweep), run in this "
+                   "order; a tie goes to the first")
     p.add_argument("--methods", default="lora,pareto")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--stage", default="sweep", help="comma list of sweep, main, own")
@@ -161,7 +163,7 @@ def run_cell(args: argparse.Namespace, cell: Cell, data, n_train: int) -> Path:
     """Train the cell (resuming its training folder), then write its result file."""
     from layerwise.bench.cells import cell_dir
     from layerwise.bench.store import result_path, write_result
-    from layerwise.settings import AdapterChoice, BenchOptions
+    from layerwise.settings import AdapterChoice, BenchOptions, Calibration
     from layerwise.workflows.bench import run_bench
 
     out = Path(args.work) / f"{args.model}-{args.task}" / f"lr{cell.lr:g}"
@@ -169,7 +171,9 @@ def run_cell(args: argparse.Namespace, cell: Cell, data, n_train: int) -> Path:
     start = time.perf_counter()
     bench = run_bench(args.model, data, out, train_config=config,
                       bench=BenchOptions(methods=cell.method, train_seeds=(cell.seed,), inference_examples=0),
-                      adapter=AdapterChoice("lora", args.targets, args.rank), device="cpu", show_progress=False)
+                      adapter=AdapterChoice("lora", args.targets, args.rank),
+                      calibration=Calibration(samples=args.card_samples, max_length=args.max_length), device="cpu",
+                      show_progress=False)
     wall = time.perf_counter() - start
     folder = cell_dir(out, cell.method, cell.seed)
     record = make_record(args, cell, folder, config, bench["config"], wall)
@@ -223,10 +227,10 @@ def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: in
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(b, dtype=torch.long)}
 
     lowest = min(layers)
-    blocks = {id(ready.stack.blocks[i]) for i in range(lowest)}
-    names = [n for n, m in model.named_modules() if id(m) in blocks]
     # the flop counter names a module by its path from the outermost module called, under the root's class name
-    prefix = [f"{type(model).__name__}.{n}" for n in names] + names
+    suffixes = tuple(f"{ready.stack.path}.{i}" for i in range(lowest))
+    names = [n for n, _ in model.named_modules() if n.endswith(suffixes)]
+    prefix = [f"{type(model).__name__}.{n}" for n in names]
     return count_step(model, make_batch, batch, _ints(args.flop_lengths), prefix)
 
 
@@ -366,16 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         estimate(args, cells, data, n_train)
         return 0
-    for c in cells:
-        if c.lr is None:
-            print(f"skip {c.method} seed {c.seed}: uniform's rate is not known until the sweep finished", flush=True)
-            continue
-        if _done(args, c):
-            print(f"done {c.name}", flush=True)
-            continue
+    tried: set[str] = set()
+    while True:  # planned again after each cell: the sweep's end fixes uniform's rate for the later stages
+        todo = [c for c in plan(args) if c.lr is not None and not _done(args, c) and c.name not in tried]
+        if not todo:
+            break
+        c = todo[0]
+        tried.add(c.name)
         print(f"run  {c.name} ({datetime.datetime.now(datetime.timezone.utc):%H:%M}Z)", flush=True)
         path = run_cell(args, c, data, n_train)
         print(f"wrote {path}", flush=True)
+    waiting = [c for c in plan(args) if c.lr is None]
+    for c in waiting:
+        print(f"skip {c.method} seed {c.seed}: uniform's rate is not known until the sweep finished", flush=True)
     return 0
 
 

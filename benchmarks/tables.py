@@ -57,7 +57,7 @@ def _ms(m: float | None, s: float | None, n: int) -> str:
 
 
 def _flops(x: float | None) -> str:
-    return "n/a" if x is None else f"{x / 1e12:.1f} T"
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _layers(layers) -> str:
@@ -123,7 +123,7 @@ def render(key: str, records: list[dict]) -> str:
             lines.append(f"| {r['method']} | {lr} | {_f(_main(r, 'validation'))} | {r['chosen']['step']} | "
                          f"{r.get('steps', 'n/a')} | {_f(_main(r, 'dev'))} | {_flops(r.get('total_flops'))} |")
         lines.append("")
-    base_lr = next((r["lr"] for r in records if r["method"] == BASELINE and r.get("stage") == "main"), None)
+    base_lr = _base_lr(records)
     shared = [r for r in records if r.get("stage") == "main" and r["lr"] is not None
               and (r["lr"] == base_lr or r["method"] == "full")]
     if base_lr is None and sweep:  # the main stage has not started: uniform's seed-0 sweep cells stand for it
@@ -136,6 +136,7 @@ def render(key: str, records: list[dict]) -> str:
         covered = {s for x in groups[BASELINE] for s in (x.get("seeds") or [x["seed"]])}
         if r["method"] == BASELINE and r["lr"] == base_lr and 0 not in covered:
             groups[BASELINE].append(r)
+    groups = {m: rs for m, rs in groups.items() if rs}
     if groups:
         base = groups.get(BASELINE, [])
         base_flops = _mean_std([(r.get("chosen") or {}).get("flops") for r in base])[0]
@@ -178,6 +179,16 @@ def render(key: str, records: list[dict]) -> str:
     if own:
         lines += own
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _base_lr(records: list[dict]) -> float | None:
+    """Uniform LoRA's rate: that of its main-stage cells, else the sweep's best validation score."""
+    main = next((r["lr"] for r in records if r["method"] == BASELINE and r.get("stage") == "main"), None)
+    if main is not None:
+        return main
+    sweep = [r for r in records if r["method"] == BASELINE and r.get("stage") == "sweep"
+             and _main(r, "validation") is not None]
+    return None if not sweep else max(sweep, key=lambda r: (_main(r, "validation"), -r["lr"]))["lr"]
 
 
 def _dev_stats(rs: list[dict], metric: str | None = None) -> tuple[float | None, float | None, int]:
@@ -248,7 +259,7 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
 
     runs = [r for r in records if r.get("stage") in ("main", "sweep") and r["evaluations"]
             and all(e.get("flops") is not None for e in r["evaluations"])]
-    base_lr = next((r["lr"] for r in records if r["method"] == BASELINE and r.get("stage") == "main"), None)
+    base_lr = _base_lr(records)
     runs = [r for r in runs if r.get("stage") == "main" or (r["method"] == BASELINE and r["lr"] == base_lr)]
     if not runs:
         return False
@@ -265,11 +276,11 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
             y = [(e.get("validation") or {}).get(r["main_metric"]) for e in r["evaluations"]]
             curves.append(np.interp(grid, x, y, right=np.nan))
         c = np.array(curves)
-        line, = ax.plot(grid / 1e12, np.nanmean(c, axis=0), label=f"{m} (n={len(rs)})")
+        line, = ax.plot(grid, np.nanmean(c, axis=0), label=f"{m} (n={len(rs)})")
         if len(rs) > 1:
-            ax.fill_between(grid / 1e12, np.nanmin(c, axis=0), np.nanmax(c, axis=0), alpha=0.2,
+            ax.fill_between(grid, np.nanmin(c, axis=0), np.nanmax(c, axis=0), alpha=0.2,
                             color=line.get_color())
-    ax.set_xlabel("training FLOPs (counted, 10^12)")
+    ax.set_xlabel("training FLOPs (counted)")
     ax.set_ylabel(f"validation {runs[0]['main_metric']}")
     ax.set_title(f"{key}: validation score against training compute")
     ax.legend(fontsize=8)
