@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--targets", default="q,v")
+    p.add_argument("--eval-max-examples", type=int, default=None, help="score only the first this many dev "
+                   "examples (smoke tests; the benchmark scores all)")
     p.add_argument("--card-samples", type=int, default=256, help="training examples the Layer Card measures")
     p.add_argument("--lrs", default="1e-3,5e-4,2e-3,2e-4", help="uniform LoRA's sweep (stage sweep), run in this "
                    "order; a tie goes to the first")
@@ -155,7 +157,8 @@ def train_config(args: argparse.Namespace, n_train: int, lr: float):
     per_epoch = math.ceil(n_train / args.batch_size)
     return TrainConfig(steps=max(1, round(args.epochs * per_epoch)), lr=lr, batch_size=args.batch_size,
                        max_length=args.max_length, eval_every=max(1, per_epoch // args.evals_per_epoch),
-                       early_stopping=args.patience, group_by_length=50, warmup_ratio=0.06)
+                       early_stopping=args.patience, group_by_length=50, warmup_ratio=0.06,
+                       eval_max_examples=args.eval_max_examples)
 
 
 # -- one cell ---------------------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ def test_step_flops_fit_predicts_an_unseen_length_and_the_cache_removes_the_pref
         return {"input_ids": ids, "labels": torch.zeros(b, dtype=torch.long)}
 
     cost = count_step(model, batch, 2, [8, 16, 32], prefix_modules=["LlamaForSequenceClassification.model.layers.0"])
+    assert cost.b > 0  # attention's T^2 (torch's counter alone counts the CPU flash kernels as zero)
     measured, per_module = count_flops(lambda: model(**batch(2, 24)).loss.backward())
     assert cost.step(24) == pytest.approx(measured, rel=1e-9)  # exact: FLOPs are a polynomial in T
     assert cost.step(24, batch=4) == pytest.approx(2 * measured, rel=1e-9)
@@ -161,3 +162,16 @@ def test_the_converged_tables_in_benchmarks_md_are_what_the_result_files_give(tm
     assert tables.main(["--check", "--doc", str(doc), "--results", str(results)]) == 1
     assert json.loads((REPO / "benchmarks/results/minilm-mrpc/budget-seeds012-lr0.002.json").read_text())[
         "summary"]["dev"]["accuracy"]["mean"] == 0.7565
+
+
+def test_attention_on_the_cpu_flash_kernel_is_counted() -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    from layerwise.bench.flops import count_flops
+
+    q, k, v = (torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3))
+    total, _ = count_flops(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward())
+    assert total == sdpa_flop_count(q.shape, k.shape, v.shape) + sdpa_backward_flop_count(q.shape, q.shape, k.shape,
+                                                                                           v.shape) > 0

@@ -50,11 +50,29 @@ class StepCost:
         return asdict(self)
 
 
+def _cpu_attention_formulas() -> dict:
+    """FLOP formulas of the CPU flash-attention kernels, which torch's counter does not know (it would count
+    attention as zero on a CPU); passed to one counter, so nothing process-wide changes."""
+    import torch
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    out = {}
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None:
+        out[forward] = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    if backward is not None:
+        out[backward] = lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v)
+    return out
+
+
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
-    """FLOPs of running ``fn()`` once: the total and the total per module (fully qualified names)."""
+    """FLOPs of running ``fn()`` once: the total and the total per module (fully qualified names). Attention
+    on the CPU's flash kernels is counted like any other scaled-dot-product attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
         fn()
     per_module = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
     return int(counter.get_total_flops()), per_module
