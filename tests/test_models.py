@@ -81,6 +81,39 @@ def test_smollm2_gguf_is_cached_and_reloads_from_the_cache(smollm2) -> None:
     assert not hasattr(again.model.config, "quantization_config")
 
 
+@pytest.mark.slow
+def test_smollm2_with_a_classification_head_gets_the_pretrained_embedding(smollm2) -> None:
+    """SmolLM2 ties its embedding to the LM head. The GGUF conversion once stored that tensor only as
+    lm_head.weight, so a sequence-classification model (no lm_head) got a random embedding and never learned
+    SST-2 (validation at the majority class, frozen features at chance). Found 2026-12-05, issue 28."""
+    import torch
+
+    from layerwise.models import load_model
+
+    cls = load_model("smollm2-135m", head="classification", num_labels=2)
+    assert torch.equal(cls.model.model.embed_tokens.weight, smollm2.model.lm_head.weight)
+    assert torch.equal(cls.model.model.embed_tokens.weight, smollm2.model.model.embed_tokens.weight)
+
+
+def test_a_checkpoint_lacking_a_weight_other_than_the_head_is_refused(tmp_path) -> None:
+    """Only a new task head may be missing: any other weight left random is a model that cannot learn."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from layerwise.models import load_model
+
+    src = Path(resolve_model("minilm").path)
+    folder = tmp_path / "m"
+    shutil.copytree(src, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    dropped = next(k for k in weights if "word_embeddings" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(folder / "model.safetensors"))
+    with pytest.raises(ModelError, match=r"lacks .*word_embeddings.*only a new task head may be missing"):
+        load_model(str(folder), head="classification", num_labels=2)
+
+
 def test_load_model_argument_errors() -> None:
     from layerwise.models import load_model
 

@@ -2,7 +2,9 @@
 
 Modules, one concept each: :mod:`.methods` (the registry of what a cell trains), :mod:`.cells` (the folder
 layout, resume checks and training the cells), :mod:`.aggregate` (mean and spread over seeds, ratios to
-uniform LoRA), :mod:`.inference` (each method's inference cost) and :mod:`.render` (bench.md, bench_*.png).
+uniform LoRA), :mod:`.inference` (each method's inference cost), :mod:`.render` (bench.md, bench_*.png), :mod:`.store` (one
+result file per finished benchmark cell, the converged benchmarks' data) and :mod:`.flops` (counted training-step
+FLOPs, the compute measure of a shared machine).
 The job itself is :func:`layerwise.workflows.bench.run_bench`.
 """
 

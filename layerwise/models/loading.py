@@ -158,10 +158,17 @@ def load_model(
         # The load report (e.g. "classifier.weight MISSING" for a fresh head) is expected, not news.
         with transformers_errors_only(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = auto.from_pretrained(source.path, **kwargs, **extra)
+            model, info = auto.from_pretrained(source.path, **kwargs, **extra, output_loading_info=True)
     except Exception as err:  # a corrupt config.json, a truncated safetensors file, a pickle refused, offline hub
         raise ModelError(f"could not load {name!r} with a {head} head: {fault(err, source.path, 'weights')}"
                          ) from err
+    # Only a new task head may be missing from the checkpoint: any other weight left at its random
+    # initialisation (e.g. a tied embedding stored under the LM head's name) is a model that cannot learn.
+    missing = [k for k in info.get("missing_keys", ()) if not _is_head(k)]
+    if missing:
+        shown = ", ".join(sorted(missing)[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(f"could not load {name!r} with a {head} head: {source.path} lacks {shown} (only a new "
+                         "task head may be missing; the rest would be random weights)")
     # peft records this as the adapter's base_model_name_or_path: the alias or hub id, not the folder in the venv
     model.name_or_path = source.portable_name
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:

@@ -105,7 +105,9 @@ def _file_key(path: Path) -> str:
 
 def convert_gguf(gguf_path: Path, cache: Path) -> Path:
     """Dequantize a GGUF checkpoint once into ``cache`` as an fp32 safetensors model folder."""
-    target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
+    # -c2: conversions before 2026-12-05 stored a tied embedding only as lm_head.weight (see _untied_state);
+    # a new folder name makes every such cache convert again instead of loading a random embedding
+    target = cache / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}-c{CONVERSION}"
     if (target / "config.json").exists():
         return target
     with open(gguf_path, "rb") as f:
@@ -137,6 +139,9 @@ def convert_gguf(gguf_path: Path, cache: Path) -> Path:
         _save_atomically(model, tokenizer, target)
     return target
 
+
+CONVERSION = 2
+"""Version of the GGUF conversion's output (part of the cache folder's name)."""
 
 CACHE_FLAG = "--cache-dir"
 """The flag of the cache folder, named by the disk-space errors."""
@@ -170,18 +175,40 @@ def _distribution_bytes(distributions: tuple[str, ...]) -> int:
 def _save_atomically(model, tokenizer, target: Path) -> None:
     tmp = temp_dir_beside(target)
     try:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         # save_pretrained refuses GGUF-loaded models: write config and weights directly.
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(_untied_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
         follow_umask(tmp)  # safetensors makes its files 0o600
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _untied_state(model) -> dict:
+    """The weights to write, each stored tensor once under the name a model with *any* head loads it by.
+
+    A tied output embedding (``lm_head.weight`` is ``embed_tokens.weight``) is written under the input
+    embedding's name and its own name dropped, as ``save_pretrained`` does: a model loaded with another head
+    (sequence classification) has no ``lm_head`` and would otherwise get a randomly initialised embedding."""
+    state = model.state_dict()
+    names = {id(p): n for n, p in model.named_parameters()}
+    out, seen = {}, {}
+    inputs = model.get_input_embeddings()
+    keep_first = names.get(id(inputs.weight)) if inputs is not None else None
+    order = sorted(state, key=lambda k: k != keep_first)  # the input embedding's name wins a shared tensor
+    for name in order:
+        tensor = state[name]
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:  # a tied copy: loaded back through the model's tying, not from the file
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().contiguous()
+    return out
 
 
 def _unzip_split(model: BundledModel, cache: Path) -> Path:

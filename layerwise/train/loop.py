@@ -359,8 +359,10 @@ def _train_step(run: _Run) -> None:
     timer.begin_step(state.step + 1)
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
     total = None
+    shapes = []  # (sequences, padded length) of each micro-batch: what a step's counted FLOPs depend on
     for k in range(cfg.grad_accum):
         batch, hidden = _micro_batch(run, state.step * cfg.grad_accum + k)
+        shapes.append([int(n) for n in batch["input_ids"].shape[:2]])
         with parallel.accumulation(run.engine, last=k == cfg.grad_accum - 1):  # DDP: one all-reduce per step
             with timer.phase("forward"), run.precision.autocast(), \
                     run.prefix.feeding(hidden) if hidden is not None else nullcontext():
@@ -376,7 +378,7 @@ def _train_step(run: _Run) -> None:
     record = timer.end_step()
     _record_step(run, record, loss_value)
     run.mid_step = False
-    run.log.write({"step": record["step"], "loss": loss_value, "lr": lr, **record})
+    run.log.write({"step": record["step"], "loss": loss_value, "lr": lr, **record, "shapes": shapes})
     if run.reporter is not None:
         run.reporter.step(record["step"], loss_value, lr)
     if loss_value != loss_value or abs(loss_value) == float("inf"):

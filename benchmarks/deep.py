@@ -1,0 +1,393 @@
+"""Benchmark: the 30-block decoder (SmolLM2-135M) at convergence, each cell kept as data (issue 28).
+
+Every cell is one (method, seed, learning rate) training run with early stopping on the validation split. A
+finished cell writes ``<results>/<model>-<task>/<method>-s<seed>-lr<lr>.json`` (layerwise.bench.store: scores
+per evaluation with the step, its counted training FLOPs and seconds, the step the validation split chose,
+layers, ranks, trainable parameters, machine, git commit, date). The runner skips cells whose file exists, so
+the same command resumes cell by cell; ``--commit`` commits each file as it lands.
+
+Compute is counted in FLOPs (layerwise.bench.flops: each method's training step counted with torch's
+FlopCounterMode at three lengths, fitted to c + aT + bT^2, summed over the cell's padded batch lengths; the
+prefix cache's build is added once), because wall time on a shared machine is noise. Seconds are recorded too.
+
+The plan, in stages (``--stage``):
+- ``sweep``: uniform LoRA (``lora``), seed 0, at each of ``--lrs``; uniform's rate U is the best validation.
+- ``main``: every method of ``--methods`` at U, seeds ``--seeds`` (needs the sweep finished).
+- ``own``: every method but lora, seed 0, at 2U and 4U (its own rate is then the best of U, 2U, 4U).
+
+Select cells with ``--cells`` (names or stems) or split the plan with ``--part i/n``; ``--list`` prints the
+plan and which cells are done; ``--estimate`` times one training step and one evaluation batch of each method
+on this core and prints the plan's total.
+
+    nice -n 5 taskset -c 1 python benchmarks/deep.py --stage sweep --commit
+    python benchmarks/deep.py --stage main --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "lora"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One planned training run."""
+
+    method: str
+    seed: int
+    lr: float | None  # None: uniform's rate is not known yet (the sweep is unfinished)
+    stage: str
+
+    @property
+    def name(self) -> str:
+        from layerwise.bench.store import cell_name
+
+        return cell_name(self.method, self.seed, self.lr)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/glue/SST-2"))
+    p.add_argument("--train-subset", type=int, default=2000)
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--evals-per-epoch", type=int, default=2)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--targets", default="q,v")
+    p.add_argument("--eval-max-examples", type=int, default=None, help="score only the first this many dev "
+                   "examples (smoke tests; the benchmark scores all)")
+    p.add_argument("--card-samples", type=int, default=256, help="training examples the Layer Card measures")
+    p.add_argument("--lrs", default="1e-3,5e-4,2e-3,2e-4", help="uniform LoRA's sweep (stage sweep), run in this "
+                   "order; a tie goes to the first")
+    p.add_argument("--methods", default="lora,pareto")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--stage", default="sweep", help="comma list of sweep, main, own")
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--work", default=str(ROOT / "runs/deep"), help="training folders (not committed)")
+    p.add_argument("--cells", default=None, help="comma list of cell names to run (others skipped)")
+    p.add_argument("--part", default=None, help="i/n: the i-th of n interleaved slices of the plan")
+    p.add_argument("--list", action="store_true", help="print the plan and what is done, run nothing")
+    p.add_argument("--estimate", action="store_true", help="time one step of each kind, print the plan's cost")
+    p.add_argument("--commit", action="store_true", help="git add + commit each finished cell's file")
+    p.add_argument("--flop-lengths", default="16,48,96", help="padded lengths the step FLOPs are counted at")
+    return p.parse_args(argv)
+
+
+# -- the plan -------------------------------------------------------------------------------------------
+def uniform_rate(args: argparse.Namespace) -> float | None:
+    """U: the sweep rate whose seed-0 uniform LoRA cell has the best chosen validation score (None until all ran)."""
+    from layerwise.bench.store import cell_name, is_finished, read_result, result_path
+
+    best = None
+    for lr in _floats(args.lrs):
+        path = result_path(args.results, args.model, args.task, cell_name(BASELINE, 0, lr))
+        if not is_finished(path):
+            return None
+        r = read_result(path)
+        value = ((r["chosen"] or {}).get("validation") or {}).get(r["main_metric"])
+        sign = 1 if r["higher_is_better"] else -1
+        if value is not None and (best is None or sign * value > sign * best[0]):
+            best = (value, lr)
+    return None if best is None else best[1]
+
+
+def plan(args: argparse.Namespace) -> list[Cell]:
+    stages = [s.strip() for s in args.stage.split(",")]
+    unknown = set(stages) - {"sweep", "main", "own"}
+    if unknown:
+        raise SystemExit(f"--stage: unknown {', '.join(sorted(unknown))}; allowed: sweep, main, own")
+    u = uniform_rate(args)
+    cells: list[Cell] = []
+    if "sweep" in stages:
+        cells += [Cell(BASELINE, 0, lr, "sweep") for lr in _floats(args.lrs)]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "main" in stages:
+        cells += [Cell(m, s, u, "main") for s in _ints(args.seeds) for m in methods]
+    if "own" in stages:
+        cells += [Cell(m, 0, None if u is None else f * u, "own") for m in methods if m != BASELINE for f in (2, 4)]
+    cells = list(dict.fromkeys(cells))
+    seen, out = set(), []
+    for c in cells:  # the same (method, seed, lr) planned by two stages runs once
+        if c.lr is None or (c.method, c.seed, c.lr) not in seen:
+            seen.add((c.method, c.seed, c.lr))
+            out.append(c)
+    if args.cells:
+        wanted = {n.strip() for n in args.cells.split(",")}
+        out = [c for c in out if c.name in wanted]
+    if args.part:
+        i, n = (int(x) for x in args.part.split("/"))
+        out = [c for k, c in enumerate(out) if k % n == i - 1]
+    return out
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+# -- settings ---------------------------------------------------------------------------------------------
+def data_source(args: argparse.Namespace):
+    from layerwise.settings import DataSource
+
+    return DataSource(args.task, args.data, max_length=args.max_length, train_subset=args.train_subset,
+                      validation_fraction=args.validation_fraction)
+
+
+def train_config(args: argparse.Namespace, n_train: int, lr: float):
+    from layerwise.train import TrainConfig
+
+    per_epoch = math.ceil(n_train / args.batch_size)
+    return TrainConfig(steps=max(1, round(args.epochs * per_epoch)), lr=lr, batch_size=args.batch_size,
+                       max_length=args.max_length, eval_every=max(1, per_epoch // args.evals_per_epoch),
+                       early_stopping=args.patience, group_by_length=50, warmup_ratio=0.06,
+                       eval_max_examples=args.eval_max_examples)
+
+
+# -- one cell ---------------------------------------------------------------------------------------------
+def run_cell(args: argparse.Namespace, cell: Cell, data, n_train: int) -> Path:
+    """Train the cell (resuming its training folder), then write its result file."""
+    from layerwise.bench.cells import cell_dir
+    from layerwise.bench.store import result_path, write_result
+    from layerwise.settings import AdapterChoice, BenchOptions, Calibration
+    from layerwise.workflows.bench import run_bench
+
+    out = Path(args.work) / f"{args.model}-{args.task}" / f"lr{cell.lr:g}"
+    config = train_config(args, n_train, cell.lr)
+    start = time.perf_counter()
+    bench = run_bench(args.model, data, out, train_config=config,
+                      bench=BenchOptions(methods=cell.method, train_seeds=(cell.seed,), inference_examples=0),
+                      adapter=AdapterChoice("lora", args.targets, args.rank),
+                      calibration=Calibration(samples=args.card_samples, max_length=args.max_length), device="cpu",
+                      show_progress=False)
+    wall = time.perf_counter() - start
+    folder = cell_dir(out, cell.method, cell.seed)
+    record = make_record(args, cell, folder, config, bench["config"], wall)
+    path = write_result(result_path(args.results, args.model, args.task, cell.name), record)
+    if args.commit:
+        _git_commit(path, f"results: {args.model}-{args.task} {cell.name} (best validation "
+                          f"{_best(record)}, {record['total_flops']:.3g} FLOPs)")
+    return path
+
+
+def _best(record: dict) -> str:
+    value = ((record["chosen"] or {}).get("validation") or {}).get(record["main_metric"])
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def step_cost(args: argparse.Namespace, folder: Path):
+    """The counted FLOPs of one training step of this cell's adapter (cached per layers in the work folder)."""
+    from layerwise.bench.flops import StepCost
+
+    selection = json.loads((folder / "selection.json").read_text())
+    layers = selection["selection"]["layers"]
+    adapter = selection["adapter"]
+    key = f"{args.model}|{args.task}|{args.targets}|{adapter['rank']}|{','.join(map(str, layers))}"
+    cache_path = Path(args.work) / "step_flops.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if key not in cache:
+        cost = count_cost(args, layers, adapter["rank"])
+        cache[key] = cost.to_dict()
+        from layerwise.runtime.io import atomic_write_json
+
+        atomic_write_json(cache_path, cache)
+    return StepCost(**cache[key])
+
+
+def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: int = 4):
+    """Count a LoRA step on ``layers`` at batch ``batch`` and three lengths (FLOPs scale with the batch)."""
+    import torch
+
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.bench.flops import count_step
+    from layerwise.workflows.prepare import prepare
+
+    ready = prepare(args.model, data_source(args), torch.device("cpu"))
+    model = apply_adapter(ready.loaded.model, ready.stack, list(layers), targets=args.targets, rank=rank)
+    model.train()
+    vocab = ready.loaded.tokenizer.vocab_size
+    gen = torch.Generator().manual_seed(0)
+
+    def make_batch(b: int, t: int) -> dict:
+        ids = torch.randint(10, vocab - 1, (b, t), generator=gen)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(b, dtype=torch.long)}
+
+    lowest = min(layers)
+    # the flop counter names a module by its path from the outermost module called, under the root's class name
+    suffixes = tuple(f"{ready.stack.path}.{i}" for i in range(lowest))
+    names = [n for n, _ in model.named_modules() if n.endswith(suffixes)]
+    prefix = [f"{type(model).__name__}.{n}" for n in names]
+    return count_step(model, make_batch, batch, _ints(args.flop_lengths), prefix)
+
+
+def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, bench_config: dict, wall: float) -> dict:
+    from layerwise.bench.flops import cumulative_flops
+    from layerwise.bench.store import choose_step, machine_info
+    from layerwise.train.log import read_log
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    selection = json.loads((folder / "selection.json").read_text())
+    log = read_log(folder / "train_log.jsonl")
+    steps = sorted((r for r in log if "loss" in r and "shapes" in r), key=lambda r: r["step"])
+    steps = list({r["step"]: r for r in steps}.values())  # a resumed run repeats no step, but be sure
+    cost = step_cost(args, folder)
+    prefix = metrics.get("prefix_cache") or {}
+    cached = bool(prefix.get("used"))
+    build_flops = 0.0
+    if cached:  # the prefix's forward once per training example (the eval sets' part is not training compute)
+        from layerwise.data.collate import encode_examples
+        from layerwise.workflows.prepare import prepare
+        import torch
+
+        ready = prepare(args.model, data_source(args), torch.device("cpu"))
+        feats = encode_examples(ready.task.train, ready.loaded.tokenizer, ready.task.task, args.max_length)
+        build_flops = sum(cost.prefix(len(f["input_ids"])) for f in feats)
+    flat = [shape for r in steps for shape in r["shapes"]]
+    per_micro = cumulative_flops(cost, flat, cached)
+    running, seconds, k = {}, 0.0, 0
+    for r in steps:
+        k += len(r["shapes"])
+        seconds += r.get("step_s", 0.0)
+        running[r["step"]] = (build_flops + per_micro[k - 1], seconds + prefix.get("build_seconds", 0.0))
+    evaluations = []
+    for r in log:
+        if "eval" not in r:
+            continue
+        flops, secs = running.get(r["step"], (None, None))
+        evaluations.append({"step": r["step"], "flops": flops, "seconds": secs, "dev": r["eval"],
+                            "validation": r.get("validation")})
+    main, higher = metrics["main_metric"], metrics.get("higher_is_better", True)
+    best = choose_step(evaluations, main, higher)
+    sel = selection["selection"]
+    return {
+        "model": args.model, "task": args.task, "cell": cell.name, "method": cell.method, "seed": cell.seed,
+        "lr": cell.lr, "stage": cell.stage,
+        "config": {"train": config.to_dict(), "bench": {k: bench_config.get(k) for k in
+                                                         ("carving", "rank", "targets", "precision", "majority",
+                                                          "model_params")},
+                   "flop_fit": cost.to_dict(), "prefix_cache": prefix or None},
+        "evaluations": evaluations,
+        "chosen": None if best is None else {"step": best["step"], "by": "validation", "flops": best["flops"],
+                                             "seconds": best["seconds"], "validation": best["validation"],
+                                             "dev": best["dev"]},
+        "main_metric": main, "higher_is_better": higher, "layers": sel.get("layers"),
+        "ranks": selection["adapter"].get("ranks") or {str(i): selection["adapter"]["rank"]
+                                                      for i in sel.get("layers") or []},
+        "trainable_params": metrics["trainable_params"], "steps": metrics["steps"],
+        "total_flops": build_flops + (per_micro[-1] if per_micro else 0.0),
+        "total_seconds": wall, "train_seconds": metrics.get("train_seconds"),
+        "machine": machine_info(), "commit": _git_head(), "date": datetime.datetime.now(datetime.timezone.utc)
+        .strftime("%Y-%m-%dT%H:%M:%SZ"), "unrecorded": [],
+        "notes": "FLOPs: counted training FLOPs (forward + backward, FlopCounterMode fit c+aT+bT^2 at batch 4, scaled "
+                 "to each step's batch and padded length), the prefix cache's build added once; evaluation not "
+                 "counted. seconds: summed step times (+ cache build) on a shared machine.",
+    }
+
+
+def _git_head() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _git_commit(path: Path, message: str) -> None:
+    subprocess.run(["git", "add", str(path)], cwd=ROOT, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", str(path)], cwd=ROOT, check=True)
+
+
+# -- estimate -----------------------------------------------------------------------------------------------
+def estimate(args: argparse.Namespace, cells: list[Cell], data, n_train: int) -> None:
+    """Time one training step and one evaluation batch of each method here; print the plan's upper bound."""
+    import torch
+
+    from layerwise.adapters.bridge import apply_adapter
+    from layerwise.workflows.prepare import prepare
+
+    config = train_config(args, n_train, 1e-3)
+    evals = math.ceil(config.steps / config.eval_every)
+    ready = prepare(args.model, data, torch.device("cpu"))
+    n_eval = len(ready.task.dev) + len(ready.task.validation or [])
+    from layerwise.data.collate import encode_examples
+
+    feats = encode_examples(ready.task.train[:256], ready.loaded.tokenizer, ready.task.task, args.max_length)
+    length = round(sum(len(f["input_ids"]) for f in feats) / len(feats) * 1.15)  # padding within a batch
+    ids = torch.randint(10, 1000, (args.batch_size, length))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.zeros(args.batch_size, dtype=torch.long)}
+    model = apply_adapter(ready.loaded.model, ready.stack, list(range(len(ready.stack))), targets=args.targets,
+                          rank=args.rank)
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()  # warm-up
+    start = time.perf_counter()
+    model(**batch).loss.backward()
+    step_s = time.perf_counter() - start
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(**batch)
+        fwd_s = time.perf_counter() - start
+    eval_s = fwd_s * math.ceil(n_eval / args.batch_size)
+    cell_s = config.steps * step_s + evals * eval_s
+    todo = [c for c in cells if not _done(args, c)]
+    print(f"one uniform step ({args.batch_size} x {length} tokens): {step_s:.1f} s; one evaluation of "
+          f"{n_eval} examples: {eval_s:.0f} s; a cell's budget: {config.steps} steps, {evals} evaluations")
+    print(f"upper bound per uniform cell (no early stop, selections cost less): {cell_s / 3600:.2f} h; "
+          f"{len(todo)} cells to run: at most {len(todo) * cell_s / 3600:.1f} h on this core")
+
+
+def _done(args: argparse.Namespace, cell: Cell) -> bool:
+    from layerwise.bench.store import is_finished, result_path
+
+    return cell.lr is not None and is_finished(result_path(args.results, args.model, args.task, cell.name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cells = plan(args)
+    if args.list:
+        for c in cells:
+            state = "done" if _done(args, c) else ("waits for the sweep" if c.lr is None else "to run")
+            print(f"{c.stage:5s} {c.name if c.lr is not None else c.method + '-s' + str(c.seed) + '-lr?'}: {state}")
+        return 0
+    data = data_source(args)
+    n_train = len(data.load().train)
+    if args.estimate:
+        estimate(args, cells, data, n_train)
+        return 0
+    tried: set[str] = set()
+    while True:  # planned again after each cell: the sweep's end fixes uniform's rate for the later stages
+        todo = [c for c in plan(args) if c.lr is not None and not _done(args, c) and c.name not in tried]
+        if not todo:
+            break
+        c = todo[0]
+        tried.add(c.name)
+        print(f"run  {c.name} ({datetime.datetime.now(datetime.timezone.utc):%H:%M}Z)", flush=True)
+        path = run_cell(args, c, data, n_train)
+        print(f"wrote {path}", flush=True)
+    waiting = [c for c in plan(args) if c.lr is None]
+    for c in waiting:
+        print(f"skip {c.method} seed {c.seed}: uniform's rate is not known until the sweep finished", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

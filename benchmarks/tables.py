@@ -1,0 +1,344 @@
+"""The converged-results tables of docs/BENCHMARKS.md (and one figure per model and task), from the result files.
+
+Every ``benchmarks/results/<model>-<task>/`` folder becomes the text between the markers
+``<!-- results <model>-<task>: begin -->`` and ``<!-- results <model>-<task>: end -->`` in docs/BENCHMARKS.md
+(a folder whose markers are missing is not placed; ``--check`` says so). Nothing in those blocks is typed by
+hand: run this after new results land. ``--check`` regenerates the text and fails when the committed file
+differs (the figures are not compared; they are redrawn without ``--check``).
+
+Per model and task:
+- the learning-rate sweep of uniform LoRA (seed 0, chosen on the validation split);
+- the methods at uniform's rate: validation and dev score at the step the validation split chose (mean, std
+  over seeds), layers, trainable parameters, counted training FLOPs to that step against uniform's;
+- compute-matched, for each method: its validation score at uniform's chosen step (equal steps), its best
+  validation score within uniform's FLOPs to its chosen step (equal compute), and the FLOPs to first reach 99%
+  of uniform's best validation score (mean over seeds that reach it; "never" when none does);
+- each method's own rate (seed 0, the best validation of the rates it was run at);
+- figure ``docs/img/<model>-<task>-flops.png``: validation score against training FLOPs, the mean over seeds
+  as a line and the seeds' range as a band.
+
+    python benchmarks/tables.py            # rewrite the blocks and figures
+    python benchmarks/tables.py --check    # exit 1 when docs/BENCHMARKS.md is not what the results give
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BASELINE = "lora"
+
+
+def _main(r: dict, split: str, where: dict | None = None) -> float | None:
+    block = (where if where is not None else r.get("chosen") or {}).get(split) or {}
+    return block.get(r["main_metric"])
+
+
+def _mean_std(xs: list[float | None]) -> tuple[float | None, float | None, int]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+def _ms(m: float | None, s: float | None, n: int) -> str:
+    if m is None:
+        return "n/a"
+    return f"{m:.4f} ± {s:.4f} (n={n})" if n > 1 else f"{m:.4f} (n=1)"
+
+
+def _flops(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _layers(layers) -> str:
+    if layers is None:
+        return "all (full)"
+    if isinstance(layers, dict):
+        return "; ".join(",".join(map(str, v)) for v in layers.values())
+    return ",".join(map(str, layers)) if len(layers) <= 12 else f"{len(layers)} blocks: {_ranges(layers)}"
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start, prev = [], None, None
+    for x in sorted(xs) + [None]:
+        if start is None:
+            start = prev = x
+        elif x is not None and x == prev + 1:
+            prev = x
+        else:
+            out.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = prev = x
+    return ",".join(out)
+
+
+def _value_at(r: dict, step: int) -> float | None:
+    """Validation score at the last evaluation at or before ``step``."""
+    before = [e for e in r["evaluations"] if e["step"] <= step and e.get("validation")]
+    return None if not before else before[-1]["validation"].get(r["main_metric"])
+
+
+def _best_within(r: dict, flops: float) -> float | None:
+    within = [e["validation"].get(r["main_metric"]) for e in r["evaluations"]
+              if e.get("flops") is not None and e["flops"] <= flops * (1 + 1e-9) and e.get("validation")]
+    within = [x for x in within if x is not None]
+    return None if not within else (max(within) if r["higher_is_better"] else min(within))
+
+
+def _reach(r: dict, target: float) -> float | None:
+    for e in r["evaluations"]:
+        v = (e.get("validation") or {}).get(r["main_metric"])
+        if v is not None and e.get("flops") is not None and (v >= target if r["higher_is_better"] else v <= target):
+            return e["flops"]
+    return None
+
+
+def render(key: str, records: list[dict]) -> str:
+    """The Markdown block of one ``<model>-<task>`` folder."""
+    lines: list[str] = []
+    main = records[0]["main_metric"]
+    sweep = sorted((r for r in records if r.get("stage") == "sweep"), key=lambda r: (r["method"], r["lr"]))
+    if sweep:
+        lines += [f"Learning-rate sweep (seed 0; {main} on the validation split at its best step, which chose the "
+                  "rate; dev at that step only as a record):", "",
+                  f"| method | lr | validation {main} | chosen step | of steps | dev {main} there | training FLOPs |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        best = {}
+        for r in sweep:
+            v = _main(r, "validation")
+            if v is not None and (r["method"] not in best or v > best[r["method"]][0]):
+                best[r["method"]] = (v, r["lr"])
+        for r in sweep:
+            mark = best.get(r["method"], (None, None))[1] == r["lr"]
+            lr = f"**{r['lr']:g}**" if mark else f"{r['lr']:g}"
+            lines.append(f"| {r['method']} | {lr} | {_f(_main(r, 'validation'))} | {r['chosen']['step']} | "
+                         f"{r.get('steps', 'n/a')} | {_f(_main(r, 'dev'))} | {_flops(r.get('total_flops'))} |")
+        lines.append("")
+    base_lr = _base_lr(records)
+    shared = [r for r in records if r.get("stage") == "main" and r["lr"] is not None
+              and (r["lr"] == base_lr or r["method"] == "full")]
+    if base_lr is None and sweep:  # the main stage has not started: uniform's seed-0 sweep cells stand for it
+        base_lr = None
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in shared:
+        groups[r["method"]].append(r)
+    # a cell run at uniform's rate in the sweep (seed 0) is the same run as the main stage's seed 0
+    for r in sweep:
+        covered = {s for x in groups[BASELINE] for s in (x.get("seeds") or [x["seed"]])}
+        if r["method"] == BASELINE and r["lr"] == base_lr and 0 not in covered:
+            groups[BASELINE].append(r)
+    groups = {m: rs for m, rs in groups.items() if rs}
+    if groups:
+        base = groups.get(BASELINE, [])
+        base_flops = _mean_std([(r.get("chosen") or {}).get("flops") for r in base])[0]
+        lines += [f"At uniform LoRA's rate ({base_lr:g}): the step the validation split chose, mean ± std over seeds:"
+                  if base_lr is not None else "The methods:", "",
+                  f"| method | lr | layers | seeds | validation {main} | dev {main} | dev, other metrics | vs uniform (dev) | "
+                  "trainable params | FLOPs to chosen step | vs uniform | time vs uniform | step chosen (mean) |",
+                  "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        base_secs = _mean_std([(r.get("chosen") or {}).get("seconds") for r in base])[0]
+        base_dev = _dev_stats(base)[0] if base else None
+        order = sorted(groups, key=lambda m: (m != "full", m != BASELINE, m))
+        for m in order:
+            rs = sorted(groups[m], key=lambda r: (r["seed"] is None, r["seed"]))
+            dev, dev_sd, n = _dev_stats(rs)
+            val, val_sd, nv = _mean_std([_main(r, "validation") for r in rs])
+            fl = _mean_std([(r.get("chosen") or {}).get("flops") for r in rs])[0]
+            step = _mean_std([(r.get("chosen") or {}).get("step") for r in rs])[0]
+            seeds = ",".join(str(s) for r in rs for s in (r.get("seeds") or [r["seed"]]))
+            diff = "n/a" if dev is None or base_dev is None else f"{100 * (dev - base_dev):+.1f} pts"
+            rel = "n/a" if fl is None or not base_flops else f"{100 * fl / base_flops:.0f}%"
+            layers = rs[0]["layers"] if len(rs) == 1 or all(r["layers"] == rs[0]["layers"] for r in rs) else \
+                {str(r["seed"]): r["layers"] for r in rs}
+            secs = _mean_std([(r.get("chosen") or {}).get("seconds") for r in rs])[0]
+            recorded = (rs[0].get("summary") or {}).get("time_vs_lora_pct")
+            if recorded is not None:
+                time_rel = f"{recorded}% (seeds {','.join(map(str, rs[0]['summary']['time_from_seeds']))})"
+            else:
+                time_rel = "n/a" if secs is None or not base_secs else f"{100 * secs / base_secs:.0f}%"
+            lines.append(f"| {m} | {rs[0]['lr']:g} | {_layers(layers)} | {seeds} | {_ms(val, val_sd, nv)} | "
+                         f"{_ms(dev, dev_sd, n)} | {_other_metrics(rs)} | {diff} | {rs[0]['trainable_params']:,} | {_flops(fl)} | {rel} | "
+                         f"{time_rel} | {_f(step, 0)} |")
+        majority = ((records[0].get("config") or {}).get("bench") or {}).get("majority")
+        if majority and isinstance(majority.get("metrics"), dict):  # layerwise bench's record: {predictor, metrics}
+            majority = majority["metrics"]
+        if majority and majority.get(main) is not None:
+            others = "; ".join(f"{k} {v:.4f}" for k, v in sorted(majority.items()) if k != main) or "-"
+            lines.append(f"| majority class | - | - | - | - | {majority[main]:.4f} | {others} | "
+                         f"{'n/a' if base_dev is None else f'{100 * (majority[main] - base_dev):+.1f} pts'} | 0 | - | - | - | - |")
+        lines.append("")
+        lines += _compute_matched(groups, main)
+    own = _own_rates(records, base_lr)
+    if own:
+        lines += own
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _base_lr(records: list[dict]) -> float | None:
+    """Uniform LoRA's rate: that of its main-stage cells, else the sweep's best validation score."""
+    main = next((r["lr"] for r in records if r["method"] == BASELINE and r.get("stage") == "main"), None)
+    if main is not None:
+        return main
+    sweep = [r for r in records if r["method"] == BASELINE and r.get("stage") == "sweep"
+             and _main(r, "validation") is not None]
+    return None if not sweep else max(sweep, key=lambda r: (_main(r, "validation"), -r["lr"]))["lr"]
+
+
+def _dev_stats(rs: list[dict], metric: str | None = None) -> tuple[float | None, float | None, int]:
+    metric = metric or rs[0]["main_metric"]
+    if len(rs) == 1 and rs[0].get("summary"):
+        s = rs[0]["summary"]["dev"].get(metric) or {"mean": None, "std": None, "n": 0}
+        return s["mean"], s["std"], s["n"]
+    return _mean_std([((r.get("chosen") or {}).get("dev") or {}).get(metric) for r in rs])
+
+
+def _other_metrics(rs: list[dict]) -> str:
+    names = sorted({k for r in rs for k in ((r.get("chosen") or {}).get("dev") or {})
+                    if k not in (r["main_metric"], "loss")})
+    return "; ".join(f"{n} {_ms(*_dev_stats(rs, n))}" for n in names) or "-"
+
+
+def _compute_matched(groups: dict[str, list[dict]], main: str) -> list[str]:
+    base = [r for r in groups.get(BASELINE, []) if r["evaluations"] and r["chosen"] and r["chosen"].get("flops")]
+    if not base:
+        return ["Compute-matched results: not available (the runs recorded no FLOPs per evaluation).", ""]
+    step = round(statistics.fmean(r["chosen"]["step"] for r in base))
+    budget = statistics.fmean(r["chosen"]["flops"] for r in base)
+    target = 0.99 * statistics.fmean(_main(r, "validation") for r in base)
+    lines = [f"Compute-matched (validation {main}; uniform LoRA chose step {step} on average, at "
+             f"{_flops(budget)} training FLOPs; 99% of its best validation score is {target:.4f}). FLOPs are "
+             "counted, not timed:", "",
+             f"| method | seeds | at equal steps ({step}) | at equal compute ({_flops(budget)}) | "
+             "FLOPs to 99% of uniform | vs uniform's FLOPs to its chosen step |", "|---|---:|---:|---:|---:|---:|"]
+    for m in sorted(groups, key=lambda m: (m != BASELINE, m)):
+        rs = [r for r in groups[m] if r["evaluations"] and any(e.get("flops") for e in r["evaluations"])]
+        if not rs:
+            continue
+        at_steps = _mean_std([_value_at(r, step) for r in rs])
+        at_flops = _mean_std([_best_within(r, budget) for r in rs])
+        reach = [_reach(r, target) for r in rs]
+        hit = [x for x in reach if x is not None]
+        if not hit:
+            to99, rel = "never", "-"
+        else:
+            mean = statistics.fmean(hit)
+            to99 = f"{_flops(mean)}" + ("" if len(hit) == len(rs) else f" ({len(hit)} of {len(rs)} seeds)")
+            rel = f"{100 * mean / budget:.0f}%"
+        lines.append(f"| {m} | {len(rs)} | {_ms(*at_steps)} | {_ms(*at_flops)} | {to99} | {rel} |")
+    return lines + [""]
+
+
+def _own_rates(records: list[dict], base_lr: float | None) -> list[str]:
+    by: dict[str, dict[float, dict]] = defaultdict(dict)
+    for r in records:
+        if r.get("stage") in ("own", "main") and r["seed"] == 0 and r["method"] != BASELINE and r["lr"] is not None:
+            by[r["method"]][r["lr"]] = r
+    by = {m: v for m, v in by.items() if len(v) > 1}
+    if not by:
+        return []
+    lines = ["Each selection's own rate (seed 0, validation score at its chosen step; bold: the best):", "",
+             "| method | " + " | ".join(["rate", "validation", "dev"]) + " |", "|---|---:|---:|---:|"]
+    for m, runs in sorted(by.items()):
+        best = max(runs, key=lambda lr: _main(runs[lr], "validation") or -1)
+        for lr, r in sorted(runs.items()):
+            mark = "**" if lr == best else ""
+            lines.append(f"| {m} | {mark}{lr:g}{mark} | {_f(_main(r, 'validation'))} | {_f(_main(r, 'dev'))} |")
+    return lines + [""]
+
+
+def figure(key: str, records: list[dict], path: Path) -> bool:
+    """Validation score against training FLOPs, one line (mean) and band (range over seeds) per method."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    runs = [r for r in records if r.get("stage") in ("main", "sweep") and r["evaluations"]
+            and all(e.get("flops") is not None for e in r["evaluations"])]
+    base_lr = _base_lr(records)
+    runs = [r for r in runs if r.get("stage") == "main" or (r["method"] == BASELINE and r["lr"] == base_lr)]
+    if not runs:
+        return False
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[r["method"]].append(r)
+    for m, rs in sorted(groups.items()):
+        grid = np.unique(np.concatenate([[e["flops"] for e in r["evaluations"]] for r in rs]))
+        curves = []
+        for r in rs:
+            x = [e["flops"] for e in r["evaluations"]]
+            y = [(e.get("validation") or {}).get(r["main_metric"]) for e in r["evaluations"]]
+            curves.append(np.interp(grid, x, y, right=np.nan))
+        c = np.array(curves)
+        line, = ax.plot(grid, np.nanmean(c, axis=0), label=f"{m} (n={len(rs)})")
+        if len(rs) > 1:
+            ax.fill_between(grid, np.nanmin(c, axis=0), np.nanmax(c, axis=0), alpha=0.2,
+                            color=line.get_color())
+    ax.set_xlabel("training FLOPs (counted)")
+    ax.set_ylabel(f"validation {runs[0]['main_metric']}")
+    ax.set_title(f"{key}: validation score against training compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, list[str]]:
+    """``text`` with every folder's block replaced; the folders whose markers are missing."""
+    from layerwise.bench.store import load_results
+
+    missing = []
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+        key = folder.name
+        records = [r for r in load_results(results) if f"{r['model']}-{r['task']}" == key]
+        if not records:
+            continue
+        begin, end = f"<!-- results {key}: begin -->", f"<!-- results {key}: end -->"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if not pattern.search(text):
+            missing.append(key)
+            continue
+        block = render(key, records)
+        if draw and figure(key, records, img / f"{key}-flops.png"):
+            pass
+        if (img / f"{key}-flops.png").exists():
+            block += f"\n![validation score against training FLOPs, {key}](img/{key}-flops.png)\n"
+        text = pattern.sub(lambda _: f"{begin}\n{block}{end}", text)
+    return text, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--doc", default=str(ROOT / "docs/BENCHMARKS.md"))
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    doc = Path(args.doc)
+    text = doc.read_text()
+    new, missing = regenerate(text, Path(args.results), draw=not args.check, img=doc.parent / "img")
+    for key in missing:
+        print(f"{doc}: no markers for results {key} (add <!-- results {key}: begin --> and ... end -->)")
+    if args.check:
+        if new != text:
+            print(f"{doc} differs from the tables the result files give: run python benchmarks/tables.py")
+            return 1
+        return 0
+    if new != text:
+        from layerwise.runtime.io import atomic_write_text
+
+        atomic_write_text(doc, new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

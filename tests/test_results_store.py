@@ -1,0 +1,177 @@
+"""Benchmark results as data (layerwise.bench.store), counted step FLOPs (layerwise.bench.flops), the deep
+runner's resume by result file, and the converged tables of docs/BENCHMARKS.md regenerated from the files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerwise.bench.store import (cell_name, choose_step, is_finished, load_results, read_result, result_path,
+                                   write_result)
+from layerwise.runtime.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(**over) -> dict:
+    r = {"model": "m", "task": "t", "cell": cell_name("lora", 0, 1e-3), "method": "lora", "seed": 0, "lr": 1e-3,
+         "stage": "sweep", "config": {"train": {"steps": 4}},
+         "evaluations": [{"step": 2, "flops": 1e9, "seconds": 1.0, "validation": {"accuracy": 0.7},
+                          "dev": {"accuracy": 0.69}},
+                         {"step": 4, "flops": 2e9, "seconds": 2.0, "validation": {"accuracy": 0.8},
+                          "dev": {"accuracy": 0.75}}],
+         "chosen": {"step": 4, "by": "validation", "flops": 2e9, "seconds": 2.0, "validation": {"accuracy": 0.8},
+                    "dev": {"accuracy": 0.75}},
+         "main_metric": "accuracy", "higher_is_better": True, "layers": [0, 1], "ranks": {"0": 8, "1": 8},
+         "trainable_params": 100, "machine": {"host": "h"}, "commit": None, "date": "2026-12-05",
+         "unrecorded": ["commit"]}
+    r.update(over)
+    return r
+
+
+def test_a_result_round_trips_and_is_found_by_model_and_task(tmp_path) -> None:
+    path = result_path(tmp_path, "m", "t", "lora-s0-lr0.001")
+    assert path == tmp_path / "m-t" / "lora-s0-lr0.001.json"
+    assert not is_finished(path)
+    write_result(path, _record())
+    back = read_result(path)
+    assert back == {"schema": 1, **_record()}
+    assert is_finished(path)
+    write_result(result_path(tmp_path, "m", "u", "x"), _record(task="u", cell="x"))
+    assert [r["task"] for r in load_results(tmp_path)] == ["t", "u"]
+    assert [r["cell"] for r in load_results(tmp_path, task="u")] == ["x"]
+
+
+def test_a_finished_cell_is_never_overwritten_and_a_bad_file_is_not_finished(tmp_path) -> None:
+    path = result_path(tmp_path, "m", "t", "c")
+    write_result(path, _record())
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="already holds a finished cell"):
+        write_result(path, _record(seed=1))
+    assert path.read_bytes() == before
+    path.write_text("{")  # a torn file (what a non-atomic write would leave) is not a finished cell
+    assert not is_finished(path)
+    with pytest.raises(DataError, match="not JSON"):
+        read_result(path)
+    with pytest.raises(DataError, match="lacks chosen"):
+        write_result(tmp_path / "x.json", {k: v for k, v in _record().items() if k != "chosen"})
+    with pytest.raises(DataError, match="unrecorded names"):
+        write_result(tmp_path / "y.json", _record(unrecorded=["nonsense"]))
+    with pytest.raises(ConfigError, match="names a file"):
+        result_path(tmp_path, "m/../x", "t", "c")
+
+
+def test_a_write_that_fails_midway_leaves_no_result_and_no_temporary_file(tmp_path, monkeypatch) -> None:
+    path = result_path(tmp_path, "m", "t", "c")
+
+    def boom(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk gone"):
+        write_result(path, _record())
+    assert not path.exists() and list(path.parent.iterdir()) == []
+
+
+def test_the_chosen_step_is_the_best_validation_score_the_earliest_among_equals() -> None:
+    evals = [{"step": 1, "validation": {"a": 0.5}}, {"step": 2, "validation": {"a": 0.9}},
+             {"step": 3, "validation": {"a": 0.9}}, {"step": 4}]
+    assert choose_step(evals, "a")["step"] == 2
+    assert choose_step(evals, "a", higher_is_better=False)["step"] == 1
+    assert choose_step([{"step": 1}], "a") is None
+
+
+def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(tmp_path) -> None:
+    def listing() -> str:
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks/deep.py"), "--model", "m", "--task", "t",
+                               "--results", str(tmp_path), "--lrs", "1e-3,2e-3", "--stage", "sweep,main",
+                               "--methods", "lora,pareto", "--seeds", "0,1", "--list"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = listing()
+    assert "sweep lora-s0-lr0.001: to run" in out and "main  pareto-s1-lr?: waits for the sweep" in out
+    write_result(result_path(tmp_path, "m", "t", "lora-s0-lr0.001"), _record(cell="lora-s0-lr0.001"))
+    best = _record(cell="lora-s0-lr0.002", lr=2e-3)
+    best["chosen"] = {**best["chosen"], "validation": {"accuracy": 0.9}}
+    write_result(result_path(tmp_path, "m", "t", "lora-s0-lr0.002"), best)
+    out = listing()
+    assert "sweep lora-s0-lr0.001: done" in out and "sweep lora-s0-lr0.002: done" in out
+    # uniform's rate is the sweep's best validation (2e-3); its seed-0 main cell is the sweep's cell, run once
+    assert "main  pareto-s1-lr0.002: to run" in out and out.count("lora-s0-lr0.002") == 1
+
+
+def test_step_flops_fit_predicts_an_unseen_length_and_the_cache_removes_the_prefix() -> None:
+    import torch
+    import transformers
+
+    from layerwise.bench.flops import count_flops, count_step, cumulative_flops, fit_cost
+
+    assert fit_cost([1, 2, 3, 4], [3 + 2 * t + 5 * t * t for t in (1, 2, 3, 4)]) == pytest.approx((3, 2, 5))
+    with pytest.raises(ValueError, match="three distinct"):
+        fit_cost([4, 4, 8], [1, 1, 2])
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                      pad_token_id=0, num_labels=2)
+    model = transformers.LlamaForSequenceClassification(config)
+    for p in model.model.layers[0].parameters():  # block 0 frozen: a prefix
+        p.requires_grad_(False)
+
+    def batch(b: int, t: int) -> dict:
+        ids = torch.randint(3, 64, (b, t))
+        return {"input_ids": ids, "labels": torch.zeros(b, dtype=torch.long)}
+
+    cost = count_step(model, batch, 2, [8, 16, 32], prefix_modules=["LlamaForSequenceClassification.model.layers.0"])
+    assert cost.b > 0  # attention's T^2 (torch's counter alone counts the CPU flash kernels as zero)
+    measured, per_module = count_flops(lambda: model(**batch(2, 24)).loss.backward())
+    assert cost.step(24) == pytest.approx(measured, rel=1e-9)  # exact: FLOPs are a polynomial in T
+    assert cost.step(24, batch=4) == pytest.approx(2 * measured, rel=1e-9)
+    prefix = per_module["LlamaForSequenceClassification.model.layers.0"]
+    assert 0 < prefix < measured / 3
+    assert cost.step(24, cached=True) == pytest.approx(measured - prefix, rel=1e-9)
+    assert cumulative_flops(cost, [(2, 24), (4, 24)]) == pytest.approx([measured, 3 * measured], rel=1e-9)
+
+
+def test_the_converged_tables_in_benchmarks_md_are_what_the_result_files_give(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert tables.main(["--check"]) == 0
+    doc = tmp_path / "BENCHMARKS.md"
+    text = (REPO / "docs/BENCHMARKS.md").read_text()
+    assert "| budget | 0.002 | 3,4,5 | 0,1,2 |" in text
+    doc.write_text(text.replace("| budget | 0.002 | 3,4,5 | 0,1,2 |", "| budget | 0.002 | 3,4,5 | 0,1 |"))
+    assert tables.main(["--check", "--doc", str(doc)]) == 1
+    # a changed result changes the text the check expects
+    results = tmp_path / "results"
+    for r in load_results(REPO / "benchmarks/results", model="minilm", task="mrpc"):
+        if r["cell"] == "budget-seeds012-lr0.002":
+            r["summary"]["dev"]["accuracy"]["mean"] = 0.5
+        write_result(result_path(results, r["model"], r["task"], r["cell"]), {k: v for k, v in r.items()
+                                                                               if k != "schema"})
+    doc.write_text(text)
+    assert tables.main(["--check", "--doc", str(doc), "--results", str(results)]) == 1
+    assert json.loads((REPO / "benchmarks/results/minilm-mrpc/budget-seeds012-lr0.002.json").read_text())[
+        "summary"]["dev"]["accuracy"]["mean"] == 0.7565
+
+
+def test_attention_on_the_cpu_flash_kernel_is_counted() -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    from layerwise.bench.flops import count_flops
+
+    q, k, v = (torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3))
+    total, _ = count_flops(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward())
+    assert total == sdpa_flop_count(q.shape, k.shape, v.shape) + sdpa_backward_flop_count(q.shape, q.shape, k.shape,
+                                                                                           v.shape) > 0
