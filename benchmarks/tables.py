@@ -169,6 +169,8 @@ def render(key: str, records: list[dict]) -> str:
                          f"{_ms(dev, dev_sd, n)} | {_other_metrics(rs)} | {diff} | {rs[0]['trainable_params']:,} | {_flops(fl)} | {rel} | "
                          f"{time_rel} | {_f(step, 0)} |")
         majority = ((records[0].get("config") or {}).get("bench") or {}).get("majority")
+        if majority and isinstance(majority.get("metrics"), dict):  # layerwise bench's record: {predictor, metrics}
+            majority = majority["metrics"]
         if majority and majority.get(main) is not None:
             others = "; ".join(f"{k} {v:.4f}" for k, v in sorted(majority.items()) if k != main) or "-"
             lines.append(f"| majority class | - | - | - | - | {majority[main]:.4f} | {others} | "
@@ -200,7 +202,8 @@ def _dev_stats(rs: list[dict], metric: str | None = None) -> tuple[float | None,
 
 
 def _other_metrics(rs: list[dict]) -> str:
-    names = sorted({k for r in rs for k in ((r.get("chosen") or {}).get("dev") or {}) if k != r["main_metric"]})
+    names = sorted({k for r in rs for k in ((r.get("chosen") or {}).get("dev") or {})
+                    if k not in (r["main_metric"], "loss")})
     return "; ".join(f"{n} {_ms(*_dev_stats(rs, n))}" for n in names) or "-"
 
 
