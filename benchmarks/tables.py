@@ -24,6 +24,7 @@ Per model and task:
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
@@ -300,7 +301,9 @@ def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, li
     missing = []
     for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
         key = folder.name
-        records = [r for r in load_results(results) if f"{r['model']}-{r['task']}" == key]
+        if not any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
+            continue  # not a folder of cells (benchmarks/results/freeze holds lockstep comparisons)
+        records = [r for r in load_results(results, folder=key) if f"{r['model']}-{r['task']}" == key]
         if not records:
             continue
         begin, end = f"<!-- results {key}: begin -->", f"<!-- results {key}: end -->"

@@ -106,10 +106,17 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def load_results(root: str | os.PathLike, model: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
-    """Every result under ``root`` (optionally of one model and task), sorted by folder and file name."""
+def load_results(root: str | os.PathLike, model: str | None = None, task: str | None = None,
+                 folder: str | None = None) -> list[dict[str, Any]]:
+    """Every result under ``root`` (optionally of one model and task), sorted by folder and file name.
+
+    ``folder`` reads only ``root/<folder>`` (e.g. ``smollm2-135m-sst2``): other folders under ``root`` may hold
+    other kinds of records (``benchmarks/results/freeze`` holds lockstep comparisons, not cells)."""
     root = Path(root)
-    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if folder is not None:
+        folders = [root / folder] if (root / folder).is_dir() else []
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     out = []
     for folder in folders:
         for path in sorted(folder.glob("*.json")):
