@@ -10,6 +10,16 @@ dev. A reduced size (``--train-subset``) keeps it affordable on a CPU:
     python benchmarks/freeze_lockstep.py --data ../shared/data/glue/MRPC --train-subset 800 --steps 150 \\
         --lr 2e-3 --freeze-every 6 --seeds 0 --out runs/freeze-mrpc
 
+The converged setup of ``benchmarks/converged.py`` (all of MRPC's train, an epoch budget, evaluations every half
+epoch, early stopping on the validation split) is ``--train-subset 0 --epochs 3 --patience 3 --batch-size 32``.
+A method may carry its own freezing settings after ``+`` (``freeze-auto+every=13``, ``freeze-card+start=0.2+end=0.5``;
+keys: every, percentile, keep_top, start, end); with several variants of one method, the one with the best mean
+*validation* score is the method's result (``chosen`` in the summary), so the dev set chooses nothing:
+
+    python benchmarks/freeze_lockstep.py --data ../shared/data/glue/MRPC --train-subset 0 --epochs 3 \\
+        --patience 3 --batch-size 32 --lr 2e-3 --seeds 0 --out runs/freeze-mrpc-full/seed0 \\
+        --methods uniform,freeze-auto,freeze-auto+every=13,freeze-card
+
 Writes ``summary.json`` (every run's figures and the ratios) into ``--out`` and prints a table.
 """
 
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -32,7 +43,12 @@ blocks keep their dropout, so nothing can be cached (what a cached row's missing
 def parse() -> argparse.Namespace:
     p = lockstep_parser(__doc__)
     p.set_defaults(task="mrpc", data="../shared/data/glue/MRPC", steps=150, lr=2e-3, threads=1)
-    p.add_argument("--train-subset", type=int, default=800, help="training examples (a fixed subset)")
+    p.add_argument("--train-subset", type=int, default=800, help="training examples (a fixed subset; 0: all)")
+    p.add_argument("--epochs", type=float, default=None, help="an epoch budget instead of --steps (with "
+                   "--evals-per-epoch evaluations per epoch instead of --eval-every)")
+    p.add_argument("--evals-per-epoch", type=int, default=2)
+    p.add_argument("--patience", type=int, default=0, help="stop after this many evaluations without a better "
+                   "validation score (0: off)")
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--seeds", default="0")
@@ -45,17 +61,47 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--methods", default=",".join(METHODS),
                    help="runs, in lockstep: uniform, freeze-auto, freeze-card, freeze-card-dropout (uniform first)")
+    p.add_argument("--combine", default=None, help="comma list of per-seed summary.json files: write their "
+                   "combined summary to --out (a file) and print it; trains nothing")
     return p.parse_args()
 
 
-def config(args: argparse.Namespace, seed: int, freeze: str, dropout: bool = False):
+VARIANT_KEYS = {"every": ("freeze_every", int), "percentile": ("freeze_percentile", float),
+                "keep_top": ("freeze_keep_top", int), "start": ("freeze_start", float), "end": ("freeze_end", float)}
+
+
+def variant(label: str) -> tuple[str, dict]:
+    """``freeze-auto+every=13`` -> ("freeze-auto", {"freeze_every": 13}); a one-line error names a bad key."""
+    base, *pairs = label.split("+")
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in VARIANT_KEYS or not value:
+            raise SystemExit(f"--methods: {label!r}: expected +KEY=VALUE with KEY one of {', '.join(VARIANT_KEYS)}")
+        field, kind = VARIANT_KEYS[key]
+        overrides[field] = kind(value)
+    return base, overrides
+
+
+def budget(args: argparse.Namespace, n_train: int) -> tuple[int, int]:
+    """(steps, eval_every): ``--epochs`` x steps per epoch and ``--evals-per-epoch``, else ``--steps``/``--eval-every``."""
+    if args.epochs is None:
+        return args.steps, args.eval_every
+    per_epoch = math.ceil(n_train / args.batch_size)
+    return max(1, round(args.epochs * per_epoch)), max(1, per_epoch // args.evals_per_epoch)
+
+
+def config(args: argparse.Namespace, seed: int, freeze: str, dropout: bool = False, n_train: int = 0,
+           overrides: dict | None = None):
     from layerwise.train import TrainConfig
 
-    return TrainConfig(prefix_dropout=dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=seed,
-                       max_length=args.max_length,
-                       eval_every=args.eval_every, freeze=freeze, freeze_every=args.freeze_every,
-                       freeze_percentile=args.freeze_percentile, freeze_keep_top=args.freeze_keep_top,
-                       freeze_start=args.freeze_start, freeze_end=args.freeze_end)
+    steps, eval_every = budget(args, n_train)
+    settings = {"freeze_every": args.freeze_every, "freeze_percentile": args.freeze_percentile,
+                "freeze_keep_top": args.freeze_keep_top, "freeze_start": args.freeze_start,
+                "freeze_end": args.freeze_end, **(overrides or {})}
+    return TrainConfig(prefix_dropout=dropout, steps=steps, lr=args.lr, batch_size=args.batch_size, seed=seed,
+                       max_length=args.max_length, eval_every=eval_every, early_stopping=args.patience,
+                       freeze=freeze, **settings)
 
 
 def run_seed(args: argparse.Namespace, root: Path, seed: int, card: Path) -> dict[str, dict]:
@@ -63,18 +109,25 @@ def run_seed(args: argparse.Namespace, root: Path, seed: int, card: Path) -> dic
     from layerwise.train.lockstep import Lockstep
     from layerwise.workflows.train import AdapterChoice, SelectionChoice, train_job
 
-    data = DataSource(args.task, args.data, train_subset=args.train_subset,
+    data = DataSource(args.task, args.data, train_subset=args.train_subset or None,
                       validation_fraction=args.validation_fraction, max_length=args.max_length)
+    n_train = len(data.load().train)
     every = {"uniform": ("off", SelectionChoice("all"), False),
              "freeze-auto": ("auto", SelectionChoice("all", None, str(card)), False),  # card: only for Kendall tau
              "freeze-card": ("card", SelectionChoice("all", None, str(card)), False),
              "freeze-card-dropout": ("card", SelectionChoice("all", None, str(card)), True)}
-    plans = {m: every[m] for m in args.methods.split(",")}
+    plans = {}
+    for label in args.methods.split(","):
+        base, overrides = variant(label)
+        if base not in every:
+            raise SystemExit(f"--methods: unknown {base!r}; allowed: {', '.join(every)}")
+        plans[label] = (*every[base], overrides)
 
-    def job(label: str, freeze: str, choice: SelectionChoice, dropout: bool):
-        return lambda turn: train_job(args.model, data, root / f"seed{seed}" / label,
-                                      train_config=config(args, seed, freeze, dropout), selection=choice,
-                                      adapter=AdapterChoice(), overwrite=True, show_progress=False, callbacks=[turn])
+    def job(label: str, freeze: str, choice: SelectionChoice, dropout: bool, overrides: dict):
+        cfg = config(args, seed, freeze, dropout, n_train, overrides)
+        return lambda turn: train_job(args.model, data, root / f"seed{seed}" / label, train_config=cfg,
+                                      selection=choice, adapter=AdapterChoice(), overwrite=True, show_progress=False,
+                                      callbacks=[turn])
 
     done = Lockstep(len(plans)).run([job(label, *plan) for label, plan in plans.items()])
     out = {}
@@ -83,6 +136,7 @@ def run_seed(args: argparse.Namespace, root: Path, seed: int, card: Path) -> dic
         out[label] = {"dev_at_validation_step": (result.best_metrics or {}).get(main),
                       "validation": (result.best_validation or {}).get(main), "best_step": result.best_step,
                       "final_dev": result.final_metrics.get(main), "train_seconds": result.train_seconds,
+                      "steps": result.steps, "stopped_early": result.stopped_early,
                       "freeze": result.freeze}
         f = result.freeze
         froze = "" if f is None else " frozen " + ",".join(f"{b}@{s}" for b, s in f["freeze_step"].items()
@@ -94,6 +148,9 @@ def run_seed(args: argparse.Namespace, root: Path, seed: int, card: Path) -> dic
 
 def main() -> None:
     args = parse()
+    if args.combine:
+        combine(args.combine.split(","), args.out or "summary.json")
+        return
     short_openmp_spin()
     import torch
 
@@ -104,36 +161,74 @@ def main() -> None:
     root = Path(args.out or tempfile.mkdtemp(prefix="layerwise-freeze-"))
     card_dir = root / "card"
     if not (card_dir / "card.json").exists():
-        make_card(args.model, DataSource(args.task, args.data, train_subset=args.train_subset), card_dir,
+        make_card(args.model, DataSource(args.task, args.data, train_subset=args.train_subset or None), card_dir,
                   calibration=Calibration(args.samples), probe=ProbeSettings(metrics="resnorm"), overwrite=True,
                   show_progress=False)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {seed: run_seed(args, root, seed, card_dir) for seed in seeds}
-    summary = {"args": vars(args), "runs": {str(s): r for s, r in runs.items()}, "methods": {}}
-    print(f"\n{args.model} on {args.task} (train subset {args.train_subset}), {args.steps} steps, batch "
-          f"{args.batch_size}, lr {args.lr}, seeds {seeds}, {args.threads} thread(s); dev accuracy at the step the "
-          "validation split chose")
-    methods = args.methods.split(",")
+    runs = {str(seed): run_seed(args, root, seed, card_dir) for seed in seeds}
+    summary = summarize(runs, args.methods.split(","))
+    summary["args"] = vars(args)
+    print(f"\n{args.model} on {args.task} (train subset {args.train_subset or 'all'}), batch {args.batch_size}, "
+          f"lr {args.lr}, seeds {seeds}, {args.threads} thread(s); dev accuracy at the step the validation split chose")
+    print_table(summary)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {root / 'summary.json'}")
+
+
+def summarize(runs: dict[str, dict[str, dict]], methods: list[str]) -> dict:
+    """Means over seeds, differences and time ratios against ``uniform`` (else the first method), and, among
+    the variants of one method (``freeze-auto``, ``freeze-auto+every=13``), the one with the best mean
+    validation score (the dev set chooses nothing)."""
+    seeds = sorted(runs)
     base = "uniform" if "uniform" in methods else methods[0]  # the ratios' denominator
-    print(f"{'method':<20} {'dev acc':>8} {'vs ' + base:>12} {'train s':>8} {'time ratio':>10} {'kendall tau':>11}")
     uni_acc = statistics.mean(runs[s][base]["dev_at_validation_step"] for s in seeds)
-    uni_s = statistics.mean(runs[s][base]["train_seconds"] for s in seeds)
-    summary["baseline"] = base
+    out: dict = {"runs": runs, "seeds": seeds, "baseline": base, "methods": {}, "chosen": {}}
     for m in methods:
-        acc = statistics.mean(runs[s][m]["dev_at_validation_step"] for s in seeds)
-        secs = statistics.mean(runs[s][m]["train_seconds"] for s in seeds)
+        acc = [runs[s][m]["dev_at_validation_step"] for s in seeds]
+        val = [runs[s][m]["validation"] for s in seeds]
         ratios = [runs[s][m]["train_seconds"] / runs[s][base]["train_seconds"] for s in seeds]
         taus = [runs[s][m]["freeze"]["kendall_tau"] for s in seeds
                 if runs[s][m]["freeze"] and runs[s][m]["freeze"]["kendall_tau"] is not None]
-        tau = statistics.mean(taus) if taus else None
-        summary["methods"][m] = {"dev_accuracy_mean": acc, "points_vs_baseline": 100 * (acc - uni_acc),
-                                 "train_seconds_mean": secs, "time_ratio_per_seed": ratios,
-                                 "time_ratio_of_means": secs / uni_s, "kendall_tau_mean": tau}
-        print(f"{m:<20} {acc:8.4f} {100 * (acc - uni_acc):+11.2f}p {secs:8.1f} {secs / uni_s:10.3f} "
-              f"{'n/a' if tau is None else f'{tau:.2f}':>11}")
-    print("targets: accuracy >= uniform - 0.5 points, time ratio <= 0.60")
-    (root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"wrote {root / 'summary.json'}")
+        out["methods"][m] = {
+            "dev_accuracy_mean": statistics.mean(acc), "dev_accuracy_std": statistics.stdev(acc) if len(acc) > 1
+            else None, "points_vs_baseline": 100 * (statistics.mean(acc) - uni_acc),
+            "validation_mean": statistics.mean(val), "train_seconds_mean":
+            statistics.mean(runs[s][m]["train_seconds"] for s in seeds), "time_ratio_per_seed": ratios,
+            "time_ratio_mean": statistics.mean(ratios), "kendall_tau_mean": statistics.mean(taus) if taus else None}
+    for m in methods:
+        family = variant(m)[0]
+        best = out["chosen"].get(family)
+        if best is None or out["methods"][m]["validation_mean"] > out["methods"][best]["validation_mean"]:
+            out["chosen"][family] = m
+    return out
+
+
+def print_table(summary: dict) -> None:
+    base = summary["baseline"]
+    print(f"{'method':<26} {'dev acc':>8} {'sd':>6} {'vs ' + base:>12} {'val acc':>8} {'time ratio':>10} "
+          f"{'tau':>5}  chosen on validation")
+    chosen = set(summary["chosen"].values())
+    for m, r in summary["methods"].items():
+        sd, tau = r["dev_accuracy_std"], r["kendall_tau_mean"]
+        print(f"{m:<26} {r['dev_accuracy_mean']:8.4f} {'-' if sd is None else f'{sd:.4f}':>6} "
+              f"{r['points_vs_baseline']:+11.2f}p {r['validation_mean']:8.4f} {r['time_ratio_mean']:10.3f} "
+              f"{'n/a' if tau is None else f'{tau:.2f}':>5}  {'yes' if m in chosen else ''}")
+    print("targets: accuracy >= uniform - 0.5 points, time ratio <= 0.60 (the ratio: mean over seeds of each seed's "
+          "ratio, cache fills included)")
+
+
+def combine(paths: list[str], out: str) -> None:
+    """One summary from per-seed summaries (each ``summary.json`` of a seed's process)."""
+    runs, methods = {}, None
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        runs.update(part["runs"])
+        methods = methods or list(part["methods"])
+    summary = summarize(runs, methods)
+    summary["parts"] = paths
+    print_table(summary)
+    Path(out).write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

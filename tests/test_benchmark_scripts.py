@@ -101,17 +101,35 @@ def test_converged_benchmark_sweeps_on_validation_then_benches_in_parts(glue_dir
 
 @pytest.mark.slow
 def test_freeze_lockstep_benchmark_end_to_end(glue_dir, tmp_path):
-    """benchmarks/freeze_lockstep.py on a sliver of MRPC: uniform, freeze-auto and freeze-card side by side,
-    the card's schedule froze blocks and the summary holds the ratios."""
+    """benchmarks/freeze_lockstep.py on a sliver of MRPC: uniform, freeze-auto (two variants) and freeze-card
+    side by side on an epoch budget with early stopping; the card's schedule froze blocks, the summary holds the
+    ratios, the variant with the better validation score is chosen, and --combine rebuilds the summary."""
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--data", str(glue_dir / "MRPC"),
-           "--train-subset", "48", "--steps", "6", "--eval-every", "3", "--freeze-every", "2", "--samples", "16",
-           "--max-length", "32", "--out", str(out)]
+           "--train-subset", "48", "--epochs", "2", "--evals-per-epoch", "1", "--patience", "3",
+           "--freeze-every", "2", "--samples", "16", "--max-length", "32", "--out", str(out),
+           "--methods", "uniform,freeze-auto,freeze-auto+every=1+percentile=90,freeze-card"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["methods"]) == {"uniform", "freeze-auto", "freeze-card"}
-    assert summary["methods"]["uniform"]["time_ratio_of_means"] == 1.0
-    card = summary["runs"]["0"]["freeze-card"]["freeze"]
+    assert list(summary["methods"]) == ["uniform", "freeze-auto", "freeze-auto+every=1+percentile=90", "freeze-card"]
+    assert summary["methods"]["uniform"]["time_ratio_mean"] == 1.0
+    runs = summary["runs"]["0"]
+    assert runs["uniform"]["steps"] == 6  # 43 training examples, batch 16: 3 steps an epoch, 2 epochs
+    assert runs["freeze-auto"]["freeze"]["every"] == 2 and runs["freeze-auto+every=1+percentile=90"]["freeze"][
+        "every"] == 1
+    variants = ["freeze-auto", "freeze-auto+every=1+percentile=90"]
+    best = max(variants, key=lambda m: summary["methods"][m]["validation_mean"])  # first wins a tie
+    assert summary["chosen"]["freeze-auto"] == best
+    card = runs["freeze-card"]["freeze"]
     assert card["mode"] == "card" and card["frozen"] == 5 and card["card_schedule"]
     assert "time ratio" in done.stdout
+    combined = tmp_path / "combined.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
+                           str(out / "summary.json"), "--out", str(combined)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(combined.read_text())["methods"] == summary["methods"]
+    bad = subprocess.run(cmd[:-1] + ["uniform,freeze-auto+often=2"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert bad.returncode != 0 and "often" in bad.stderr and "every" in bad.stderr
