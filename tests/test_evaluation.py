@@ -161,3 +161,50 @@ def test_majority_baseline_is_the_constant_predictor_scored_on_dev() -> None:
     stsb = majority_baseline(get_task("stsb"), [1.0, 3.0], [0.5, 4.0])
     assert stsb["predictor"] == "always the training mean 2.0000"
     assert majority_baseline(get_task("gsm8k"), ["a"], ["b"]) is None
+
+
+def test_eval_batches_sorted_by_length_give_each_example_its_own_logits(minilm, glue_dir, one_thread):
+    """Dev batches hold examples sorted by length (less padding); the logits come back in example order. Each
+    example's logits are those of file-order batches within fp32's own spread (float64 reference), and the loss
+    batches pad fewer tokens than file order does (real MRPC pairs, the bundled MiniLM)."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from layerwise.data.collate import Collator, encode_examples
+    from layerwise.data.load import load_task
+    from layerwise.train.evaluate import _in_example_order, _loss_and_outputs, prepare_eval, run_eval
+    from numerics import assert_within_fp32_spread
+
+    model, tok = minilm.model, minilm.tokenizer
+    data = load_task("mrpc", glue_dir / "MRPC")
+    examples = data.dev[:40]
+    evalset = prepare_eval(examples, data.task, tok, batch_size=8, max_length=128)
+    assert sorted(evalset.order) == list(range(40)) and evalset.order != list(range(40))
+    feats = encode_examples(examples, tok, data.task, 128)
+    collate = Collator(tok, data.task)
+    file_order = [collate(feats[s: s + 8]) for s in range(0, 40, 8)]
+    padded = sum(b["input_ids"].numel() for b in evalset.loss_batches)
+    assert padded < sum(b["input_ids"].numel() for b in file_order)
+
+    def logits(m, batches, dtype):
+        with torch.inference_mode():
+            return torch.cat([m(**{k: v for k, v in b.items()}).logits.to(dtype) for b in batches])
+
+    was = model.training
+    model.eval()
+    try:
+        baseline = logits(model, file_order, torch.float32)
+        reference = logits(copy.deepcopy(model).double(), file_order, torch.float64)
+        with torch.inference_mode():
+            _, outputs = _loss_and_outputs(model, evalset)
+        got = _in_example_order(torch.cat(outputs).float(), evalset.order)
+        assert_within_fp32_spread(got, baseline, reference, "logits in example order")
+        # the metrics see the predictions in example order: labels set to each example's own argmax score 1.0
+        own = [int(i) for i in reference.argmax(-1)]
+        relabelled = [dataclasses.replace(e, label=y) for e, y in zip(examples, own)]
+        scored = run_eval(model, prepare_eval(relabelled, data.task, tok, batch_size=8, max_length=128))
+        assert scored["accuracy"] == 1.0
+    finally:
+        model.train(was)
