@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default="q,v")
     p.add_argument("--eval-max-examples", type=int, default=None, help="score only the first this many dev "
                    "examples (smoke tests; the benchmark scores all)")
+    p.add_argument("--dev-eval", default="best", choices=("best", "every"), help="score the dev set only at the "
+                   "step the validation split chose (best: the reported number, at a fraction of the cost) or at "
+                   "every evaluation")
     p.add_argument("--card-samples", type=int, default=256, help="training examples the Layer Card measures")
     p.add_argument("--lrs", default="1e-3,5e-4,2e-3,2e-4", help="uniform LoRA's sweep (stage sweep), run in this "
                    "order; a tie goes to the first")
@@ -158,7 +161,7 @@ def train_config(args: argparse.Namespace, n_train: int, lr: float):
     return TrainConfig(steps=max(1, round(args.epochs * per_epoch)), lr=lr, batch_size=args.batch_size,
                        max_length=args.max_length, eval_every=max(1, per_epoch // args.evals_per_epoch),
                        early_stopping=args.patience, group_by_length=50, warmup_ratio=0.06,
-                       eval_max_examples=args.eval_max_examples)
+                       eval_max_examples=args.eval_max_examples, dev_eval=args.dev_eval)
 
 
 # -- one cell ---------------------------------------------------------------------------------------------
@@ -266,15 +269,23 @@ def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, benc
         k += len(r["shapes"])
         seconds += r.get("step_s", 0.0)
         running[r["step"]] = (build_flops + per_micro[k - 1], seconds + prefix.get("build_seconds", 0.0))
-    evaluations = []
+    evaluations, at_best = [], None
     for r in log:
         if "eval" not in r:
             continue
+        if r.get("at_best"):  # --dev-eval best: the dev set scored once, on the chosen step's weights
+            at_best = r
+            continue
         flops, secs = running.get(r["step"], (None, None))
-        evaluations.append({"step": r["step"], "flops": flops, "seconds": secs, "dev": r["eval"],
+        evaluations.append({"step": r["step"], "flops": flops, "seconds": secs, "dev": r["eval"] or None,
                             "validation": r.get("validation")})
     main, higher = metrics["main_metric"], metrics.get("higher_is_better", True)
     best = choose_step(evaluations, main, higher)
+    if best is not None and at_best is not None:
+        if at_best["step"] != best["step"]:
+            raise SystemExit(f"{folder}: the dev set was scored at step {at_best['step']}, the validation split "
+                             f"chose step {best['step']}")
+        best = {**best, "dev": at_best["eval"]}
     sel = selection["selection"]
     return {
         "model": args.model, "task": args.task, "cell": cell.name, "method": cell.method, "seed": cell.seed,
@@ -295,7 +306,8 @@ def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, benc
         "total_seconds": wall, "train_seconds": metrics.get("train_seconds"),
         "machine": machine_info(), "commit": _git_head(), "date": datetime.datetime.now(datetime.timezone.utc)
         .strftime("%Y-%m-%dT%H:%M:%SZ"), "unrecorded": [],
-        "notes": "FLOPs: counted training FLOPs (forward + backward, FlopCounterMode fit c+aT+bT^2 at batch 4, scaled "
+        "notes": ("dev: scored only at the chosen step (--dev-eval best). " if args.dev_eval == "best" else "")
+                 + "FLOPs: counted training FLOPs (forward + backward, FlopCounterMode fit c+aT+bT^2 at batch 4, scaled "
                  "to each step's batch and padded length), the prefix cache's build added once; evaluation not "
                  "counted. seconds: summed step times (+ cache build) on a shared machine.",
     }

@@ -107,6 +107,30 @@ def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(
     assert "main  pareto-s1-lr0.002: to run" in out and out.count("lora-s0-lr0.002") == 1
 
 
+@pytest.mark.slow
+def test_the_deep_runner_runs_a_cell_and_scores_dev_at_the_validation_step_only(tmp_path, glue_dir) -> None:
+    """One real cell at a sliver's size (MiniLM, 72 MRPC pairs): the result file holds the validation score of
+    every evaluation, FLOPs growing with the step, and the dev score of the chosen step alone; a second run
+    skips the finished cell."""
+    cmd = [sys.executable, str(REPO / "benchmarks/deep.py"), "--model", "minilm", "--task", "mrpc", "--data",
+           str(glue_dir / "MRPC"), "--train-subset", "72", "--epochs", "2", "--batch-size", "16", "--max-length",
+           "48", "--eval-max-examples", "24", "--card-samples", "16", "--lrs", "2e-3", "--stage", "sweep",
+           "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--flop-lengths", "8,16,32"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = read_result(result_path(tmp_path / "results", "minilm", "mrpc", "lora-s0-lr0.002"))
+    evals = r["evaluations"]
+    assert len(evals) >= 2 and all(e["validation"] and e["dev"] is None for e in evals)
+    assert [e["flops"] for e in evals] == sorted(e["flops"] for e in evals) and evals[0]["flops"] > 0
+    assert r["chosen"] == {**r["chosen"], **{k: v for k, v in choose_step(evals, "accuracy").items() if k != "dev"}}
+    dev = r["chosen"]["dev"]["accuracy"]
+    assert abs(dev * 24 - round(dev * 24)) < 1e-6  # an accuracy over the 24 scored dev pairs
+    assert r["notes"].startswith("dev: scored only at the chosen step")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "run  lora" not in again.stdout
+
+
 def test_step_flops_fit_predicts_an_unseen_length_and_the_cache_removes_the_prefix() -> None:
     import torch
     import transformers

@@ -513,6 +513,41 @@ def test_a_damaged_checkpoint_file_is_one_error_naming_it(tokenizer, rt, tmp_pat
         run(tokenizer, rt, tmp_path, config(steps=2, eval_every=0), resume=True)
 
 
+def test_dev_eval_best_scores_dev_once_on_the_chosen_steps_weights(tokenizer, rt, tmp_path):
+    """``--dev-eval best``: validation at every evaluation, dev once at the end on the weights of the step the
+    validation split chose. It reports exactly what scoring dev at every evaluation reports at that step, trains
+    the same weights, survives an interrupt after the choice, and leaves no kept weights behind."""
+    task, train_ex, dev_ex = rt
+    validation = train_ex[:48]
+    cfg = config(steps=12, eval_every=2, lr=2e-2)
+
+    def go(out, dev_eval, **kwargs):
+        return train(tiny_peft(tokenizer.vocab_size), tokenizer, task, train_ex[48:], dev_ex,
+                     config(steps=12, eval_every=2, lr=2e-2, dev_eval=dev_eval), out, show_progress=False,
+                     validation_examples=validation, **kwargs)
+
+    every, best = go(tmp_path / "every", "every"), go(tmp_path / "best", "best")
+    assert every.best_step not in (None, cfg.steps)  # the chosen weights are not the final ones: a real test
+    assert best.best_step == every.best_step and best.best_validation == every.best_validation
+    assert best.best_metrics == every.best_metrics  # the same weights, batches and forward: bit for bit
+    assert_same_adapter(every.adapter_dir, best.adapter_dir)
+    assert_same_adapter(every.best_dir, best.best_dir)
+    lines = [r for r in read_log(best.log_path) if "eval" in r]
+    assert [r["eval"] for r in lines[:-1]] == [{}] * 6 and all("validation" in r for r in lines[:-1])
+    assert lines[-1] == {"step": every.best_step, "eval": every.best_metrics, "at_best": True}
+    assert best.final_metrics == {}
+    assert json.loads((tmp_path / "best" / "metrics.json").read_text())["best"] == every.best_metrics
+    assert not (tmp_path / "best" / "best_state.safetensors").exists()
+    # interrupted after the choice: the kept weights carry over to the resumed run
+    with pytest.raises(KeyboardInterrupt):
+        go(tmp_path / "resumed", "best", callbacks=[InterruptAt(11)])
+    assert (tmp_path / "resumed" / "best_state.safetensors").exists()
+    resumed = go(tmp_path / "resumed", "best", resume=True)
+    assert resumed.best_metrics == every.best_metrics
+    with pytest.raises(ConfigError, match="--dev-eval best .*--validation-fraction"):
+        run(tokenizer, rt, tmp_path / "none", config(dev_eval="best"))
+
+
 def test_a_validation_split_chooses_the_step_and_dev_is_only_reported(tokenizer, rt, tmp_path):
     """With validation examples, the best step is the validation split's best (read back from the log),
     ``best`` holds the dev metrics logged at that step, and early stopping counts validation evaluations."""

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     print(chosen.describe())
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
     print(f"trained {result.steps} steps in {result.train_seconds:.1f} s ({result.trainable_params:,} trainable "
-          f"parameters); dev: {metrics}")
+          f"parameters); " + (f"dev: {metrics}" if metrics else "dev scored at the chosen step only (--dev-eval best)"))
     if result.best_validation is not None and result.best_metrics is not None:
         chosen_dev = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
         print(f"the validation split was best at step {result.best_step} (weights in {out}/best); dev there: "

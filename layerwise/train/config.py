@@ -11,7 +11,10 @@ from layerwise.settings.fields import flag_name as _field_flag
 from layerwise.train.reporting import REPORT_TO
 from layerwise.train.freeze import FREEZE_MODES
 
-__all__ = ["TrainConfig", "SCHEDULERS", "FREEZE_MODES", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
+DEV_EVAL_MODES = ("every", "best")
+"""``--dev-eval``: when the dev set is scored in a run with a validation split."""
+
+__all__ = ["TrainConfig", "SCHEDULERS", "DEV_EVAL_MODES", "FREEZE_MODES", "PREFIX_CACHE_MODES", "PREFIX_CACHE_DTYPES", "flag_name"]
 
 SCHEDULERS = ("linear", "cosine", "constant")
 """Learning-rate decay shapes after warmup (see :mod:`layerwise.train.schedule`)."""
@@ -48,6 +51,10 @@ class TrainConfig:
     """Tokens per example after truncation (prompt + answer for causal LM)."""
     eval_every: int = 0
     """Evaluate on the dev set every this many optimizer steps; 0 evaluates only at the end."""
+    dev_eval: str = flag("every", choices=DEV_EVAL_MODES)
+    """With a validation split (``--validation-fraction``): 'every' scores the dev set at each evaluation beside
+    the validation split; 'best' scores it once, at the end, on the weights of the step the validation split
+    chose (the same reported score, without the dev set's cost at every evaluation, and no dev curve)."""
     save_every: int = 0
     """Save a resumable checkpoint every this many steps; 0 saves only at the end and on interrupt."""
     early_stopping: int = 0
@@ -144,6 +151,7 @@ class TrainConfig:
         if self.prefix_cache_dir is not None and not str(self.prefix_cache_dir).strip():
             raise ConfigError(f"{flag_name('prefix_cache_dir')} must be a folder path, got an empty string")
         one_of(self, "freeze", FREEZE_MODES)
+        one_of(self, "dev_eval", DEV_EVAL_MODES)
         at_least(self, "freeze_every", 0)
         at_least(self, "freeze_keep_top", 0)
         if not 0.0 < self.freeze_percentile <= 100.0:

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 LOG_NAME, METRICS_NAME, PLOT_NAME = "train_log.jsonl", "metrics.json", "plots.png"
 FREEZE_PLOT_NAME = "freeze.png"
 ADAPTER_DIR, BEST_DIR = "adapter", "best"
+BEST_STATE_NAME = "best_state.safetensors"
+"""``--dev-eval best``: the trainable weights of the best step so far, until the dev set is scored on them."""
 
 # Config fields that shape the trajectory: a resumed run must use the values it was trained with.
 _TRAJECTORY = ("lr", "weight_decay", "warmup_ratio", "scheduler", "batch_size", "grad_accum", "max_length",
@@ -165,6 +167,7 @@ def train(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[E
         with DeferredInterrupt() as interrupt:
             _run_steps(run, interrupt, show_progress)
             _maybe_evaluate(run, force=True)
+            _score_dev_at_best(run)
             _save(run)
     except KeyboardInterrupt:
         _save_on_interrupt(run)
@@ -189,6 +192,10 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
         raise ConfigError(f"{flag_name('freeze')} {config.freeze} is not supported under torchrun yet (every rank "
                           "would have to freeze the same blocks at the same step); run it in one process or use "
                           f"{flag_name('freeze')} off")
+    if config.dev_eval == "best" and validation_examples is None:
+        raise ConfigError(f"{flag_name('dev_eval')} best scores the dev set on the step a validation split chose; "
+                          f"this run has none: give --validation-fraction (e.g. 0.1) or use {flag_name('dev_eval')} "
+                          "every")
     named = trainable_parameters(model)
     params = list(named.values())
     if not params:
@@ -212,7 +219,8 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     valset = None if validation_examples is None else prepare_eval(
         validation_examples, task, tokenizer, config.batch_size, config.max_length, config.eval_max_examples)
     device, lengths = params[0].device, [len(f["input_ids"]) for f in features]
-    prefix, prefix_report = _prefix_cache(model, features, _eval_sets(valset, evalset), config, out_dir)
+    cached_sets = _eval_sets(valset, evalset) if config.dev_eval == "every" else [valset]  # dev: scored once
+    prefix, prefix_report = _prefix_cache(model, features, cached_sets, config, out_dir)
     # What a checkpoint records besides the config: resuming on other training data would not be exact.
     info = {**config.to_dict(), "train_examples": len(features), "train_tokens": sum(lengths),
             "validation_examples": len(validation_examples) if validation_examples is not None else 0,
@@ -465,28 +473,89 @@ def _maybe_evaluate(run: _Run, force: bool = False) -> None:
         offset = len(run.valset.loss_batches)  # the dev set's batches follow the validation's in the cache
         if reporter is not None:
             reporter.evaluated(state.step, validation, started, "validation")
-    started = reporter.evaluating(state.step, len(run.evalset.references)) if reporter else 0.0
-    metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
-                                      prefix=run.prefix, prefix_offset=offset)
-    if reporter is not None:
-        reporter.evaluated(state.step, metrics, started)
+    metrics = None
+    if run.valset is None or run.config.dev_eval == "every":
+        started = reporter.evaluating(state.step, len(run.evalset.references)) if reporter else 0.0
+        metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens,
+                                          prefix=run.prefix, prefix_offset=offset)
+        if reporter is not None:
+            reporter.evaluated(state.step, metrics, started)
     state.last_metrics, state.last_eval_step = metrics, state.step
-    run.log.write_eval(state.step, metrics, validation)
+    run.log.write_eval(state.step, metrics if metrics is not None else {}, validation)
     _update_best(run, metrics, validation)
     for callback in run.callbacks:
         if isinstance(callback, OnEvaluate):
-            callback.on_evaluate(state, metrics)
+            callback.on_evaluate(state, metrics if metrics is not None else validation)
 
 
-def _update_best(run: _Run, metrics: dict[str, float], validation: dict[str, float] | None = None) -> None:
+def _score_dev_at_best(run: _Run) -> None:
+    """``--dev-eval best``: score the dev set once, on the weights of the step the validation split chose (kept
+    in :data:`BEST_STATE_NAME` since that step, deleted once scored). Logged as an evaluation line of that step
+    with ``"at_best": true`` and no validation metrics."""
+    state, path = run.state, run.out_dir / BEST_STATE_NAME
+    if run.valset is None or state.best_step is None or state.best_metrics is not None:
+        return  # every evaluation scored the dev set (or nothing was evaluated)
+    if not path.exists():
+        log.warning("the weights of step %d (chosen on the validation split) were not kept: the dev set is not "
+                    "scored", state.best_step)
+        return
+    from safetensors.torch import load_file
+
+    distributed.barrier()  # the main rank wrote the file
+    best = load_file(str(path), device=str(run.device))
+    current = {name: p.detach().clone() for name, p in run.named.items()}
+    reporter = run.reporter
+    started = reporter.evaluating(state.best_step, len(run.evalset.references)) if reporter else 0.0
+    try:
+        _copy_into(run.named, best)
+        # a full forward: the prefix cache holds no dev rows here, and a freezing run's cached rows carry the
+        # frozen adapters of the end of the run, not of the chosen step
+        metrics = distributed.run_on_main(run_eval, run.model, run.evalset, run.config.gen_max_new_tokens)
+    finally:
+        _copy_into(run.named, current)
+    if reporter is not None:
+        reporter.evaluated(state.best_step, metrics, started)
+    state.best_metrics = metrics
+    run.log.write({"step": state.best_step, "eval": metrics, "at_best": True})
+    distributed.barrier()
+    if distributed.is_main():
+        path.unlink(missing_ok=True)
+
+
+def _copy_into(named: dict[str, Any], values: dict[str, Any]) -> None:
+    """Copy ``values`` (name -> tensor) into the trainable parameters ``named``, which they must all cover."""
+    missing = set(named) - set(values)
+    if missing:
+        raise ModelError(f"{BEST_STATE_NAME} lacks {len(missing)} trainable tensor(s), e.g. {sorted(missing)[0]}")
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(values[name])
+
+
+def _keep_best_state(run: _Run) -> None:
+    """Write the trainable parameters to :data:`BEST_STATE_NAME` (atomically, the main rank)."""
+    if not distributed.is_main():
+        return
+    from safetensors.torch import save_file
+
+    from layerwise.runtime.io import atomic_write_with
+
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in run.named.items()}
+    atomic_write_with(run.out_dir / BEST_STATE_NAME, lambda tmp: save_file(tensors, tmp))
+
+
+def _update_best(run: _Run, metrics: dict[str, float] | None, validation: dict[str, float] | None = None) -> None:
     """Keep the best adapter by the main metric (of the validation split when there is one, else of dev);
-    count evaluations without progress (early stopping)."""
+    count evaluations without progress (early stopping). ``metrics`` is ``None`` when the dev set was not
+    scored (``--dev-eval best``): the trainable weights are then kept too, to score it at the end."""
     state, value = run.state, (validation if validation is not None else metrics)[run.task.main_metric]
     best = state.best_metric
     if best is None or (value > best if run.higher_is_better else value < best):
         state.best_metric, state.best_step, state.best_metrics, state.bad_evals = value, state.step, metrics, 0
         state.best_validation = validation
         _save_adapter(run, run.out_dir / BEST_DIR)
+        if metrics is None:
+            _keep_best_state(run)
         return
     state.bad_evals += 1
     if run.config.early_stopping and state.bad_evals >= run.config.early_stopping:

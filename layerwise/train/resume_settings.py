@@ -48,7 +48,7 @@ MUST_MATCH: dict[type, tuple[str, ...]] = {
 because with a 16-bit ``prefix_cache_dtype`` the cache rounds what the blocks above see.)"""
 
 MAY_CHANGE: dict[type, tuple[str, ...]] = {
-    TrainConfig: ("steps", "eval_every", "save_every", "early_stopping", "eval_max_examples", "gen_max_new_tokens",
+    TrainConfig: ("steps", "eval_every", "dev_eval", "save_every", "early_stopping", "eval_max_examples", "gen_max_new_tokens",
                   "prefix_cache_dir", "gradient_checkpointing", "logging_steps", "report_to"),
     ModelSource: ("cache_dir", "trust_remote_code"),
     DataSource: (),
