@@ -218,13 +218,15 @@ def print_table(summary: dict) -> None:
 
 
 def combine(paths: list[str], out: str) -> None:
-    """One summary from per-seed summaries (each ``summary.json`` of a seed's process)."""
+    """One summary from per-seed summaries (each ``summary.json`` of a seed's process), over the methods that
+    every part ran."""
     runs, methods = {}, None
     for path in paths:
         part = json.loads(Path(path).read_text())
         runs.update(part["runs"])
-        methods = methods or list(part["methods"])
-    summary = summarize(runs, methods)
+        names = list(part["methods"])
+        methods = names if methods is None else [m for m in methods if m in names]  # the runs every part has
+    summary = summarize({seed: {m: r[m] for m in methods} for seed, r in runs.items()}, methods)
     summary["parts"] = paths
     print_table(summary)
     Path(out).write_text(json.dumps(summary, indent=1, default=str))

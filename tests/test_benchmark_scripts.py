@@ -130,6 +130,17 @@ def test_freeze_lockstep_benchmark_end_to_end(glue_dir, tmp_path):
                           timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(combined.read_text())["methods"] == summary["methods"]
+    # a second seed's part that ran fewer methods: the combined summary keeps the methods both parts ran
+    part = {"runs": {"1": {m: r for m, r in runs.items() if m != "freeze-auto"}},
+            "methods": {m: r for m, r in summary["methods"].items() if m != "freeze-auto"}}
+    (tmp_path / "part1.json").write_text(json.dumps(part))
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
+                           f"{out / 'summary.json'},{tmp_path / 'part1.json'}", "--out", str(combined)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    both = json.loads(combined.read_text())
+    assert both["seeds"] == ["0", "1"] and "freeze-auto" not in both["methods"]
+    assert both["chosen"]["freeze-auto"] == "freeze-auto+every=1+percentile=90"
     bad = subprocess.run(cmd[:-1] + ["uniform,freeze-auto+often=2"], capture_output=True, text=True, timeout=120,
                          cwd=REPO)
     assert bad.returncode != 0 and "often" in bad.stderr and "every" in bad.stderr
