@@ -168,11 +168,22 @@ def main() -> None:
     runs = {str(seed): run_seed(args, root, seed, card_dir) for seed in seeds}
     summary = summarize(runs, args.methods.split(","))
     summary["args"] = vars(args)
+    summary["majority"] = majority(args)
     print(f"\n{args.model} on {args.task} (train subset {args.train_subset or 'all'}), batch {args.batch_size}, "
           f"lr {args.lr}, seeds {seeds}, {args.threads} thread(s); dev accuracy at the step the validation split chose")
     print_table(summary)
     (root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {root / 'summary.json'}")
+
+
+def majority(args: argparse.Namespace) -> dict | None:
+    """The majority-class baseline on dev (the most frequent class of the training part)."""
+    from layerwise.data.task_metrics import majority_baseline
+    from layerwise.settings import DataSource
+
+    data = DataSource(args.task, args.data, train_subset=args.train_subset or None,
+                      validation_fraction=args.validation_fraction, max_length=args.max_length).load()
+    return majority_baseline(data.task, [e.label for e in data.train], [e.label for e in data.dev])
 
 
 def summarize(runs: dict[str, dict[str, dict]], methods: list[str]) -> dict:
@@ -227,7 +238,8 @@ def combine(paths: list[str], out: str) -> None:
         names = list(part["methods"])
         methods = names if methods is None else [m for m in methods if m in names]  # the runs every part has
     summary = summarize({seed: {m: r[m] for m in methods} for seed, r in runs.items()}, methods)
-    summary["parts"] = paths
+    first = json.loads(Path(paths[0]).read_text())
+    summary.update(parts=paths, args=first.get("args"), majority=first.get("majority"))
     print_table(summary)
     Path(out).write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {out}")

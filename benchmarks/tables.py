@@ -294,11 +294,69 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
     return True
 
 
+def render_freeze(summary: dict) -> str:
+    """The Markdown block of a combined ``benchmarks/freeze_lockstep.py`` summary (``results/freeze/<name>.json``):
+    each seed's runs, then the means against uniform LoRA and the issue's two targets."""
+    base, seeds, runs = summary["baseline"], summary["seeds"], summary["runs"]
+    lines = ["| seed | run | frozen (block@step) | steps run | chosen step | validation acc | dev acc there | "
+             "train s | time vs uniform |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for seed in seeds:
+        for m in summary["methods"]:
+            r, f = runs[seed][m], runs[seed][m].get("freeze")
+            froze = "-" if not f else ", ".join(f"{b}@{s}" for b, s in f["freeze_step"].items() if s is not None) \
+                or "none"
+            lines.append(f"| {seed} | {m} | {froze} | {r.get('steps', 'n/a')} | {r['best_step']} | "
+                         f"{_f(r['validation'])} | {_f(r['dev_at_validation_step'])} | {r['train_seconds']:.0f} | "
+                         f"{r['train_seconds'] / runs[seed][base]['train_seconds']:.2f} |")
+    lines += ["", f"Means over seeds {', '.join(seeds)} (dev accuracy at the step the validation split chose; the "
+              "time ratio is the mean of each seed's ratio, cache fills included; targets: dev accuracy at least "
+              "uniform's minus 0.5 points and a time ratio of at most 0.60):", "",
+              "| method | validation acc | dev acc | vs uniform | time ratio (per seed) | Kendall tau | "
+              "chosen on validation | targets |", "|---|---:|---:|---:|---:|---:|---|---|"]
+    chosen = set(summary.get("chosen", {}).values())
+    for m, r in summary["methods"].items():
+        n = len(seeds)
+        dev = _ms(r["dev_accuracy_mean"], r["dev_accuracy_std"] or 0.0, n)
+        per = ", ".join(f"{x:.2f}" for x in r["time_ratio_per_seed"])
+        tau = "n/a" if r["kendall_tau_mean"] is None else f"{r['kendall_tau_mean']:.2f}"
+        if m == base:
+            met = "-"
+        else:
+            acc_ok, time_ok = r["points_vs_baseline"] >= -0.5, r["time_ratio_mean"] <= 0.60
+            met = ("met" if acc_ok and time_ok else "missed: " + ", ".join(
+                x for x, ok in (("accuracy", acc_ok), ("time", time_ok)) if not ok))
+        lines.append(f"| {m} | {_f(r['validation_mean'])} | {dev} | {r['points_vs_baseline']:+.1f} pts | "
+                     f"{r['time_ratio_mean']:.3f} ({per}) | {tau} | {'yes' if m in chosen else ''} | {met} |")
+    majority = (summary.get("majority") or {}).get("metrics") or {}
+    if majority.get("accuracy") is not None:
+        lines += ["", f"Majority-class baseline on dev: accuracy {majority['accuracy']:.4f} "
+                  f"({summary['majority']['predictor']})."]
+    return "\n".join(lines) + "\n"
+
+
+def regenerate_freeze(text: str, folder: Path) -> tuple[str, list[str]]:
+    """``text`` with the block of every combined freezing summary in ``folder`` (``<name>.json`` with per-seed
+    ``runs`` and a ``chosen`` variant per method) replaced between ``<!-- freeze <name>: begin/end -->``."""
+    missing = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        summary = json.loads(path.read_text())
+        if "chosen" not in summary or "runs" not in summary:
+            continue  # an older summary format (mrpc-800-means.json): described by hand in the text
+        begin, end = f"<!-- freeze {path.stem}: begin -->", f"<!-- freeze {path.stem}: end -->"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if not pattern.search(text):
+            missing.append(f"freeze {path.stem}")
+            continue
+        block = render_freeze(summary)
+        text = pattern.sub(lambda _: f"{begin}\n{block}{end}", text)
+    return text, missing
+
+
 def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, list[str]]:
     """``text`` with every folder's block replaced; the folders whose markers are missing."""
     from layerwise.bench.store import load_results
 
-    missing = []
+    text, missing = regenerate_freeze(text, results / "freeze")
     for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
         key = folder.name
         if not any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
@@ -330,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     text = doc.read_text()
     new, missing = regenerate(text, Path(args.results), draw=not args.check, img=doc.parent / "img")
     for key in missing:
-        print(f"{doc}: no markers for results {key} (add <!-- results {key}: begin --> and ... end -->)")
+        print(f"{doc}: no markers for {key if key.startswith('freeze ') else 'results ' + key} "
+              f"(add <!-- ... begin --> and <!-- ... end -->)")
     if args.check:
         if new != text:
             print(f"{doc} differs from the tables the result files give: run python benchmarks/tables.py")

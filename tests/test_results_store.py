@@ -199,3 +199,40 @@ def test_attention_on_the_cpu_flash_kernel_is_counted() -> None:
     total, _ = count_flops(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward())
     assert total == sdpa_flop_count(q.shape, k.shape, v.shape) + sdpa_backward_flop_count(q.shape, q.shape, k.shape,
                                                                                            v.shape) > 0
+
+
+def test_the_freezing_table_says_which_target_each_method_met(tmp_path) -> None:
+    """A combined freeze_lockstep summary (made by its own summarize) renders between its markers: per-seed rows,
+    means, the variant chosen on validation, and each target met or missed by the stated rule."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import freeze_lockstep
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def run(dev: float, val: float, secs: float, froze: dict | None = None) -> dict:
+        freeze = None if froze is None else {"freeze_step": froze, "kendall_tau": 1.0}
+        return {"dev_at_validation_step": dev, "validation": val, "best_step": 100, "final_dev": dev,
+                "train_seconds": secs, "steps": 300, "stopped_early": True, "freeze": freeze}
+
+    runs = {s: {"uniform": run(0.80 + d, 0.81, 100.0),
+                "freeze-auto": run(0.797 + d, 0.80, 50.0, {"0": 20, "1": 40, "2": None}),
+                "freeze-auto+every=13": run(0.78 + d, 0.79, 40.0, {"0": 10, "1": None, "2": None}),
+                "freeze-card": run(0.80 + d, 0.81, 70.0, {"0": 90, "1": None, "2": None})}
+            for s, d in (("0", 0.0), ("1", 0.01))}
+    summary = freeze_lockstep.summarize(runs, list(runs["0"]))
+    summary["majority"] = {"predictor": "always class 1", "metrics": {"accuracy": 0.6838}}
+    assert summary["chosen"] == {"uniform": "uniform", "freeze-auto": "freeze-auto", "freeze-card": "freeze-card"}
+    folder = tmp_path / "freeze"
+    folder.mkdir()
+    (folder / "mrpc-full.json").write_text(json.dumps(summary))
+    doc = "before\n<!-- freeze mrpc-full: begin -->\nold\n<!-- freeze mrpc-full: end -->\nafter\n"
+    text, missing = tables.regenerate_freeze(doc, folder)
+    assert missing == [] and "old" not in text and text.startswith("before") and text.endswith("after\n")
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| freeze")}
+    assert "| -0.3 pts | 0.500 (0.50, 0.50) | 1.00 | yes | met |" in rows["freeze-auto"]
+    assert rows["freeze-auto+every=13"].endswith("| missed: accuracy |")
+    assert rows["freeze-card"].endswith("| 0.700 (0.70, 0.70) | 1.00 | yes | missed: time |")
+    assert "| 0 | freeze-auto | 0@20, 1@40 | 300 | 100 | 0.8000 | 0.7970 | 50 | 0.50 |" in text
+    assert "Majority-class baseline on dev: accuracy 0.6838" in text
