@@ -240,6 +240,8 @@ def combine(paths: list[str], out: str) -> None:
     summary = summarize({seed: {m: r[m] for m in methods} for seed, r in runs.items()}, methods)
     first = json.loads(Path(paths[0]).read_text())
     summary.update(parts=paths, args=first.get("args"), majority=first.get("majority"))
+    if summary["majority"] is None and summary["args"]:  # a part written before summaries recorded it
+        summary["majority"] = majority(argparse.Namespace(**summary["args"]))
     print_table(summary)
     Path(out).write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {out}")
