@@ -337,7 +337,8 @@ _BASE: dict[str, Any] = {}
 
 def _train_run(out: Path, batch_size: int, callbacks: tuple = (), resume: bool = False,
                adaptive: str | None = None, layers: tuple[int, ...] = tuple(range(6)),
-               prefix_cache: str = "off", float64: bool = False) -> tuple[dict[str, torch.Tensor], list]:
+               prefix_cache: str = "off", float64: bool = False,
+               freeze: str = "off") -> tuple[dict[str, torch.Tensor], list]:
     """MiniLM + LoRA (q, v of every block) with every dropout off (dropout masks are per rank: with them the
     curves agree in distribution only); ``adaptive`` (``norm``/``fisher``) adds La-LoRA at r_max 4; ``float64``
     runs the model in float64 (the reference fp32's spread is measured against). Returns the trained weights
@@ -370,7 +371,8 @@ def _train_run(out: Path, batch_size: int, callbacks: tuple = (), resume: bool =
         recorder = _RankRecorder(_lalora_class()(model, stack, r_max=R_MAX, contribution=adaptive))
         callbacks = (recorder.lalora, recorder, *callbacks)
     cfg = TrainConfig(steps=STEPS, lr=5e-3, batch_size=batch_size, grad_accum=GRAD_ACCUM, max_length=32,
-                      eval_every=3, eval_max_examples=16, warmup_ratio=0.25, seed=0, prefix_cache=prefix_cache)
+                      eval_every=3, eval_max_examples=16, warmup_ratio=0.25, seed=0, prefix_cache=prefix_cache,
+                      freeze=freeze, freeze_every=1, freeze_percentile=100.0)
     train(model, loaded.tokenizer, data.task, train_ex, dev_ex, cfg, out, resume=resume, callbacks=callbacks,
           show_progress=False)
     weights = {k: p.detach().clone() for k, p in trainable_parameters(model).items()}
@@ -428,6 +430,7 @@ def _train_worker(rank: int, world: int, port: int, root: Path) -> None:
         found["lalora"], found["lalora_seen"] = _train_run(root / "runs" / "lalora", PER_RANK_BATCH,
                                                            adaptive="fisher")
     found["cached"], _ = _train_run(root / "runs" / "cached", PER_RANK_BATCH, layers=(4, 5), prefix_cache="disk")
+    found["frozen"], _ = _train_run(root / "runs" / "frozen", PER_RANK_BATCH, freeze="auto")
     found["writes"] = list(writes)  # rank 1 writes nothing, the shared prefix cache included
     torch.save(found, root / f"rank{rank}.pt")
 
@@ -526,3 +529,19 @@ def test_adaptive_ranks_never_diverge_across_ranks(two_ranks):
         assert torch.equal(weight, r1["lalora"][name]), name
     history = json.loads((root / "runs" / "lalora" / "rank_history.json").read_text())
     assert history["ranks"][-1] == seen[-1][0][0]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_freezing_under_torchrun_freezes_the_same_blocks_on_every_rank(two_ranks):
+    """``--freeze auto`` in two processes: rank 0's decision holds for both (the norms are averaged, the decision
+    broadcast), DDP is rebuilt without the frozen adapters (else its reducer waits for their gradients), and the
+    ranks' weights stay identical."""
+    root, r0, r1 = two_ranks
+    for name in r0["frozen"]:
+        assert torch.equal(r0["frozen"][name], r1["frozen"][name]), name
+    report = json.loads((root / "runs" / "frozen" / "metrics.json").read_text())["freeze"]
+    frozen = [int(b) for b, step in report["freeze_step"].items() if step is not None]
+    assert frozen and frozen == list(range(len(frozen)))  # a bottom prefix froze
+    assert report["frozen"] == len(frozen) and report["depth"][-1][1] == 6 - len(frozen)
+

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from layerwise.runtime import distributed
 from layerwise.runtime.errors import ConfigError
 from layerwise.train.freeze import FreezeState, auto_decision, card_schedule, kendall_tau
 
@@ -153,15 +154,25 @@ class Freezer:
                 self.freeze_next(step)
                 fired = True
             return fired
-        current = self.accumulated.tolist()
+        current = self._reduced_norms()
         fire, info = auto_decision(st.previous, current, st.frozen, self.config.freeze_keep_top,
                                    self.config.freeze_percentile)
+        if distributed.world_size() > 1:  # rank 0 decides for all: every rank freezes the same block at this step
+            fire = distributed.broadcast_object(fire)
         st.checks.append({"step": step, **info, "froze": fire})
         st.previous = current
         self.accumulated.zero_()
         if fire:
             self.freeze_next(step)
         return fire
+
+    def _reduced_norms(self) -> list[float]:
+        """The interval's accumulated gradient norms, averaged over the ranks under torchrun (DDP gives every rank
+        the same averaged gradient, so this only guards against a rank whose sums rounded differently)."""
+        if distributed.world_size() == 1:
+            return self.accumulated.tolist()
+        total = distributed.all_reduce_sum(self.accumulated.clone())
+        return (total / distributed.world_size()).tolist()
 
     def end_of_step(self, step: int, train_seconds: float) -> None:
         """Record the time of each finished epoch (``train_seconds`` is the run's total so far)."""

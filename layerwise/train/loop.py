@@ -188,10 +188,6 @@ def _setup(model: Any, tokenizer: Any, task: TaskSpec, train_examples: Sequence[
     from layerwise.train.precision import Precision
     from layerwise.train.schedule import make_scheduler
 
-    if config.freeze != "off" and distributed.world_size() > 1:
-        raise ConfigError(f"{flag_name('freeze')} {config.freeze} is not supported under torchrun yet (every rank "
-                          "would have to freeze the same blocks at the same step); run it in one process or use "
-                          f"{flag_name('freeze')} off")
     if config.dev_eval == "best" and validation_examples is None:
         raise ConfigError(f"{flag_name('dev_eval')} best scores the dev set on the step a validation split chose; "
                           f"this run has none: give --validation-fraction (e.g. 0.1) or use {flag_name('dev_eval')} "
@@ -453,8 +449,12 @@ def _maybe_freeze(run: _Run) -> None:
     if freezer is None:
         return
     before = freezer.fill_seconds
-    if freezer.due(state.step) and freezer.check(state.step) and freezer.cache is not None:
-        run.prefix = freezer.cache
+    if freezer.due(state.step) and freezer.check(state.step):
+        if freezer.cache is not None:
+            run.prefix = freezer.cache
+        if distributed.world_size() > 1:  # DDP reduces the gradients of the parameters that required them when
+            run.engine = None             # it was built: a new wrapper leaves the frozen adapters out
+            run.engine = parallel.wrap_model(run.model)
     state.train_seconds += freezer.fill_seconds - before
     freezer.end_of_step(state.step, state.train_seconds)
 
