@@ -255,8 +255,7 @@ def test_resume_after_some_blocks_froze_is_bit_identical(tokenizer, rt, tmp_path
     assert resumed.final_metrics == whole.final_metrics
 
 
-def test_unsupported_combinations_are_refused_naming_freeze(tokenizer, rt, tmp_path, monkeypatch):
-    from layerwise.runtime import distributed
+def test_unsupported_combinations_are_refused_naming_freeze(tokenizer, rt, tmp_path):
     from layerwise.settings import AdapterChoice, AdaptiveRanks
     from layerwise.train.freezing import check_freeze
 
