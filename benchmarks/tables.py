@@ -1,4 +1,5 @@
-"""The converged-results tables of docs/BENCHMARKS.md (and one figure per model and task), from the result files.
+"""The converged-results tables of docs/BENCHMARKS.md and the README (and one figure per model and task), from
+the result files.
 
 Every ``benchmarks/results/<model>-<task>/`` folder becomes the text between the markers
 ``<!-- results <model>-<task>: begin -->`` and ``<!-- results <model>-<task>: end -->`` in docs/BENCHMARKS.md
@@ -18,7 +19,10 @@ Per model and task:
   as a line and the seeds' range as a band.
 
     python benchmarks/tables.py            # rewrite the blocks and figures
-    python benchmarks/tables.py --check    # exit 1 when docs/BENCHMARKS.md is not what the results give
+    python benchmarks/tables.py --check    # exit 1 when docs/BENCHMARKS.md or README.md is not what they give
+
+The README's block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` gets a compact table per
+``<model>-<task>`` with main-stage results (dev scores at the validation-chosen step against uniform LoRA).
 """
 
 from __future__ import annotations
@@ -294,6 +298,63 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
     return True
 
 
+def render_readme(key: str, records: list[dict]) -> str:
+    """The README's compact table of one ``<model>-<task>``: the main stage at uniform LoRA's rate, dev scores at
+    the step the validation split chose (mean ± std over seeds), against uniform LoRA and the majority class."""
+    base_lr = _base_lr(records)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("stage") == "main" and r["lr"] is not None and (r["lr"] == base_lr or r["method"] == "full"):
+            groups[r["method"]].append(r)
+    for r in records:  # uniform's seed-0 sweep cell at its rate is the main stage's seed 0
+        if r.get("stage") == "sweep" and r["method"] == BASELINE and r["lr"] == base_lr and not any(
+                0 in (x.get("seeds") or [x["seed"]]) for x in groups[BASELINE]):
+            groups[BASELINE].append(r)
+    groups = {m: rs for m, rs in groups.items() if rs}
+    if BASELINE not in groups:
+        return ""
+    main = records[0]["main_metric"]
+    others = sorted({k for rs in groups.values() for r in rs for k in ((r.get("chosen") or {}).get("dev") or {})
+                     if k not in (main, "loss")})
+    base = groups[BASELINE]
+    base_dev = _dev_stats(base)[0]
+    base_params = base[0]["trainable_params"]
+    base_secs = _mean_std([(r.get("chosen") or {}).get("seconds") for r in base])[0]
+    head = ["method", "layers", f"{main} (mean ± std)", *[f"{o} (mean ± std)" for o in others],
+            f"{main} vs uniform LoRA", "trainable params", "training time vs LoRA", "step scored (mean)"]
+    lines = [f"**{key}**, at uniform LoRA's rate ({base_lr:g}), dev scores at the step the validation split "
+             "chose:", "", "| " + " | ".join(head) + " |",
+             "|---|---|" + "---:|" * (len(head) - 2)]
+    for m in sorted(groups, key=lambda m: (m != "full", m != BASELINE, m)):
+        rs = sorted(groups[m], key=lambda r: (r["seed"] is None, r["seed"]))
+        dev, sd, n = _dev_stats(rs)
+        cells = [_ms2(dev, sd, n)] + [_ms2(*_dev_stats(rs, o)) for o in others]
+        layers = rs[0]["layers"] if all(r["layers"] == rs[0]["layers"] for r in rs) else \
+            {str(r["seed"]): r["layers"] for r in rs}
+        params = rs[0]["trainable_params"]
+        share = "all" if m == "full" else f"{100 * params / base_params:.0f}%"
+        recorded = (rs[0].get("summary") or {}).get("time_vs_lora_pct")
+        secs = _mean_std([(r.get("chosen") or {}).get("seconds") for r in rs])[0]
+        time_rel = f"{recorded}%" if recorded is not None else (
+            "n/a" if secs is None or not base_secs else f"{100 * secs / base_secs:.0f}%")
+        step = _mean_std([(r.get("chosen") or {}).get("step") for r in rs])[0]
+        diff = "n/a" if dev is None or base_dev is None else f"{100 * (dev - base_dev):+.1f} pts"
+        lines.append(f"| {m} | {_layers(layers)} | " + " | ".join(cells) + f" | {diff} | {params:,} ({share}) | "
+                     f"{time_rel} | {_f(step, 0)} of {rs[0].get('steps', 'n/a')} |")
+    majority = ((records[0].get("config") or {}).get("bench") or {}).get("majority")
+    if majority and isinstance(majority.get("metrics"), dict):
+        majority = majority["metrics"]
+    if majority and majority.get(main) is not None:
+        vals = " | ".join(_f(majority.get(o)) for o in [main, *others])
+        lines.append(f"| majority class | - | {vals} | "
+                     f"{'n/a' if base_dev is None else f'{100 * (majority[main] - base_dev):+.1f} pts'} | 0 | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def _ms2(m: float | None, s: float | None, n: int) -> str:
+    return "n/a" if m is None else (f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f} (one seed)")
+
+
 def render_freeze(summary: dict) -> str:
     """The Markdown block of a combined ``benchmarks/freeze_lockstep.py`` summary (``results/freeze/<name>.json``):
     each seed's runs, then the means against uniform LoRA and the issue's two targets."""
@@ -378,27 +439,53 @@ def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, li
     return text, missing
 
 
+def regenerate_readme(text: str, results: Path) -> str:
+    """``text`` (the README) with the block between ``<!-- results:begin -->`` and ``<!-- results:end -->``
+    holding :func:`render_readme` of every ``<model>-<task>`` folder with main-stage results."""
+    from layerwise.bench.store import load_results
+
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        return text
+    blocks = []
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+        if not any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
+            continue
+        records = [r for r in load_results(results, folder=folder.name)
+                   if f"{r['model']}-{r['task']}" == folder.name]
+        block = render_readme(folder.name, records) if records else ""
+        if block:
+            blocks.append(block)
+    return pattern.sub(lambda _: begin + "\n" + "\n".join(blocks) + end, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
     p.add_argument("--doc", default=str(ROOT / "docs/BENCHMARKS.md"))
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
     doc = Path(args.doc)
     text = doc.read_text()
     new, missing = regenerate(text, Path(args.results), draw=not args.check, img=doc.parent / "img")
+    readme = Path(args.readme)
+    readme_text = readme.read_text()
+    readme_new = regenerate_readme(readme_text, Path(args.results))
     for key in missing:
         print(f"{doc}: no markers for {key if key.startswith('freeze ') else 'results ' + key} "
               f"(add <!-- ... begin --> and <!-- ... end -->)")
     if args.check:
-        if new != text:
-            print(f"{doc} differs from the tables the result files give: run python benchmarks/tables.py")
-            return 1
-        return 0
-    if new != text:
-        from layerwise.runtime.io import atomic_write_text
+        stale = [str(path) for path, old, fresh in ((doc, text, new), (readme, readme_text, readme_new)) if old != fresh]
+        for path in stale:
+            print(f"{path} differs from the tables the result files give: run python benchmarks/tables.py")
+        return 1 if stale else 0
+    from layerwise.runtime.io import atomic_write_text
 
-        atomic_write_text(doc, new)
+    for path, old, fresh in ((doc, text, new), (readme, readme_text, readme_new)):
+        if old != fresh:
+            atomic_write_text(path, fresh)
     return 0
 
 

@@ -186,6 +186,13 @@ def test_the_converged_tables_in_benchmarks_md_are_what_the_result_files_give(tm
     assert tables.main(["--check", "--doc", str(doc), "--results", str(results)]) == 1
     assert json.loads((REPO / "benchmarks/results/minilm-mrpc/budget-seeds012-lr0.002.json").read_text())[
         "summary"]["dev"]["accuracy"]["mean"] == 0.7565
+    # the README's summary is generated too: its budget row follows the changed file
+    readme = (REPO / "README.md").read_text()
+    assert "| budget | 3,4,5 | 0.7565 ± 0.0057 |" in readme
+    changed = tables.regenerate_readme(readme, results)
+    assert "| budget | 3,4,5 | 0.5000 ± 0.0057 |" in changed and "| budget | 3,4,5 | 0.7565" not in changed
+    (tmp_path / "README.md").write_text(changed)
+    assert tables.main(["--check", "--readme", str(tmp_path / "README.md")]) == 1
 
 
 def test_attention_on_the_cpu_flash_kernel_is_counted() -> None:
