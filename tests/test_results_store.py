@@ -105,6 +105,10 @@ def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(
     assert "sweep lora-s0-lr0.001: done" in out and "sweep lora-s0-lr0.002: done" in out
     # uniform's rate is the sweep's best validation (2e-3); its seed-0 main cell is the sweep's cell, run once
     assert "main  pareto-s1-lr0.002: to run" in out and out.count("lora-s0-lr0.002") == 1
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks/deep.py"), "--results", str(tmp_path),
+                              "--methods", "lora,freeze-auto", "--stage", "main", "--list"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--methods: freeze-auto not supported" in refused.stderr
 
 
 @pytest.mark.slow
