@@ -47,6 +47,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=None, help="an epoch budget instead of --steps (with "
                    "--evals-per-epoch evaluations per epoch instead of --eval-every)")
     p.add_argument("--evals-per-epoch", type=int, default=2)
+    p.add_argument("--dev-eval", default="best", choices=("best", "every"), help="score dev only at the step the "
+                   "validation split chose (best; the same number) or at every evaluation")
     p.add_argument("--patience", type=int, default=0, help="stop after this many evaluations without a better "
                    "validation score (0: off)")
     p.add_argument("--validation-fraction", type=float, default=0.1)
@@ -101,6 +103,7 @@ def config(args: argparse.Namespace, seed: int, freeze: str, dropout: bool = Fal
                 "freeze_end": args.freeze_end, **(overrides or {})}
     return TrainConfig(prefix_dropout=dropout, steps=steps, lr=args.lr, batch_size=args.batch_size, seed=seed,
                        max_length=args.max_length, eval_every=eval_every, early_stopping=args.patience,
+                       dev_eval=args.dev_eval if args.validation_fraction else "every",
                        freeze=freeze, **settings)
 
 
