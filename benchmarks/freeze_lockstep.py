@@ -200,7 +200,8 @@ def summarize(runs: dict[str, dict[str, dict]], methods: list[str]) -> dict:
     for m in methods:
         acc = [runs[s][m]["dev_at_validation_step"] for s in seeds]
         val = [runs[s][m]["validation"] for s in seeds]
-        ratios = [runs[s][m]["train_seconds"] / runs[s][base]["train_seconds"] for s in seeds]
+        ratios = [runs[s][m].get("time_ratio") or runs[s][m]["train_seconds"] / runs[s][base]["train_seconds"]
+                  for s in seeds]  # time_ratio: against the uniform LoRA of the run's own lockstep process
         taus = [runs[s][m]["freeze"]["kendall_tau"] for s in seeds
                 if runs[s][m]["freeze"] and runs[s][m]["freeze"]["kendall_tau"] is not None]
         out["methods"][m] = {
@@ -232,16 +233,28 @@ def print_table(summary: dict) -> None:
 
 
 def combine(paths: list[str], out: str) -> None:
-    """One summary from per-seed summaries (each ``summary.json`` of a seed's process), over the methods that
-    every part ran."""
-    runs, methods = {}, None
+    """One summary from per-seed summaries (each ``summary.json`` of a lockstep process), over the methods that
+    every seed ran. A seed may come in several parts (a second process with other variants): each run keeps
+    the time ratio against the uniform LoRA of its own process (``time_ratio``), and a method run in two parts of
+    a seed (uniform) is taken from the first."""
+    runs: dict[str, dict[str, dict]] = {}
+    order: list[str] = []
+    first = None
     for path in paths:
         part = json.loads(Path(path).read_text())
-        runs.update(part["runs"])
-        names = list(part["methods"])
-        methods = names if methods is None else [m for m in methods if m in names]  # the runs every part has
+        first = first or part
+        base = part.get("baseline", "uniform")
+        for seed, by_method in part["runs"].items():
+            uniform = by_method.get(base)
+            for m, r in by_method.items():
+                r = dict(r)
+                if "time_ratio" not in r and uniform is not None:
+                    r["time_ratio"] = r["train_seconds"] / uniform["train_seconds"]
+                runs.setdefault(seed, {}).setdefault(m, r)
+                if m not in order:
+                    order.append(m)
+    methods = [m for m in order if all(m in by_method for by_method in runs.values())]
     summary = summarize({seed: {m: r[m] for m in methods} for seed, r in runs.items()}, methods)
-    first = json.loads(Path(paths[0]).read_text())
     summary.update(parts=paths, args=first.get("args"), majority=first.get("majority"))
     if summary["majority"] is None and summary["args"]:  # a part written before summaries recorded it
         summary["majority"] = majority(argparse.Namespace(**summary["args"]))

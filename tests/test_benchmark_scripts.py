@@ -141,6 +141,22 @@ def test_freeze_lockstep_benchmark_end_to_end(glue_dir, tmp_path):
     both = json.loads(combined.read_text())
     assert both["seeds"] == ["0", "1"] and "freeze-auto" not in both["methods"]
     assert both["chosen"]["freeze-auto"] == "freeze-auto+every=1+percentile=90"
+    # a second process for the same seed (other variants, its own uniform run): each run's time ratio is against
+    # the uniform LoRA it ran beside; the uniform run of the first part is kept
+    u = runs["uniform"]["train_seconds"]
+    later = {"runs": {"0": {"uniform": {**runs["uniform"], "train_seconds": 2 * u},
+                            "freeze-card+start=0.1": {**runs["freeze-card"], "train_seconds": u}}},
+             "methods": {"uniform": {}, "freeze-card+start=0.1": {}}}
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
+                           f"{out / 'summary.json'},{tmp_path / 'later.json'}", "--out", str(combined)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads(combined.read_text())
+    assert merged["methods"]["freeze-card+start=0.1"]["time_ratio_per_seed"] == [0.5]
+    assert merged["methods"]["uniform"]["train_seconds_mean"] == u
+    assert merged["methods"]["freeze-card"]["time_ratio_per_seed"] == summary["methods"]["freeze-card"][
+        "time_ratio_per_seed"]
     bad = subprocess.run(cmd[:-1] + ["uniform,freeze-auto+often=2"], capture_output=True, text=True, timeout=120,
                          cwd=REPO)
     assert bad.returncode != 0 and "often" in bad.stderr and "every" in bad.stderr
