@@ -155,6 +155,24 @@ def test_a_bench_made_before_a_training_field_existed_resumes_at_its_default(tmp
         _check_resume(tmp_path, {"model": "m", "train_config": TrainConfig(steps=6).to_dict()})
 
 
+def test_a_bench_resumes_with_another_dev_eval(tmp_path) -> None:
+    """--dev-eval decides when dev is scored, not what a cell reports at its chosen step: a bench recorded before
+    the field existed (or with 'every') resumes with 'best', as benchmarks/deep.py's main stage does."""
+    from layerwise.bench.cells import bench_config, check_resume as _check_resume
+    from layerwise.settings import Calibration, DataSource, ModelSource
+
+    def config(**train):
+        return bench_config(ModelSource("minilm"), DataSource("mrpc", validation_fraction=0.1),
+                            TrainConfig(steps=5, **train), 8, "q,v", Calibration())
+
+    old = config()
+    old["train_config"].pop("dev_eval", None)
+    (tmp_path / "bench_config.json").write_text(json.dumps(old))
+    _check_resume(tmp_path, config(dev_eval="best"))
+    with pytest.raises(ConfigError, match="--eval-every is 2"):
+        _check_resume(tmp_path, config(dev_eval="best", eval_every=2))
+
+
 def test_a_bench_resumes_only_with_the_same_carving_and_precision(tmp_path) -> None:
     from layerwise.bench.cells import bench_config, check_resume as _check_resume
     from layerwise.settings import Calibration, DataSource, ModelSource

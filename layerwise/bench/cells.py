@@ -113,8 +113,10 @@ def bench_config(model: ModelSource, data: DataSource, train_config: Any, rank: 
                  calibration: Calibration) -> dict[str, Any]:
     """What shapes every cell's result: a resumed bench must use the same values (seeds/methods may change)."""
     # where and how the frozen prefix is cached does not change a cell's result (an fp32 cache is exact; its
-    # storage dtype does and stays in the record)
-    train = {k: v for k, v in train_config.to_dict().items() if k not in ("seed", "prefix_cache", "prefix_cache_dir")}
+    # storage dtype does and stays in the record); --dev-eval only decides when the dev set is scored, and the
+    # score at the chosen step is the same number either way
+    train = {k: v for k, v in train_config.to_dict().items()
+             if k not in ("seed", "prefix_cache", "prefix_cache_dir", "dev_eval")}
     path = data.data
     if path is not None and Path(path).exists():
         path = str(Path(path).resolve())  # the same folder however it was written
