@@ -58,8 +58,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--freeze-every", type=int, default=0, help="0: at each evaluation")
     p.add_argument("--freeze-percentile", type=float, default=50.0)
     p.add_argument("--freeze-keep-top", type=int, default=1)
-    p.add_argument("--freeze-start", type=float, default=0.3)
-    p.add_argument("--freeze-end", type=float, default=0.7)
+    p.add_argument("--freeze-start", type=float, default=0.1)
+    p.add_argument("--freeze-end", type=float, default=0.5)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--methods", default=",".join(METHODS),
                    help="runs, in lockstep: uniform, freeze-auto, freeze-card, freeze-card-dropout (uniform first)")

@@ -361,6 +361,7 @@ def render_freeze(summary: dict) -> str:
     base, seeds, runs = summary["baseline"], summary["seeds"], summary["runs"]
     lines = ["| seed | run | frozen (block@step) | steps run | chosen step | validation acc | dev acc there | "
              "train s | time vs uniform |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    # time vs uniform: against the uniform run of the run's own lockstep process (a seed may span several)
     for seed in seeds:
         for m in summary["methods"]:
             r, f = runs[seed][m], runs[seed][m].get("freeze")
@@ -368,7 +369,7 @@ def render_freeze(summary: dict) -> str:
                 or "none"
             lines.append(f"| {seed} | {m} | {froze} | {r.get('steps', 'n/a')} | {r['best_step']} | "
                          f"{_f(r['validation'])} | {_f(r['dev_at_validation_step'])} | {r['train_seconds']:.0f} | "
-                         f"{r['train_seconds'] / runs[seed][base]['train_seconds']:.2f} |")
+                         f"{r.get('time_ratio') or r['train_seconds'] / runs[seed][base]['train_seconds']:.2f} |")
     lines += ["", f"Means over seeds {', '.join(seeds)} (dev accuracy at the step the validation split chose; the "
               "time ratio is the mean of each seed's ratio, cache fills included; targets: dev accuracy at least "
               "uniform's minus 0.5 points and a time ratio of at most 0.60):", "",
@@ -386,7 +387,7 @@ def render_freeze(summary: dict) -> str:
             acc_ok, time_ok = r["points_vs_baseline"] >= -0.5, r["time_ratio_mean"] <= 0.60
             met = ("met" if acc_ok and time_ok else "missed: " + ", ".join(
                 x for x, ok in (("accuracy", acc_ok), ("time", time_ok)) if not ok))
-        lines.append(f"| {m} | {_f(r['validation_mean'])} | {dev} | {r['points_vs_baseline']:+.1f} pts | "
+        lines.append(f"| {m} | {_f(r['validation_mean'])} | {dev} | {r['points_vs_baseline']:+.2f} pts | "
                      f"{r['time_ratio_mean']:.3f} ({per}) | {tau} | {'yes' if m in chosen else ''} | {met} |")
     majority = (summary.get("majority") or {}).get("metrics") or {}
     if majority.get("accuracy") is not None:

@@ -242,7 +242,7 @@ def test_the_freezing_table_says_which_target_each_method_met(tmp_path) -> None:
     text, missing = tables.regenerate_freeze(doc, folder)
     assert missing == [] and "old" not in text and text.startswith("before") and text.endswith("after\n")
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| freeze")}
-    assert "| -0.3 pts | 0.500 (0.50, 0.50) | 1.00 | yes | met |" in rows["freeze-auto"]
+    assert "| -0.30 pts | 0.500 (0.50, 0.50) | 1.00 | yes | met |" in rows["freeze-auto"]
     assert rows["freeze-auto+every=13"].endswith("| missed: accuracy |")
     assert rows["freeze-card"].endswith("| 0.700 (0.70, 0.70) | 1.00 | yes | missed: time |")
     assert "| 0 | freeze-auto | 0@20, 1@40 | 300 | 100 | 0.8000 | 0.7970 | 50 | 0.50 |" in text

@@ -108,7 +108,7 @@ class FreezeTrainerCallback(TrainerCallback):
     """
 
     def __init__(self, model: Any, mode: str = "auto", every: int = 50, percentile: float = 50.0,
-                 keep_top: int = 1, start: float = 0.3, end: float = 0.7,
+                 keep_top: int = 1, start: float = 0.1, end: float = 0.5,
                  importance: Any = None) -> None:
         import torch
 
