@@ -125,20 +125,21 @@ def test_freeze_lockstep_benchmark_end_to_end(glue_dir, tmp_path):
     assert card["mode"] == "card" and card["frozen"] == 5 and card["card_schedule"]
     assert "time ratio" in done.stdout
     combined = tmp_path / "combined.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
-                           str(out / "summary.json"), "--out", str(combined)], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(combined.read_text())["methods"] == summary["methods"]
+
+    def combine(*parts: Path) -> dict:
+        """freeze_lockstep.py --combine of ``parts``: the combined summary."""
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
+                               ",".join(map(str, parts)), "--out", str(combined)], capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(combined.read_text())
+
+    assert combine(out / "summary.json")["methods"] == summary["methods"]
     # a second seed's part that ran fewer methods: the combined summary keeps the methods both parts ran
     part = {"runs": {"1": {m: r for m, r in runs.items() if m != "freeze-auto"}},
             "methods": {m: r for m, r in summary["methods"].items() if m != "freeze-auto"}}
     (tmp_path / "part1.json").write_text(json.dumps(part))
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
-                           f"{out / 'summary.json'},{tmp_path / 'part1.json'}", "--out", str(combined)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    both = json.loads(combined.read_text())
+    both = combine(out / "summary.json", tmp_path / "part1.json")
     assert both["seeds"] == ["0", "1"] and "freeze-auto" not in both["methods"]
     assert both["chosen"]["freeze-auto"] == "freeze-auto+every=1+percentile=90"
     # a second process for the same seed (other variants, its own uniform run): each run's time ratio is against
@@ -148,11 +149,7 @@ def test_freeze_lockstep_benchmark_end_to_end(glue_dir, tmp_path):
                             "freeze-card+start=0.1": {**runs["freeze-card"], "train_seconds": u}}},
              "methods": {"uniform": {}, "freeze-card+start=0.1": {}}}
     (tmp_path / "later.json").write_text(json.dumps(later))
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "freeze_lockstep.py"), "--combine",
-                           f"{out / 'summary.json'},{tmp_path / 'later.json'}", "--out", str(combined)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    merged = json.loads(combined.read_text())
+    merged = combine(out / "summary.json", tmp_path / "later.json")
     assert merged["methods"]["freeze-card+start=0.1"]["time_ratio_per_seed"] == [0.5]
     assert merged["methods"]["uniform"]["train_seconds_mean"] == u
     assert merged["methods"]["freeze-card"]["time_ratio_per_seed"] == summary["methods"]["freeze-card"][
