@@ -9,6 +9,8 @@ the same command resumes cell by cell; ``--commit`` commits each file as it land
 Compute is counted in FLOPs (layerwise.bench.flops: each method's training step counted with torch's
 FlopCounterMode at three lengths, fitted to c + aT + bT^2, summed over the cell's padded batch lengths; the
 prefix cache's build is added once), because wall time on a shared machine is noise. Seconds are recorded too.
+A freezing method (``freeze-auto``, ``freeze-card``) has steps of several depths: each step is counted at the
+depth that trained it (read from the training log's freeze lines), and each cache fill's forward is added.
 
 The plan, in stages (``--stage``):
 - ``sweep``: uniform LoRA (``lora``), seed 0, at each of ``--lrs``; uniform's rate U is the best validation.
@@ -123,10 +125,6 @@ def plan(args: argparse.Namespace) -> list[Cell]:
         cells += [Cell(m, s, u, "main") for s in _ints(args.seeds) for m in methods]
     if "own" in stages:
         cells += [Cell(m, 0, None if u is None else f * u, "own") for m in methods if m != BASELINE for f in (2, 4)]
-    frozen = [m for m in methods if m.startswith("freeze-")]
-    if frozen:  # its steps get cheaper as blocks freeze: a FLOP count per trainable depth is not written yet
-        raise SystemExit(f"--methods: {', '.join(frozen)} not supported yet: the counted FLOPs assume one adapted "
-                         "depth for the whole run; compare freezing with benchmarks/freeze_lockstep.py")
     cells = list(dict.fromkeys(cells))
     seen, out = set(), []
     for c in cells:  # the same (method, seed, lr) planned by two stages runs once
@@ -201,16 +199,20 @@ def _best(record: dict) -> str:
 
 def step_cost(args: argparse.Namespace, folder: Path):
     """The counted FLOPs of one training step of this cell's adapter (cached per layers in the work folder)."""
+    selection = json.loads((folder / "selection.json").read_text())
+    return layers_cost(args, selection["selection"]["layers"], selection["adapter"]["rank"])
+
+
+def layers_cost(args: argparse.Namespace, layers: list[int], rank: int):
+    """The counted FLOPs of one LoRA step on ``layers`` (blocks below the lowest one are the prefix), cached per
+    layers in the work folder's ``step_flops.json``."""
     from layerwise.bench.flops import StepCost
 
-    selection = json.loads((folder / "selection.json").read_text())
-    layers = selection["selection"]["layers"]
-    adapter = selection["adapter"]
-    key = f"{args.model}|{args.task}|{args.targets}|{adapter['rank']}|{','.join(map(str, layers))}"
+    key = f"{args.model}|{args.task}|{args.targets}|{rank}|{','.join(map(str, layers))}"
     cache_path = Path(args.work) / "step_flops.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     if key not in cache:
-        cost = count_cost(args, layers, adapter["rank"])
+        cost = count_cost(args, layers, rank)
         cache[key] = cost.to_dict()
         from layerwise.runtime.io import atomic_write_json
 
@@ -218,16 +220,35 @@ def step_cost(args: argparse.Namespace, folder: Path):
     return StepCost(**cache[key])
 
 
+_READY: dict = {}
+
+
+def _prepared(args: argparse.Namespace):
+    """The model and data, loaded once per process (a FLOP count adapts a copy of the model)."""
+    import torch
+
+    from layerwise.workflows.prepare import prepare
+
+    if args.model not in _READY:
+        _READY[args.model] = prepare(args.model, data_source(args), torch.device("cpu"))
+    return _READY[args.model]
+
+
 def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: int = 4):
     """Count a LoRA step on ``layers`` at batch ``batch`` and three lengths (FLOPs scale with the batch)."""
+    import copy
+
     import torch
 
     from layerwise.adapters.bridge import apply_adapter
     from layerwise.bench.flops import count_step
-    from layerwise.workflows.prepare import prepare
 
-    ready = prepare(args.model, data_source(args), torch.device("cpu"))
-    model = apply_adapter(ready.loaded.model, ready.stack, list(layers), targets=args.targets, rank=rank)
+    from layerwise.models.layers import find_layer_stack
+
+    ready = _prepared(args)
+    base = copy.deepcopy(ready.loaded.model)
+    model = apply_adapter(base, find_layer_stack(base, ready.stack.path), list(layers), targets=args.targets,
+                          rank=rank)
     model.train()
     vocab = ready.loaded.tokenizer.vocab_size
     gen = torch.Generator().manual_seed(0)
@@ -245,7 +266,6 @@ def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: in
 
 
 def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, bench_config: dict, wall: float) -> dict:
-    from layerwise.bench.flops import cumulative_flops
     from layerwise.bench.store import choose_step, machine_info
     from layerwise.train.log import read_log
 
@@ -256,23 +276,25 @@ def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, benc
     steps = list({r["step"]: r for r in steps}.values())  # a resumed run repeats no step, but be sure
     cost = step_cost(args, folder)
     prefix = metrics.get("prefix_cache") or {}
-    cached = bool(prefix.get("used"))
-    build_flops = 0.0
-    if cached:  # the prefix's forward once per training example (the eval sets' part is not training compute)
-        from layerwise.data.collate import encode_examples
-        from layerwise.workflows.prepare import prepare
-        import torch
-
-        ready = prepare(args.model, data_source(args), torch.device("cpu"))
-        feats = encode_examples(ready.task.train, ready.loaded.tokenizer, ready.task.task, args.max_length)
-        build_flops = sum(cost.prefix(len(f["input_ids"])) for f in feats)
-    flat = [shape for r in steps for shape in r["shapes"]]
-    per_micro = cumulative_flops(cost, flat, cached)
-    running, seconds, k = {}, 0.0, 0
-    for r in steps:
-        k += len(r["shapes"])
+    if metrics.get("freeze"):
+        step_flops, extra = freeze_flops(args, selection, metrics["freeze"], steps, log)
+    else:
+        cached = bool(prefix.get("used"))
+        build = 0.0
+        if cached:  # the prefix's forward once per training example (the eval sets' part is not training compute)
+            build = sum(cost.prefix(n) for n in _train_lengths(args))
+        step_flops = [sum(cost.step(int(t), int(b), cached) for b, t in r["shapes"]) for r in steps]
+        extra = {0: (build, prefix.get("build_seconds", 0.0) if cached else 0.0)}
+    running, flops, seconds = {}, 0.0, 0.0
+    added = sorted(extra.items())
+    for r, f in zip(steps, step_flops):
+        while added and added[0][0] < r["step"]:  # work done after an earlier step (a cache fill) or before any
+            flops, seconds = flops + added[0][1][0], seconds + added[0][1][1]
+            added.pop(0)
+        flops += f
         seconds += r.get("step_s", 0.0)
-        running[r["step"]] = (build_flops + per_micro[k - 1], seconds + prefix.get("build_seconds", 0.0))
+        running[r["step"]] = (flops, seconds)
+    total_flops = flops + sum(f for _, (f, _) in added)  # a fill after the last step was still paid for
     evaluations, at_best = [], None
     for r in log:
         if "eval" not in r:
@@ -306,15 +328,64 @@ def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, benc
         "ranks": selection["adapter"].get("ranks") or {str(i): selection["adapter"]["rank"]
                                                       for i in sel.get("layers") or []},
         "trainable_params": metrics["trainable_params"], "steps": metrics["steps"],
-        "total_flops": build_flops + (per_micro[-1] if per_micro else 0.0),
+        "freeze": None if not metrics.get("freeze") else {k: metrics["freeze"].get(k) for k in (
+            "mode", "freeze_step", "depth", "kendall_tau", "cache_fill_seconds", "epoch_seconds")},
+        "total_flops": total_flops,
         "total_seconds": wall, "train_seconds": metrics.get("train_seconds"),
         "machine": machine_info(), "commit": _git_head(), "date": datetime.datetime.now(datetime.timezone.utc)
         .strftime("%Y-%m-%dT%H:%M:%SZ"), "unrecorded": [],
         "notes": ("dev: scored only at the chosen step (--dev-eval best). " if args.dev_eval == "best" else "")
                  + "FLOPs: counted training FLOPs (forward + backward, FlopCounterMode fit c+aT+bT^2 at batch 4, scaled "
                  "to each step's batch and padded length), the prefix cache's build added once; evaluation not "
-                 "counted. seconds: summed step times (+ cache build) on a shared machine.",
+                 "counted. seconds: summed step times (+ cache build) on a shared machine."
+                 + (" freeze: each step counted at its trainable depth (the frozen blocks' forward served from the "
+                    "cache, no backward below), each cache fill's forward of the newly frozen blocks added after "
+                    "the step that froze them." if metrics.get("freeze") else ""),
     }
+
+
+def _train_lengths(args: argparse.Namespace) -> list[int]:
+    """The token count of each training example (what the prefix cache holds)."""
+    from layerwise.data.collate import encode_examples
+
+    ready = _prepared(args)
+    feats = encode_examples(ready.task.train, ready.loaded.tokenizer, ready.task.task, args.max_length)
+    return [len(f["input_ids"]) for f in feats]
+
+
+def freeze_flops(args: argparse.Namespace, selection: dict, freeze: dict, steps: list[dict],
+                 log: list[dict]) -> tuple[list[float], dict[int, tuple[float, float]]]:
+    """Counted FLOPs of a freezing run (``--freeze``): each step's at the depth that trained it, and the cache
+    fills. With the bottom ``j`` adapted blocks frozen, a step costs what a LoRA step on the blocks above costs
+    with its prefix cached: the frozen blocks' forward is served from the cache and the backward stops above
+    them. A fill moving the cache from block ``i`` to ``j`` runs blocks ``i..j-1`` forward once per training
+    example. Returns the FLOPs of each step and ``{step: (fill FLOPs, fill seconds)}`` paid after that step."""
+    blocks = sorted(selection["selection"]["layers"])
+    rank = selection["adapter"]["rank"]
+    rows = [r for r in log if "freeze" in r]
+    if freeze.get("frozen") and not rows:
+        raise SystemExit("a --freeze run without the train_log's freeze lines (written since 2026-12-05): its "
+                         "steps' depths are unknown; rerun the cell")
+    cached = bool(freeze.get("cache"))
+    costs = {0: layers_cost(args, blocks, rank)}
+    for r in rows:
+        j = r["freeze"]["frozen"]
+        if j < len(blocks) and j not in costs:
+            costs[j] = layers_cost(args, blocks[j:], rank)
+    lengths = _train_lengths(args) if cached and rows else []
+    extra, before = {}, 0
+    for r in rows:
+        j = min(r["freeze"]["frozen"], len(blocks) - 1)
+        fill = sum(costs[j].prefix(n) - costs[before].prefix(n) for n in lengths) if cached else 0.0
+        extra[r["step"]] = (fill, r["freeze"].get("fill_s", 0.0))
+        before = j
+    out, k = [], 0
+    for step in steps:
+        while k < len(rows) and rows[k]["step"] < step["step"]:
+            k += 1
+        j = rows[k - 1]["freeze"]["frozen"] if k else 0
+        out.append(sum(costs[j].step(int(t), int(b), cached and j > 0) for b, t in step["shapes"]))
+    return out, extra
 
 
 def _git_head() -> str | None:

@@ -18,6 +18,7 @@ from layerwise.models.layers import find_layer_stack
 from layerwise.runtime.errors import ConfigError
 from layerwise.train import TrainConfig, train
 from layerwise.train.freeze import auto_decision, card_schedule, card_targets, kendall_tau, relative_changes
+from layerwise.train.log import freeze_lines, read_log
 from layerwise.train.prefix.frozen import quiet_frozen_prefix
 
 from numerics import assert_within_fp32_spread
@@ -148,6 +149,9 @@ def test_frozen_weights_stay_bitwise_and_frozen_blocks_are_a_prefix(tokenizer, r
     assert rec["card_schedule"] == [5, 5, 7]
     assert rec["freeze_step"] == {"0": 5, "1": 5, "2": 7, "3": None}
     assert rec["depth"] == [[0, 4], [5, 3], [5, 2], [7, 1]]
+    lines = freeze_lines(read_log(tmp_path / "card" / "train_log.jsonl"))  # one line per step that froze blocks
+    assert [(r["step"], r["freeze"]["frozen"], r["freeze"]["trainable"]) for r in lines] == [(5, 2, 2), (7, 3, 1)]
+    assert all(r["freeze"]["fill_s"] > 0 for r in lines) == (cache == "auto")  # the cache is filled
     steps = [s for s in rec["freeze_step"].values()]
     frozen = [s is not None for s in steps]
     assert frozen == sorted(frozen, reverse=True)  # a prefix: no trainable block below a frozen one

@@ -105,10 +105,6 @@ def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(
     assert "sweep lora-s0-lr0.001: done" in out and "sweep lora-s0-lr0.002: done" in out
     # uniform's rate is the sweep's best validation (2e-3); its seed-0 main cell is the sweep's cell, run once
     assert "main  pareto-s1-lr0.002: to run" in out and out.count("lora-s0-lr0.002") == 1
-    refused = subprocess.run([sys.executable, str(REPO / "benchmarks/deep.py"), "--results", str(tmp_path),
-                              "--methods", "lora,freeze-auto", "--stage", "main", "--list"],
-                             capture_output=True, text=True, timeout=60)
-    assert refused.returncode != 0 and "--methods: freeze-auto not supported" in refused.stderr
 
 
 @pytest.mark.slow
@@ -133,6 +129,21 @@ def test_the_deep_runner_runs_a_cell_and_scores_dev_at_the_validation_step_only(
     assert r["notes"].startswith("dev: scored only at the chosen step")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "run  lora" not in again.stdout
+    # a freezing cell trains on uniform's batches; each step is counted at the depth that trained it
+    stage = cmd.index("--stage")
+    frozen = subprocess.run(cmd[:stage] + ["--stage", "main", "--methods", "freeze-card", "--seeds", "0"]
+                            + cmd[stage + 2:], capture_output=True, text=True, timeout=600, env=env)
+    assert frozen.returncode == 0, frozen.stderr[-3000:]
+    f = read_result(result_path(tmp_path / "results", "minilm", "mrpc", "freeze-card-s0-lr0.002"))
+    depth = f["freeze"]["depth"]  # [step after which blocks froze, blocks still training]
+    uniform = {e["step"]: e["flops"] for e in evals}
+    ours = {e["step"]: e["flops"] for e in f["evaluations"]}
+    assert all(ours[s] == pytest.approx(uniform[s], rel=1e-9) for s in ours if s <= depth[1][0])
+    assert f["total_flops"] < r["total_flops"] and f["steps"] == r["steps"]
+    late = sorted(s for s in ours if s > depth[-1][0])  # evaluations after the last freeze: only cheap steps between
+    assert len(late) >= 2, depth
+    share = (ours[late[-1]] - ours[late[0]]) / (uniform[late[-1]] - uniform[late[0]])
+    assert 0 < share < 2 * depth[-1][1] / len(f["layers"])  # about the trainable blocks' share of the model
 
 
 def test_step_flops_fit_predicts_an_unseen_length_and_the_cache_removes_the_prefix() -> None:

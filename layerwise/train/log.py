@@ -1,7 +1,9 @@
 """``train_log.jsonl``: one JSON line per optimizer step and one per evaluation, flushed as it goes.
 
-Step lines: ``{"step", "loss", "lr", "<phase>_s", "mem_after_<phase>", "peak_memory", "step_s"}``;
-evaluation lines: ``{"step", "eval": {metric: value}}``. Non-finite numbers are written as ``null``.
+Step lines: ``{"step", "loss", "lr", "<phase>_s", "mem_after_<phase>", "peak_memory", "step_s", "shapes"}``;
+evaluation lines: ``{"step", "eval": {metric: value}}``; with ``--freeze``, one line after each step that froze
+blocks: ``{"step", "freeze": {"frozen", "trainable", "fill_s"}}`` (blocks frozen in all, blocks still training,
+seconds of this step's cache fills). Non-finite numbers are written as ``null``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from layerwise.runtime.io import atomic_write_text
 
-__all__ = ["TrainLog", "read_log", "step_lines", "eval_lines", "json_safe"]
+__all__ = ["TrainLog", "read_log", "step_lines", "eval_lines", "freeze_lines", "json_safe"]
 
 
 def json_safe(value: Any) -> Any:
@@ -69,9 +71,14 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 def step_lines(records: list[dict]) -> list[dict]:
     """The per-step lines of a log."""
-    return [r for r in records if "eval" not in r]
+    return [r for r in records if "loss" in r]
 
 
 def eval_lines(records: list[dict]) -> list[dict]:
     """The evaluation lines of a log."""
     return [r for r in records if "eval" in r]
+
+
+def freeze_lines(records: list[dict]) -> list[dict]:
+    """The freezing lines of a log (``--freeze``: the steps after which blocks froze)."""
+    return [r for r in records if "freeze" in r]

@@ -450,6 +450,9 @@ def _maybe_freeze(run: _Run) -> None:
         return
     before = freezer.fill_seconds
     if freezer.due(state.step) and freezer.check(state.step):
+        frozen = freezer.state.frozen
+        run.log.write({"step": state.step, "freeze": {"frozen": frozen, "trainable": len(freezer.blocks) - frozen,
+                                                      "fill_s": freezer.fill_seconds - before}})
         if freezer.cache is not None:
             run.prefix = freezer.cache
         if distributed.world_size() > 1:  # DDP reduces the gradients of the parameters that required them when
