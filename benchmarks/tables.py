@@ -107,6 +107,20 @@ def _reach(r: dict, target: float) -> float | None:
     return None
 
 
+def _main_groups(records: list[dict], base_lr: float | None) -> dict[str, list[dict]]:
+    """The main stage's cells at uniform LoRA's rate (full fine-tuning at its own), by method. Uniform's seed-0
+    sweep cell at that rate is the same run as the main stage's seed 0, and stands for it."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("stage") == "main" and r["lr"] is not None and (r["lr"] == base_lr or r["method"] == "full"):
+            groups[r["method"]].append(r)
+    for r in records:
+        if r.get("stage") == "sweep" and r["method"] == BASELINE and r["lr"] == base_lr and not any(
+                0 in (x.get("seeds") or [x["seed"]]) for x in groups[BASELINE]):
+            groups[BASELINE].append(r)
+    return {m: rs for m, rs in groups.items() if rs}
+
+
 def render(key: str, records: list[dict]) -> str:
     """The Markdown block of one ``<model>-<task>`` folder."""
     lines: list[str] = []
@@ -129,19 +143,7 @@ def render(key: str, records: list[dict]) -> str:
                          f"{r.get('steps', 'n/a')} | {_f(_main(r, 'dev'))} | {_flops(r.get('total_flops'))} |")
         lines.append("")
     base_lr = _base_lr(records)
-    shared = [r for r in records if r.get("stage") == "main" and r["lr"] is not None
-              and (r["lr"] == base_lr or r["method"] == "full")]
-    if base_lr is None and sweep:  # the main stage has not started: uniform's seed-0 sweep cells stand for it
-        base_lr = None
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in shared:
-        groups[r["method"]].append(r)
-    # a cell run at uniform's rate in the sweep (seed 0) is the same run as the main stage's seed 0
-    for r in sweep:
-        covered = {s for x in groups[BASELINE] for s in (x.get("seeds") or [x["seed"]])}
-        if r["method"] == BASELINE and r["lr"] == base_lr and 0 not in covered:
-            groups[BASELINE].append(r)
-    groups = {m: rs for m, rs in groups.items() if rs}
+    groups = _main_groups(records, base_lr)
     if groups:
         base = groups.get(BASELINE, [])
         base_flops = _mean_std([(r.get("chosen") or {}).get("flops") for r in base])[0]
@@ -302,15 +304,7 @@ def render_readme(key: str, records: list[dict]) -> str:
     """The README's compact table of one ``<model>-<task>``: the main stage at uniform LoRA's rate, dev scores at
     the step the validation split chose (mean ± std over seeds), against uniform LoRA and the majority class."""
     base_lr = _base_lr(records)
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        if r.get("stage") == "main" and r["lr"] is not None and (r["lr"] == base_lr or r["method"] == "full"):
-            groups[r["method"]].append(r)
-    for r in records:  # uniform's seed-0 sweep cell at its rate is the main stage's seed 0
-        if r.get("stage") == "sweep" and r["method"] == BASELINE and r["lr"] == base_lr and not any(
-                0 in (x.get("seeds") or [x["seed"]]) for x in groups[BASELINE]):
-            groups[BASELINE].append(r)
-    groups = {m: rs for m, rs in groups.items() if rs}
+    groups = _main_groups(records, base_lr)
     if BASELINE not in groups:
         return ""
     main = records[0]["main_metric"]
