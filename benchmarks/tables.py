@@ -22,7 +22,9 @@ Per model and task:
     python benchmarks/tables.py --check    # exit 1 when docs/BENCHMARKS.md or README.md is not what they give
 
 The README's block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` gets a compact table per
-``<model>-<task>`` with main-stage results (dev scores at the validation-chosen step against uniform LoRA).
+``<model>-<task>`` with main-stage results (dev scores at the validation-chosen step against uniform LoRA), and the
+block between ``<!-- default-policy:begin -->`` and ``<!-- default-policy:end -->`` applies issue 28's rule for
+the default policy of ``layerwise run`` to all of them (:func:`default_policy`).
 """
 
 from __future__ import annotations
@@ -455,6 +457,121 @@ def regenerate_readme(text: str, results: Path) -> str:
     return pattern.sub(lambda _: begin + "\n" + "\n".join(blocks) + end, text)
 
 
+# -- the default policy of `layerwise run` (issue 28's rule, stated before the results) ------------------------
+NOT_POLICIES = ("full", "lalora", "lalora-selected", "energy-ranks", "freeze-auto", "freeze-card")
+"""Bench methods that are not a layer policy of ``layerwise run`` (adapter kinds, training schedules)."""
+
+
+def policy_of(method: str, n_layers: int) -> str | None:
+    """The layer policy a bench method stands for, with a top-k's k as a share of the depth (``actnorm-top3``
+    of 6 blocks and ``actnorm-top15`` of 30 are both ``actnorm-top(L/2)``); None for uniform LoRA, the random
+    control and methods that are not layer policies."""
+    if method == BASELINE or method in NOT_POLICIES or method.startswith("random"):
+        return None
+    m = re.fullmatch(r"(\w+)-top(\d+)", method)
+    if not m:
+        return method
+    k = int(m.group(2))
+    for name, share in (("L/2", 0.5), ("L/4", 0.25)):
+        if abs(k - share * n_layers) <= 1:
+            return f"{m.group(1)}-top({name})"
+    return method
+
+
+def _cost_share(rs: list[dict], base: list[dict]) -> tuple[float | None, str]:
+    """A method's training cost to its chosen step over uniform LoRA's: counted FLOPs where both have them,
+    else the recorded time ratio, else seconds."""
+    flops = _mean_std([(r.get("chosen") or {}).get("flops") for r in rs])[0]
+    base_flops = _mean_std([(r.get("chosen") or {}).get("flops") for r in base])[0]
+    if flops is not None and base_flops:
+        return flops / base_flops, "FLOPs"
+    recorded = (rs[0].get("summary") or {}).get("time_vs_lora_pct")
+    if recorded is not None:
+        return recorded / 100, "time"
+    secs = _mean_std([(r.get("chosen") or {}).get("seconds") for r in rs])[0]
+    base_secs = _mean_std([(r.get("chosen") or {}).get("seconds") for r in base])[0]
+    return (None, "-") if secs is None or not base_secs else (secs / base_secs, "time")
+
+
+def default_policy(tasks: dict[str, list[dict]]) -> str:
+    """Apply the rule to the main-stage results of every ``<model>-<task>``: the cheapest policy whose mean dev
+    score is within 1 point of uniform LoRA's on every task; if none is, the best score per unit of cost (mean
+    over tasks of its score as a share of uniform's, over its mean cost share). Only policies measured on every
+    task compete; the text names the rest and how many seeds each figure has."""
+    per: dict[str, dict[str, dict]] = defaultdict(dict)
+    for key, records in tasks.items():
+        groups = _main_groups(records, _base_lr(records))
+        base = groups.get(BASELINE)
+        if not base:
+            continue
+        n_layers = len(base[0]["layers"] or [])
+        base_dev = _dev_stats(base)[0]
+        for method, rs in groups.items():
+            policy = policy_of(method, n_layers)
+            dev, _, n = _dev_stats(rs)
+            if policy is None or dev is None or base_dev is None:
+                continue
+            cost, unit = _cost_share(rs, base)
+            per[policy][key] = {"method": method, "diff": 100 * (dev - base_dev), "share": dev / base_dev,
+                                "cost": cost, "unit": unit, "n": n}
+    keys = sorted(k for k, rs in tasks.items() if _main_groups(rs, _base_lr(rs)).get(BASELINE))
+    if not keys:
+        return ""
+    full = {p: t for p, t in per.items() if set(t) == set(keys) and all(x["cost"] is not None for x in t.values())}
+    lines = [f"Rule (issue 28, fixed before the results): the cheapest policy whose mean score is within 1 point "
+             f"of uniform LoRA on every task ({', '.join(keys)}); if none, the best score per unit of cost. "
+             "Cost: training to the step the validation split chose, as a share of uniform LoRA's (counted FLOPs "
+             "where recorded, else time).", "",
+             "| policy | " + " | ".join(f"{k}: vs uniform, cost" for k in keys) + " | within 1 point everywhere |",
+             "|---|" + "---:|" * len(keys) + "---|"]
+    for policy in sorted(full, key=lambda p: statistics.fmean(x["cost"] for x in full[p].values())):
+        t = full[policy]
+        cells = [f"{t[k]['diff']:+.1f} pts ({t[k]['method']}, n={t[k]['n']}), {100 * t[k]['cost']:.0f}% "
+                 f"{t[k]['unit']}" for k in keys]
+        ok = all(x["diff"] >= -1.0 for x in t.values())
+        lines.append(f"| {policy} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+    lines.append("")
+    within = [p for p in full if all(x["diff"] >= -1.0 for x in full[p].values())]
+    mean_cost = {p: statistics.fmean(x["cost"] for x in full[p].values()) for p in full}
+    if within:
+        pick = min(within, key=lambda p: mean_cost[p])
+        why = f"it is the cheapest within 1 point of uniform LoRA on every task ({100 * mean_cost[pick]:.0f}% of its cost)"
+    elif full:
+        value = {p: statistics.fmean(x["share"] for x in full[p].values()) / mean_cost[p] for p in full}
+        pick = max(full, key=lambda p: value[p])
+        why = (f"no policy is within 1 point of uniform LoRA on every task, and it has the best score per unit of "
+               f"cost ({value[pick]:.2f}: {100 * statistics.fmean(x['share'] for x in full[pick].values()):.1f}% "
+               f"of uniform's score at {100 * mean_cost[pick]:.0f}% of its cost)")
+    else:
+        pick, why = None, "no policy has results on every task yet"
+    lines.append(f"**By the rule: `{pick}`**, because {why}." if pick else f"**No choice yet:** {why}.")
+    partial = sorted(p for p in per if p not in full)
+    if partial:
+        lines.append(f"Not on every task yet (not compared): " + ", ".join(
+            f"{p} ({', '.join(sorted(per[p]))})" for p in partial) + ".")
+    few = sorted({p for p in full for x in full[p].values() if x["n"] < 3})
+    if few:
+        lines.append(f"Fewer than 3 seeds on some task: {', '.join(few)}; the choice is provisional until they run.")
+    return "\n".join(lines) + "\n"
+
+
+def regenerate_default(text: str, results: Path) -> str:
+    """``text`` with :func:`default_policy` of every results folder between ``<!-- default-policy:begin -->`` and
+    ``<!-- default-policy:end -->`` (unchanged without the markers)."""
+    from layerwise.bench.store import load_results
+
+    begin, end = "<!-- default-policy:begin -->", "<!-- default-policy:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        return text
+    tasks = {}
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+        if any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
+            tasks[folder.name] = [r for r in load_results(results, folder=folder.name)
+                                  if f"{r['model']}-{r['task']}" == folder.name]
+    return pattern.sub(lambda _: begin + "\n" + default_policy(tasks) + end, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
@@ -467,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     new, missing = regenerate(text, Path(args.results), draw=not args.check, img=doc.parent / "img")
     readme = Path(args.readme)
     readme_text = readme.read_text()
-    readme_new = regenerate_readme(readme_text, Path(args.results))
+    readme_new = regenerate_default(regenerate_readme(readme_text, Path(args.results)), Path(args.results))
     for key in missing:
         print(f"{doc}: no markers for {key if key.startswith('freeze ') else 'results ' + key} "
               f"(add <!-- ... begin --> and <!-- ... end -->)")

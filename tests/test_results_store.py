@@ -258,3 +258,38 @@ def test_the_freezing_table_says_which_target_each_method_met(tmp_path) -> None:
     assert rows["freeze-card"].endswith("| 0.700 (0.70, 0.70) | 1.00 | yes | missed: time |")
     assert "| 0 | freeze-auto | 0@20, 1@40 | 300 | 100 | 0.8000 | 0.7970 | 50 | 0.50 |" in text
     assert "Majority-class baseline on dev: accuracy 0.6838" in text
+
+
+def test_the_default_policy_follows_the_stated_rule() -> None:
+    """The cheapest policy within 1 point of uniform LoRA on every task wins; with none, the best score per unit of
+    cost; a top-k's k is matched across depths as a share of them; a policy missing a task does not compete."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def cell(method: str, dev: float, flops: float, n_layers: int, seed: int = 0) -> dict:
+        return _record(method=method, cell=cell_name(method, seed, 1e-3), seed=seed, stage="main",
+                       layers=list(range(n_layers)), chosen={"step": 4, "flops": flops, "seconds": 1.0,
+                                                             "validation": {"accuracy": dev},
+                                                             "dev": {"accuracy": dev}})
+
+    def tasks(a_dev: float) -> dict[str, list[dict]]:
+        return {"m-a": [cell("lora", 0.80, 10.0, 6), cell("budget", a_dev, 6.0, 6), cell("pareto", 0.795, 3.0, 6),
+                        cell("actnorm-top3", 0.70, 9.0, 6), cell("random3", 0.80, 1.0, 6),
+                        cell("actnorm-threshold", a_dev + 0.005, 8.0, 6)],
+                "m-b": [cell("lora", 0.90, 10.0, 30), cell("budget", 0.895, 5.0, 30), cell("pareto", 0.80, 2.0, 30),
+                        cell("actnorm-top15", 0.905, 9.0, 30), cell("cka", 0.90, 1.0, 30),
+                        cell("actnorm-threshold", 0.90, 8.0, 30)]}
+
+    assert tables.policy_of("actnorm-top15", 30) == tables.policy_of("actnorm-top3", 6) == "actnorm-top(L/2)"
+    assert tables.policy_of("snr-top8", 30) == "snr-top(L/4)" and tables.policy_of("random8", 30) is None
+    # budget is within 1 point on both tasks (-0.5, -0.5) at 55% of the cost, actnorm-threshold (0, 0) at 80%;
+    # pareto is cheaper but 10 points off
+    text = tables.default_policy(tasks(a_dev=0.795))
+    assert "**By the rule: `budget`**" in text and "cka (m-b)" in text
+    assert "| pareto | -0.5 pts (pareto, n=1), 30% FLOPs | -10.0 pts (pareto, n=1), 20% FLOPs | no |" in text
+    # budget 3 points and actnorm-threshold 2.5 off on task a: nothing qualifies; pareto has the best score per cost
+    text = tables.default_policy(tasks(a_dev=0.77))
+    assert "**By the rule: `pareto`**" in text and "no policy is within 1 point" in text
