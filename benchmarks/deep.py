@@ -16,6 +16,11 @@ The plan, in stages (``--stage``):
 - ``sweep``: uniform LoRA (``lora``), seed 0, at each of ``--lrs``; uniform's rate U is the best validation.
 - ``main``: every method of ``--methods`` at U, seeds ``--seeds`` (needs the sweep finished).
 - ``own``: every method but lora, seed 0, at 2U and 4U (its own rate is then the best of U, 2U, 4U).
+- ``matched``: compute-matched runs. Every method but lora whose main cell (same seed) cost fewer FLOPs per step
+  trains again at U with a step budget that spends uniform LoRA's mean counted FLOPs to its chosen step (more
+  epochs for a cheaper method; the same evaluation interval and early stopping); its file is
+  ``<method>-s<seed>-lr<U>-matched.json``. A method whose main cell's budget already covers those FLOPs needs
+  no extra run.
 
 Select cells with ``--cells`` (names or stems) or split the plan with ``--part i/n``; ``--list`` prints the
 plan and which cells are done; ``--estimate`` times one training step and one evaluation batch of each method
@@ -49,12 +54,19 @@ class Cell:
     seed: int
     lr: float | None  # None: uniform's rate is not known yet (the sweep is unfinished)
     stage: str
+    steps: int | None = None  # stage matched: the step budget (None until the main cells it is matched to ran)
+    budget_flops: float | None = None  # stage matched: uniform LoRA's mean FLOPs to its chosen step
 
     @property
     def name(self) -> str:
         from layerwise.bench.store import cell_name
 
-        return cell_name(self.method, self.seed, self.lr)
+        return cell_name(self.method, self.seed, self.lr) + ("-matched" if self.stage == "matched" else "")
+
+    @property
+    def ready(self) -> bool:
+        """Whether the cell can run now (its rate, and for a matched cell its budget, are known)."""
+        return self.lr is not None and (self.stage != "matched" or self.steps is not None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "order; a tie goes to the first")
     p.add_argument("--methods", default="lora,pareto")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--stage", default="sweep", help="comma list of sweep, main, own")
+    p.add_argument("--stage", default="sweep", help="comma list of sweep, main, own, matched")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
     p.add_argument("--work", default=str(ROOT / "runs/deep"), help="training folders (not committed)")
     p.add_argument("--cells", default=None, help="comma list of cell names to run (others skipped)")
@@ -113,9 +125,9 @@ def uniform_rate(args: argparse.Namespace) -> float | None:
 
 def plan(args: argparse.Namespace) -> list[Cell]:
     stages = [s.strip() for s in args.stage.split(",")]
-    unknown = set(stages) - {"sweep", "main", "own"}
+    unknown = set(stages) - {"sweep", "main", "own", "matched"}
     if unknown:
-        raise SystemExit(f"--stage: unknown {', '.join(sorted(unknown))}; allowed: sweep, main, own")
+        raise SystemExit(f"--stage: unknown {', '.join(sorted(unknown))}; allowed: sweep, main, own, matched")
     u = uniform_rate(args)
     cells: list[Cell] = []
     if "sweep" in stages:
@@ -125,11 +137,19 @@ def plan(args: argparse.Namespace) -> list[Cell]:
         cells += [Cell(m, s, u, "main") for s in _ints(args.seeds) for m in methods]
     if "own" in stages:
         cells += [Cell(m, 0, None if u is None else f * u, "own") for m in methods if m != BASELINE for f in (2, 4)]
+    if "matched" in stages:
+        for s in _ints(args.seeds):
+            for m in methods:
+                if m != BASELINE:
+                    cell = matched_cell(args, m, s, u)
+                    if cell is not None:
+                        cells.append(cell)
     cells = list(dict.fromkeys(cells))
     seen, out = set(), []
     for c in cells:  # the same (method, seed, lr) planned by two stages runs once
-        if c.lr is None or (c.method, c.seed, c.lr) not in seen:
-            seen.add((c.method, c.seed, c.lr))
+        key = (c.method, c.seed, c.lr, c.stage == "matched")
+        if c.lr is None or key not in seen:
+            seen.add(key)
             out.append(c)
     if args.cells:
         wanted = {n.strip() for n in args.cells.split(",")}
@@ -138,6 +158,36 @@ def plan(args: argparse.Namespace) -> list[Cell]:
         i, n = (int(x) for x in args.part.split("/"))
         out = [c for k, c in enumerate(out) if k % n == i - 1]
     return out
+
+
+def matched_cell(args: argparse.Namespace, method: str, seed: int, u: float | None) -> Cell | None:
+    """The compute-matched cell of ``method`` and ``seed``: a step budget spending uniform LoRA's mean FLOPs to its
+    chosen step (over its finished cells at U) at the method's mean FLOPs per step in its main cell. Without
+    ``steps`` while those cells are missing; None when the main cell's own budget already spends them."""
+    from layerwise.bench.store import is_finished, read_result, result_path
+
+    waiting = Cell(method, seed, u, "matched")
+    if u is None:
+        return waiting
+    uniform = [result_path(args.results, args.model, args.task, cell_name_of(BASELINE, s, u))
+               for s in _ints(args.seeds)]
+    flops = [(read_result(p).get("chosen") or {}).get("flops") for p in uniform if is_finished(p)]
+    flops = [f for f in flops if f]
+    main = result_path(args.results, args.model, args.task, cell_name_of(method, seed, u))
+    if not flops or not is_finished(main):
+        return waiting
+    r = read_result(main)
+    budget = sum(flops) / len(flops)
+    steps = math.ceil(budget / (r["total_flops"] / r["steps"]))
+    if steps <= r["config"]["train"]["steps"]:
+        return None  # the main cell could already spend uniform's FLOPs: its curve answers "at equal compute"
+    return replace(waiting, steps=steps, budget_flops=budget)
+
+
+def cell_name_of(method: str, seed: int, lr: float) -> str:
+    from layerwise.bench.store import cell_name
+
+    return cell_name(method, seed, lr)
 
 
 def _floats(text: str) -> list[float]:
@@ -174,8 +224,10 @@ def run_cell(args: argparse.Namespace, cell: Cell, data, n_train: int) -> Path:
     from layerwise.settings import AdapterChoice, BenchOptions, Calibration
     from layerwise.workflows.bench import run_bench
 
-    out = Path(args.work) / f"{args.model}-{args.task}" / f"lr{cell.lr:g}"
+    out = Path(args.work) / f"{args.model}-{args.task}" / (f"lr{cell.lr:g}" + ("-matched" if cell.steps else ""))
     config = train_config(args, n_train, cell.lr)
+    if cell.steps:
+        config = replace(config, steps=cell.steps)
     start = time.perf_counter()
     bench = run_bench(args.model, data, out, train_config=config,
                       bench=BenchOptions(methods=cell.method, train_seeds=(cell.seed,), inference_examples=0),
@@ -328,6 +380,7 @@ def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, benc
         "ranks": selection["adapter"].get("ranks") or {str(i): selection["adapter"]["rank"]
                                                       for i in sel.get("layers") or []},
         "trainable_params": metrics["trainable_params"], "steps": metrics["steps"],
+        "matched_to_flops": cell.budget_flops,
         "freeze": None if not metrics.get("freeze") else {k: metrics["freeze"].get(k) for k in (
             "mode", "freeze_step", "depth", "kendall_tau", "cache_fill_seconds", "epoch_seconds")},
         "total_flops": total_flops,
@@ -452,7 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     cells = plan(args)
     if args.list:
         for c in cells:
-            state = "done" if _done(args, c) else ("waits for the sweep" if c.lr is None else "to run")
+            state = "done" if _done(args, c) else ("waits for the sweep" if c.lr is None else
+                                                   "waits for its main cell and uniform's" if not c.ready else
+                                                   f"to run ({c.steps} steps)" if c.steps else "to run")
             print(f"{c.stage:5s} {c.name if c.lr is not None else c.method + '-s' + str(c.seed) + '-lr?'}: {state}")
         return 0
     data = data_source(args)
@@ -462,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tried: set[str] = set()
     while True:  # planned again after each cell: the sweep's end fixes uniform's rate for the later stages
-        todo = [c for c in plan(args) if c.lr is not None and not _done(args, c) and c.name not in tried]
+        todo = [c for c in plan(args) if c.ready and not _done(args, c) and c.name not in tried]
         if not todo:
             break
         c = todo[0]
@@ -470,9 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run  {c.name} ({datetime.datetime.now(datetime.timezone.utc):%H:%M}Z)", flush=True)
         path = run_cell(args, c, data, n_train)
         print(f"wrote {path}", flush=True)
-    waiting = [c for c in plan(args) if c.lr is None]
-    for c in waiting:
-        print(f"skip {c.method} seed {c.seed}: uniform's rate is not known until the sweep finished", flush=True)
+    for c in plan(args):
+        if c.lr is None:
+            print(f"skip {c.method} seed {c.seed}: uniform's rate is not known until the sweep finished", flush=True)
+        elif not c.ready:
+            print(f"skip {c.name}: its budget waits for its main cell and uniform's", flush=True)
     return 0
 
 

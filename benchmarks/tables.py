@@ -186,10 +186,41 @@ def render(key: str, records: list[dict]) -> str:
                          f"{'n/a' if base_dev is None else f'{100 * (majority[main] - base_dev):+.1f} pts'} | 0 | - | - | - | - |")
         lines.append("")
         lines += _compute_matched(groups, main)
+        lines += _matched_runs(records, groups.get(BASELINE, []), main)
     own = _own_rates(records, base_lr)
     if own:
         lines += own
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _matched_runs(records: list[dict], base: list[dict], main: str) -> list[str]:
+    """The compute-matched runs (``deep.py --stage matched``): each cheaper method trained again with a step budget
+    spending uniform LoRA's FLOPs to its chosen step, scored at the step its validation split chose."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("stage") == "matched":
+            by[r["method"]].append(r)
+    if not by or not base:
+        return []
+    base_dev = _dev_stats(base)[0]
+    base_flops = _mean_std([(r.get("chosen") or {}).get("flops") for r in base])[0]
+    lines = ["Compute-matched runs: a cheaper method trained again with a step budget spending uniform LoRA's mean "
+             "FLOPs to its chosen step (same evaluation interval and early stopping), scored at the step the "
+             "validation split chose:", "",
+             f"| method | seeds | step budget | step chosen (mean) | validation {main} | dev {main} | vs uniform (dev) | "
+             "FLOPs to chosen step vs uniform's |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, rs in sorted(by.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        dev = _dev_stats(rs)
+        fl = _mean_std([(r.get("chosen") or {}).get("flops") for r in rs])[0]
+        diff = "n/a" if dev[0] is None or base_dev is None else f"{100 * (dev[0] - base_dev):+.1f} pts"
+        rel = "n/a" if fl is None or not base_flops else f"{100 * fl / base_flops:.0f}%"
+        budgets = sorted({r["config"]["train"]["steps"] for r in rs})
+        step = _mean_std([(r.get("chosen") or {}).get("step") for r in rs])[0]
+        lines.append(f"| {m} | {','.join(str(r['seed']) for r in rs)} | {'/'.join(map(str, budgets))} | "
+                     f"{_f(step, 0)} | {_ms(*_mean_std([_main(r, 'validation') for r in rs]))} | {_ms(*dev)} | "
+                     f"{diff} | {rel} |")
+    return lines + [""]
 
 
 def _base_lr(records: list[dict]) -> float | None:

@@ -105,6 +105,19 @@ def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(
     assert "sweep lora-s0-lr0.001: done" in out and "sweep lora-s0-lr0.002: done" in out
     # uniform's rate is the sweep's best validation (2e-3); its seed-0 main cell is the sweep's cell, run once
     assert "main  pareto-s1-lr0.002: to run" in out and out.count("lora-s0-lr0.002") == 1
+    # compute-matched: a cheaper method's budget spends uniform's mean FLOPs to its chosen step (2e9 here)
+    matched = subprocess.run([sys.executable, str(REPO / "benchmarks/deep.py"), "--model", "m", "--task", "t",
+                              "--results", str(tmp_path), "--lrs", "1e-3,2e-3", "--stage", "matched", "--methods",
+                              "lora,pareto,budget", "--seeds", "0", "--list"], capture_output=True, text=True,
+                             timeout=60)
+    assert "matched pareto-s0-lr0.002-matched: waits for its main cell" in matched.stdout, matched.stderr
+    for method, total in (("pareto", 4e8), ("budget", 9e9)):  # 4 steps each: 1e8 and 2.25e9 FLOPs per step
+        write_result(result_path(tmp_path, "m", "t", f"{method}-s0-lr0.002"),
+                     _record(method=method, cell=f"{method}-s0-lr0.002", lr=2e-3, stage="main", steps=4,
+                             total_flops=total))
+    matched = subprocess.run(matched.args, capture_output=True, text=True, timeout=60)
+    assert "matched pareto-s0-lr0.002-matched: to run (20 steps)" in matched.stdout, matched.stdout
+    assert "budget-s0-lr0.002-matched" not in matched.stdout  # its 4-step budget already spends 2e9
 
 
 @pytest.mark.slow
@@ -293,3 +306,9 @@ def test_the_default_policy_follows_the_stated_rule() -> None:
     # budget 3 points and actnorm-threshold 2.5 off on task a: nothing qualifies; pareto has the best score per cost
     text = tables.default_policy(tasks(a_dev=0.77))
     assert "**By the rule: `pareto`**" in text and "no policy is within 1 point" in text
+    # a compute-matched run gets its own table, against uniform LoRA's dev score and FLOPs
+    records = tasks(a_dev=0.795)["m-a"]
+    longer = {**records[2], "stage": "matched", "cell": "pareto-s0-lr0.001-matched", "config": {"train": {"steps": 12}},
+              "chosen": {**records[2]["chosen"], "flops": 8.0, "dev": {"accuracy": 0.81}}}
+    text = tables.render("m-a", records + [longer])
+    assert "| pareto | 0 | 12 | 4 | 0.7950 (n=1) | 0.8100 (n=1) | +1.0 pts | 80% |" in text
