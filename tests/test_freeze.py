@@ -17,7 +17,8 @@ from layerwise.data.load import load_task
 from layerwise.models.layers import find_layer_stack
 from layerwise.runtime.errors import ConfigError
 from layerwise.train import TrainConfig, train
-from layerwise.train.freeze import auto_decision, card_schedule, card_targets, kendall_tau, relative_changes
+from layerwise.train.freeze import (auto_decision, card_schedule, card_targets, kendall_tau, relative_changes,
+                                    schedule_warning)
 from layerwise.train.log import freeze_lines, read_log
 from layerwise.train.prefix.frozen import quiet_frozen_prefix
 
@@ -112,6 +113,12 @@ def test_the_card_schedule_orders_by_importance_and_keeps_a_bottom_prefix():
     assert card_schedule([3.0, 1.0, 2.0, 5.0, 9.0], 100, 1, 0.3, 0.7) == [57, 57, 57, 70]
     assert card_schedule([1.0, 2.0, 3.0], 10, 1, 0.2, 0.6) == [2, 6]
     assert card_schedule([1.0, 2.0], 10, 2, 0.2, 0.6) == []
+    # importance falling with depth (SmolLM2's card): the prefix waits for block 0, and all freeze at once
+    falling = card_schedule([9.0, 5.0, 3.0, 2.0, 1.0], 100, 1, 0.1, 0.5)
+    assert falling == [50, 50, 50, 50]
+    assert "blocks 0-3 (4 of 4 freezable) all freeze after step 50" in schedule_warning(falling, [0, 1, 2, 3])
+    assert schedule_warning(card_schedule([1.0, 2.0, 3.0, 5.0, 9.0], 100, 1, 0.1, 0.5), [0, 1, 2, 3]) is None
+    assert schedule_warning([57, 57, 57, 70], [0, 1, 2, 3]) is not None and schedule_warning([2, 6], [0, 1]) is None
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     assert kendall_tau([1, 1], [2, 3]) is None

@@ -13,6 +13,7 @@ the step to finish (one sync per step, which the Trainer alone would not make).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from layerwise.train.log import TrainLog
 from layerwise.train.phases import PhaseTimer
 
 __all__ = ["PhaseTimingCallback", "FreezeTrainerCallback"]
+
+log = logging.getLogger(__name__)
 
 _PHASES = ("forward_backward", "optimizer")
 
@@ -132,10 +135,13 @@ class FreezeTrainerCallback(TrainerCallback):
         self.accumulated = torch.zeros(len(self.blocks), dtype=torch.float64)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from layerwise.train.freeze import card_schedule
+        from layerwise.train.freeze import card_schedule, schedule_warning
 
         if self.mode == "card":
             self.schedule = card_schedule(self.importance, state.max_steps, self.keep_top, self.start, self.end)
+            warning = schedule_warning(self.schedule, self.blocks)
+            if warning:
+                log.warning(warning)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import torch

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["FREEZE_MODES", "FreezeState", "relative_changes", "auto_decision", "card_targets", "card_schedule",
-           "kendall_tau"]
+           "schedule_warning", "kendall_tau"]
 
 FREEZE_MODES = ("off", "auto", "card")
 """``--freeze`` values: no freezing, the gradient-norm rule, the Layer Card's schedule."""
@@ -118,6 +118,21 @@ def card_schedule(importance: Sequence[float], steps: int, keep_top: int, start:
         latest = max(latest, t)
         out.append(latest)
     return out
+
+
+def schedule_warning(schedule: Sequence[int], blocks: Sequence[int]) -> str | None:
+    """A sentence when the card schedule freezes more than half of the freezable blocks at one step: the card
+    ranks a low block high (a decoder's importance often falls with depth), and the bottom prefix waits for it,
+    so the run is uniform LoRA until then and the top blocks alone after. None otherwise."""
+    if len(schedule) < 3:
+        return None
+    step = max(set(schedule), key=list(schedule).count)
+    together = [b for b, s in zip(blocks, schedule) if s == step]
+    if len(together) * 2 <= len(schedule):
+        return None
+    return (f"--freeze card: blocks {together[0]}-{together[-1]} ({len(together)} of {len(schedule)} freezable) "
+            f"all freeze after step {step}, because the card ranks a low block high and frozen blocks must stay a "
+            "bottom prefix; --freeze auto decides block by block instead")
 
 
 def kendall_tau(predicted: Sequence[float], observed: Sequence[float]) -> float | None:

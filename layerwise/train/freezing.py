@@ -32,7 +32,7 @@ import torch
 
 from layerwise.runtime import distributed
 from layerwise.runtime.errors import ConfigError
-from layerwise.train.freeze import FreezeState, auto_decision, card_schedule, kendall_tau
+from layerwise.train.freeze import FreezeState, auto_decision, card_schedule, kendall_tau, schedule_warning
 
 __all__ = ["Freezer", "adapted_block_parameters", "check_freeze", "card_importance"]
 
@@ -114,6 +114,9 @@ class Freezer:
             raise ConfigError("--freeze card needs a Layer Card (give --card, or use --freeze auto)")
         self.schedule = (card_schedule(self.importance, config.steps, config.freeze_keep_top, config.freeze_start,
                                        config.freeze_end) if config.freeze == "card" else [])
+        warning = schedule_warning(self.schedule, self.blocks)
+        if warning:
+            log.warning(warning)
         self.cache, self.use_cache = cache, use_cache
         self.state = FreezeState(freeze_steps=[None] * n, depth=[[0, n]])
         self.fill_seconds = 0.0
