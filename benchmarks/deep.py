@@ -171,7 +171,9 @@ def matched_cell(args: argparse.Namespace, method: str, seed: int, u: float | No
         return waiting
     uniform = [result_path(args.results, args.model, args.task, cell_name_of(BASELINE, s, u))
                for s in _ints(args.seeds)]
-    flops = [(read_result(p).get("chosen") or {}).get("flops") for p in uniform if is_finished(p)]
+    if not all(is_finished(p) for p in uniform):
+        return waiting  # the budget is the mean over every seed of uniform LoRA: fixed once, not moving per cell
+    flops = [(read_result(p).get("chosen") or {}).get("flops") for p in uniform]
     flops = [f for f in flops if f]
     main = result_path(args.results, args.model, args.task, cell_name_of(method, seed, u))
     if not flops or not is_finished(main):
@@ -224,7 +226,10 @@ def run_cell(args: argparse.Namespace, cell: Cell, data, n_train: int) -> Path:
     from layerwise.settings import AdapterChoice, BenchOptions, Calibration
     from layerwise.workflows.bench import run_bench
 
-    out = Path(args.work) / f"{args.model}-{args.task}" / (f"lr{cell.lr:g}" + ("-matched" if cell.steps else ""))
+    # one training folder per configuration: the main stage's cells share their rate's, a matched cell's step
+    # budget is its own (a folder holds one run's settings; check_resume refuses others)
+    out = Path(args.work) / f"{args.model}-{args.task}" / (f"lr{cell.lr:g}" + (f"-steps{cell.steps}" if cell.steps
+                                                                                 else ""))
     config = train_config(args, n_train, cell.lr)
     if cell.steps:
         config = replace(config, steps=cell.steps)
@@ -436,7 +441,7 @@ def freeze_flops(args: argparse.Namespace, selection: dict, freeze: dict, steps:
     for step in steps:
         while k < len(rows) and rows[k]["step"] < step["step"]:
             k += 1
-        j = rows[k - 1]["freeze"]["frozen"] if k else 0
+        j = min(rows[k - 1]["freeze"]["frozen"], len(blocks) - 1) if k else 0  # all frozen (keep_top 0): the top
         out.append(sum(costs[j].step(int(t), int(b), cached and j > 0) for b, t in step["shapes"]))
     return out, extra
 
@@ -506,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for c in cells:
             state = "done" if _done(args, c) else ("waits for the sweep" if c.lr is None else
-                                                   "waits for its main cell and uniform's" if not c.ready else
+                                                   "waits for its main cell and every seed of uniform's" if not c.ready else
                                                    f"to run ({c.steps} steps)" if c.steps else "to run")
             print(f"{c.stage:5s} {c.name if c.lr is not None else c.method + '-s' + str(c.seed) + '-lr?'}: {state}")
         return 0

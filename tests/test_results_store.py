@@ -118,6 +118,10 @@ def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(
     matched = subprocess.run(matched.args, capture_output=True, text=True, timeout=60)
     assert "matched pareto-s0-lr0.002-matched: to run (20 steps)" in matched.stdout, matched.stdout
     assert "budget-s0-lr0.002-matched" not in matched.stdout  # its 4-step budget already spends 2e9
+    # the budget is the mean over every seed of uniform LoRA: with seed 1 of uniform unfinished it is not fixed yet
+    two_seeds = subprocess.run([*matched.args[:-2], "0,1", "--list"], capture_output=True, text=True, timeout=60)
+    assert "matched pareto-s0-lr0.002-matched: waits for its main cell and every seed" in two_seeds.stdout, \
+        two_seeds.stdout
 
 
 @pytest.mark.slow
