@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from layerwise.settings import defaults
+
 from layerwise.card.layer_card import CUMULATIVE_LEVELS, LayerCard, metric_entry
 from layerwise.card.cost import layer_costs, selection_cost
 from layerwise.runtime.errors import ConfigError
@@ -227,8 +229,7 @@ def test_pareto_front_is_exact_and_objectives_follow_their_definitions(seed):
     ("threshold", {"share": 1.5}, r"--share must be in \(0, 1\]"),
     ("ratio", {"ratio": 0}, r"--ratio must be in \(0, 1\]"),
     ("ratio", {"ratio": 1.2}, r"--ratio must be in \(0, 1\]"),
-    ("budget", {}, r"exactly one of --max-params, --params-share or --max-flops"),
-    ("budget", {"max_params": 10, "max_flops": 10}, r"exactly one of --max-params, --params-share or --max-flops"),
+    ("budget", {"max_params": 10, "max_flops": 10}, r"one of --max-params, --params-share or --max-flops, not "),
     ("budget", {"max_params": 10}, r"--max-params 10 is below the cheapest single layer \(layer \d+: .*use "
                                    r"--max-params \d+ or more"),
     ("budget", {"max_flops": 1}, r"--max-flops 1 is below the cheapest single layer .*use --max-flops \d+"),
@@ -340,5 +341,9 @@ def test_budget_params_share_caps_at_a_share_of_uniform_lora(card):
     total = sum(card.metrics["cost"]["extras"]["params"])
     assert select(card, "budget", params_share=0.5).layers == select(card, "budget", max_params=total // 2).layers
     assert select(card, "budget", params_share=1.0).layers == tuple(range(card.num_layers))
+    # no cap given: the measured default share, recorded with the selection so that it loads back the same
+    default = select(card, "budget")
+    assert default.layers == select(card, "budget", params_share=defaults.BUDGET_PARAMS_SHARE).layers
+    assert default.params["params_share"] == defaults.BUDGET_PARAMS_SHARE == 0.5
     with pytest.raises(ConfigError, match="--params-share must be in"):
         select(card, "budget", params_share=1.5)

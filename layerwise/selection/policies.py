@@ -368,9 +368,14 @@ def budget(card: LayerCard, metric: str, max_params: int | None = None, max_flop
     parameters stay under ``max_params`` (or under ``params_share`` of uniform LoRA's: every layer's), or
     whose per-token training FLOPs (adapters plus the backward depth to the lowest selected layer, counted
     once) stay under ``max_flops``. Solved exactly (a 0/1 knapsack over Pareto-pruned partial sets); among
-    equally important sets the cheapest wins."""
-    if sum(x is not None for x in (max_params, max_flops, params_share)) != 1:
-        raise ConfigError("policy 'budget' takes exactly one of --max-params, --params-share or --max-flops")
+    equally important sets the cheapest wins. Without a cap, ``params_share`` is
+    :data:`~layerwise.settings.defaults.BUDGET_PARAMS_SHARE` (half)."""
+    if sum(x is not None for x in (max_params, max_flops, params_share)) > 1:
+        raise ConfigError("policy 'budget' takes one of --max-params, --params-share or --max-flops, not several")
+    if max_params is None and max_flops is None and params_share is None:
+        from layerwise.settings.defaults import BUDGET_PARAMS_SHARE
+
+        params_share = BUDGET_PARAMS_SHARE
     if params_share is not None:
         if isinstance(params_share, bool) or not isinstance(params_share, numbers.Real) \
                 or not 0 < params_share <= 1:
@@ -388,7 +393,7 @@ def budget(card: LayerCard, metric: str, max_params: int | None = None, max_flop
         raise ConfigError(f"{flag} {cap:,} is below the cheapest single layer (layer {cheapest}: "
                           f"{single[cheapest]:,} {by}); use {flag} {single[cheapest]} or more")
     best = _front(values, weights, depth, cap)[-1]
-    return Pick(best[2])
+    return Pick(best[2], extra={"params_share": params_share} if params_share is not None else {})
 
 
 @register_policy("pareto", "a point of the importance/FLOPs Pareto front chosen by --objective (Layer Card)",

@@ -41,7 +41,8 @@ class SelectionChoice:
     max_flops: float | None = None
     """budget: cap on per-token training FLOPs"""
     params_share: float | None = None
-    """budget: cap on trainable adapter parameters as a share of uniform LoRA's, in (0, 1]"""
+    """budget: cap on trainable adapter parameters as a share of uniform LoRA's, in (0, 1] (0.5 when budget has
+    no cap)"""
     objective: str | None = flag(None, choices=OBJECTIVES)
     """pareto: which point of the importance/cost front (default balanced)"""
     layers: str | None = None
