@@ -424,6 +424,7 @@ def freeze_flops(args: argparse.Namespace, selection: dict, freeze: dict, steps:
     if freeze.get("frozen") and not rows:
         raise SystemExit("a --freeze run without the train_log's freeze lines (written since 2026-12-05): its "
                          "steps' depths are unknown; rerun the cell")
+    check_freeze_rows(freeze, rows)
     cached = bool(freeze.get("cache"))
     costs = {0: layers_cost(args, blocks, rank)}
     for r in rows:
@@ -444,6 +445,17 @@ def freeze_flops(args: argparse.Namespace, selection: dict, freeze: dict, steps:
         j = min(rows[k - 1]["freeze"]["frozen"], len(blocks) - 1) if k else 0  # all frozen (keep_top 0): the top
         out.append(sum(costs[j].step(int(t), int(b), cached and j > 0) for b, t in step["shapes"]))
     return out, extra
+
+
+def check_freeze_rows(freeze: dict, rows: list[dict]) -> None:
+    """Refuse a training log whose freeze lines disagree with metrics.json's ``freeze_step`` (the authoritative
+    record: a line lost to an interrupt during a cache fill would count later steps at the wrong depth)."""
+    steps = [s for s in (freeze.get("freeze_step") or {}).values() if s is not None]
+    expected = {s: sum(1 for t in steps if t <= s) for s in sorted(set(steps))}
+    logged = {r["step"]: r["freeze"]["frozen"] for r in rows}
+    if logged != expected:
+        raise SystemExit(f"the training log's freeze lines {logged} disagree with metrics.json's freeze steps "
+                         f"{expected} (frozen blocks after each step): rerun the cell")
 
 
 def _git_head() -> str | None:

@@ -316,3 +316,21 @@ def test_the_default_policy_follows_the_stated_rule() -> None:
               "chosen": {**records[2]["chosen"], "flops": 8.0, "dev": {"accuracy": 0.81}}}
     text = tables.render("m-a", records + [longer])
     assert "| pareto | 0 | 12 | 4 | 0.7950 (n=1) | 0.8100 (n=1) | +1.0 pts | 80% |" in text
+
+
+def test_a_freezing_cells_log_must_agree_with_its_recorded_freeze_steps() -> None:
+    """deep.py counts each step at the depth the training log's freeze lines give; metrics.json's freeze steps are
+    the authoritative record, so a log that lost a line (an interrupt during a cache fill) is refused."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import deep
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    freeze = {"freeze_step": {"0": 40, "1": 40, "2": 90, "3": None}}
+    rows = [{"step": 40, "freeze": {"frozen": 2}}, {"step": 90, "freeze": {"frozen": 3}}]
+    deep.check_freeze_rows(freeze, rows)  # agrees: blocks 0-1 froze after step 40, block 2 after step 90
+    deep.check_freeze_rows({"freeze_step": {"0": None, "1": None}}, [])  # nothing froze, no lines
+    with pytest.raises(SystemExit, match="disagree"):
+        deep.check_freeze_rows(freeze, rows[:1])  # the line of step 90 was lost
+    with pytest.raises(SystemExit, match="disagree"):
+        deep.check_freeze_rows(freeze, [{"step": 40, "freeze": {"frozen": 1}}, rows[1]])
