@@ -43,8 +43,10 @@ def _settings(argv: list[str]) -> tuple[dict, list]:
     if args.config:
         args = parse_with_config(parser, args, argv)
     module = importlib.import_module(f"layerwise.commands.{args.command}")
-    if args.command == "train" and args.policy is None:
-        args.policy = module.default_policy(args.card)
+    if args.command in ("train", "run"):
+        from layerwise.commands.common import apply_default_policy
+
+        apply_default_policy(args, card=args.command == "run" or bool(args.card))
     return settings_of(args.parser, args), [build(g, args) for g in module.GROUPS]
 
 
@@ -96,7 +98,14 @@ def test_train_with_a_card_and_no_policy_uses_the_card(tmp_path: Path) -> None:
     assert default_policy("runs/card") == defaults.CARD_POLICY != "all"
     assert default_policy(None) == defaults.POLICY_WITHOUT_CARD == "all"
     record, _ = _settings(["train", "--card", "x/card.json"])
-    assert record["policy"] == defaults.CARD_POLICY
+    assert record["policy"] == defaults.CARD_POLICY and record["metric"] == defaults.CARD_METRIC
+    record, _ = _settings(["train", "--card", "x/card.json", "--metric", "cka"])
+    assert (record["policy"], record["metric"]) == (defaults.CARD_POLICY, "cka")  # --metric wins
+    record, _ = _settings(["run"])
+    assert (record["policy"], record["metric"]) == ("ratio", "actnorm") == (defaults.CARD_POLICY,
+                                                                             defaults.CARD_METRIC)
+    record, _ = _settings(["run", "--policy", "budget"])
+    assert (record["policy"], record["metric"]) == ("budget", None)  # an explicit policy keeps its own metric
     record, _ = _settings(["train", "--card", "x/card.json", "--policy", "all"])
     assert record["policy"] == "all"
 

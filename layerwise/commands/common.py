@@ -35,6 +35,20 @@ def selection_group(default_policy: str = "all") -> Group:
     return Group(SelectionChoice, "layer selection", defaults={"policy": default_policy})
 
 
+def apply_default_policy(args: argparse.Namespace, card: bool) -> None:
+    """Fill ``args.policy`` when ``--policy`` was not given: with a card, the measured default
+    (:data:`~layerwise.settings.defaults.CARD_POLICY` ranked by :data:`~layerwise.settings.defaults.CARD_METRIC`
+    unless ``--metric`` is given), else uniform LoRA (:data:`~layerwise.settings.defaults.POLICY_WITHOUT_CARD`)."""
+    if args.policy is not None:
+        return
+    if not card:
+        args.policy = defaults.POLICY_WITHOUT_CARD
+        return
+    args.policy = defaults.CARD_POLICY
+    if getattr(args, "metric", None) is None:
+        args.metric = defaults.CARD_METRIC
+
+
 def calibration_group(only: Sequence[str] | None = None) -> Group:
     """The calibration sample; commands that train share ``--batch-size``/``--max-length`` with training."""
     return Group(Calibration, "calibration", only=only)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from layerwise.commands.common import (ADAPTER, DATA, MODEL, add_common, add_place_flags, calibration_group,
-                                       guard_out,
-                                       legacy_ranks, selection_group, settings_record, training_group)
+from layerwise.commands.common import (ADAPTER, DATA, MODEL, add_common, add_place_flags, apply_default_policy,
+                                       calibration_group, guard_out, legacy_ranks, selection_group, settings_record, training_group)
 from layerwise.commands.flags import build
 from layerwise.runtime.io import slug
 from layerwise.settings import defaults
@@ -30,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="choose layers, put a peft adapter there and fine-tune it",
                        description="Fine-tune a peft adapter on the layers a policy chooses (from a Layer Card, "
                        "made on the fly when needed). Without --policy: "
-                       f"{defaults.CARD_POLICY} when --card is given, else {defaults.POLICY_WITHOUT_CARD} (uniform "
+                       f"{defaults.CARD_POLICY} by {defaults.CARD_METRIC} (unless --metric) when --card is given, else {defaults.POLICY_WITHOUT_CARD} (uniform "
                        "LoRA). Writes a standard peft adapter folder, metrics.json, "
                        "train_log.jsonl (per-step forward/backward/optimizer time and memory), plots.png and "
                        "config.yaml.")
@@ -55,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(list_policies())
         return 0
     legacy_ranks(args)
-    if args.policy is None:
-        args.policy = default_policy(args.card)
+    apply_default_policy(args, card=bool(args.card))
     model, data, selection, adapter, train_config = (build(g, args) for g in GROUPS[:5])
     from layerwise.workflows.train import needs_card, train_job
 

@@ -17,7 +17,7 @@ __all__ = ["run_pipeline"]
 
 
 def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os.PathLike, *, train_config: Any,
-                 selection: SelectionChoice = SelectionChoice("pareto"), adapter: AdapterChoice = AdapterChoice(),
+                 selection: SelectionChoice | None = None, adapter: AdapterChoice = AdapterChoice(),
                  calibration: Calibration = Calibration(), probe: ProbeSettings | None = None,
                  device: str | None = None, resume: bool = False, overwrite: bool = False,
                  show_progress: bool = True, side_by_side: bool = False,
@@ -25,7 +25,9 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
     """Run the whole job into ``out``: card/, selected/, uniform/, report.{json,md,png} and config.yaml
     (with ``settings``, the command's resolved flags). Returns the report.
 
-    The card prices the adapter's rank and targets (``probe``'s are taken from ``adapter``).
+    The card prices the adapter's rank and targets (``probe``'s are taken from ``adapter``). Without
+    ``selection``, the measured default: :data:`~layerwise.settings.defaults.CARD_POLICY` ranked by
+    :data:`~layerwise.settings.defaults.CARD_METRIC`.
 
     ``side_by_side`` trains the selection and uniform LoRA in lockstep (one step of each in turn, see
     :mod:`layerwise.train.lockstep`), so that a drift in machine speed cannot skew the time ratio; both
@@ -36,6 +38,10 @@ def run_pipeline(model: ModelSource | str, data: DataSource | str, out: str | os
     from layerwise.runtime.io import check_leftovers, claim_output
     from layerwise.workflows.card import resolve_device
 
+    if selection is None:
+        from layerwise.settings import defaults
+
+        selection = SelectionChoice(defaults.CARD_POLICY, metric=defaults.CARD_METRIC)
     resolve_device(device)  # joins the process group under torchrun / accelerate launch
     if side_by_side and distributed.world_size() > 1:
         raise ConfigError("--side-by-side trains two runs in one process; it cannot be combined with "
