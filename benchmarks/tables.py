@@ -24,7 +24,10 @@ Per model and task:
 The README's block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` gets a compact table per
 ``<model>-<task>`` with main-stage results (dev scores at the validation-chosen step against uniform LoRA), and the
 block between ``<!-- default-policy:begin -->`` and ``<!-- default-policy:end -->`` applies issue 28's rule for
-the default policy of ``layerwise run`` to all of them (:func:`default_policy`).
+the default policy of ``layerwise run`` to all of them (:func:`default_policy`). docs/BENCHMARKS.md's block
+between ``<!-- stability-vs-score:begin -->`` and ``<!-- stability-vs-score:end -->`` relates each metric's
+seed stability (``benchmarks/results/stability/<model>.json``) to its selection's score
+(:func:`stability_vs_score`).
 """
 
 from __future__ import annotations
@@ -311,7 +314,8 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         groups[r["method"]].append(r)
-    for m, rs in sorted(groups.items()):
+    styles = ("-", "--", ":", "-.")  # ten colours, then the next line style: 14 methods stay distinguishable
+    for i, (m, rs) in enumerate(sorted(groups.items())):
         grid = np.unique(np.concatenate([[e["flops"] for e in r["evaluations"]] for r in rs]))
         curves = []
         for r in rs:
@@ -319,7 +323,8 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
             y = [(e.get("validation") or {}).get(r["main_metric"]) for e in r["evaluations"]]
             curves.append(np.interp(grid, x, y, right=np.nan))
         c = np.array(curves)
-        line, = ax.plot(grid, np.nanmean(c, axis=0), label=f"{m} (n={len(rs)})")
+        line, = ax.plot(grid, np.nanmean(c, axis=0), styles[i // 10 % len(styles)], color=f"C{i % 10}",
+                        lw=2.0 if m == BASELINE else 1.2, label=f"{m} (n={len(rs)})")
         if len(rs) > 1:
             ax.fill_between(grid, np.nanmin(c, axis=0), np.nanmax(c, axis=0), alpha=0.2,
                             color=line.get_color())
@@ -603,6 +608,77 @@ def regenerate_default(text: str, results: Path) -> str:
     return pattern.sub(lambda _: begin + "\n" + default_policy(tasks) + end, text)
 
 
+# -- the stability ablation (issue 28): does a metric's seed stability predict its selection's score? ----------
+STABILITY_POLICIES = {"actnorm": "actnorm-top(L/2)", "cka": "cka", "resnorm": "budget", "snr": "snr-top(L/2)"}
+"""The metrics whose half-the-blocks selection ran at convergence, and the policy that ranks by each."""
+
+
+def stability_vs_score(results: Path, tasks: dict[str, list[dict]]) -> str:
+    """For every (task, metric) with both a seed-stability study (``results/stability/<model>.json``, written by
+    ``layerwise stability``) and a converged selection ranking by that metric: the metric's mean pairwise Kendall
+    tau across calibration seeds, the selection's dev score against uniform LoRA, and Spearman's rank correlation
+    over the pairs (with its n and p), also without the data-free ``snr`` (stable by construction)."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for path in sorted((results / "stability").glob("*.json")) if (results / "stability").is_dir() else []:
+        study = json.loads(path.read_text())
+        for task, entry in sorted(study.get("tasks", {}).items()):
+            key = f"{path.stem}-{task}"
+            records = tasks.get(key)
+            if not records:
+                continue
+            groups = _main_groups(records, _base_lr(records))
+            base = groups.get(BASELINE)
+            if not base:
+                continue
+            base_dev = _dev_stats(base)[0]
+            n_layers = len(base[0]["layers"] or [])
+            by_policy = {policy_of(m, n_layers): m for m in groups}
+            for metric, policy in STABILITY_POLICIES.items():
+                method = by_policy.get(policy)
+                stats = entry.get("metrics", {}).get(metric)
+                if method is None or stats is None or base_dev is None:
+                    continue
+                dev, _, n = _dev_stats(groups[method])
+                rows.append({"task": key, "metric": metric, "tau": stats["kendall_tau_mean"],
+                             "tau_std": stats["kendall_tau_std"], "seeds": len(study.get("seeds", [])),
+                             "method": method, "diff": 100 * (dev - base_dev), "n": n})
+    if not rows:
+        return ""
+    lines = ["| task | metric | seed stability: Kendall tau (mean ± std over pairs) | calibration seeds | selection | "
+             "vs uniform (dev) | training seeds |", "|---|---|---:|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['metric']} | {r['tau']:.3f} ± {r['tau_std']:.3f} | {r['seeds']} | "
+                     f"{r['method']} | {r['diff']:+.1f} pts | {r['n']} |")
+    lines.append("")
+    for label, subset in (("all pairs", rows), ("without snr (data-free: stable by construction)",
+                                                [r for r in rows if r["metric"] != "snr"])):
+        if len(subset) < 3:
+            continue
+        res = spearmanr([r["tau"] for r in subset], [r["diff"] for r in subset])
+        lines.append(f"Spearman's rho between seed stability and score, {label}: {res.statistic:+.2f} "
+                     f"(n={len(subset)}, p={res.pvalue:.2f}).")
+    return "\n".join(lines) + "\n"
+
+
+def regenerate_stability(text: str, results: Path) -> str:
+    """``text`` with :func:`stability_vs_score` between ``<!-- stability-vs-score:begin -->`` and
+    ``<!-- stability-vs-score:end -->`` (unchanged without the markers)."""
+    from layerwise.bench.store import load_results
+
+    begin, end = "<!-- stability-vs-score:begin -->", "<!-- stability-vs-score:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        return text
+    tasks = {}
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
+        if any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
+            tasks[folder.name] = [r for r in load_results(results, folder=folder.name)
+                                  if f"{r['model']}-{r['task']}" == folder.name]
+    return pattern.sub(lambda _: begin + "\n" + stability_vs_score(results, tasks) + end, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
@@ -613,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = Path(args.doc)
     text = doc.read_text()
     new, missing = regenerate(text, Path(args.results), draw=not args.check, img=doc.parent / "img")
+    new = regenerate_stability(new, Path(args.results))
     readme = Path(args.readme)
     readme_text = readme.read_text()
     readme_new = regenerate_default(regenerate_readme(readme_text, Path(args.results)), Path(args.results))

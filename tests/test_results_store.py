@@ -334,3 +334,37 @@ def test_a_freezing_cells_log_must_agree_with_its_recorded_freeze_steps() -> Non
         deep.check_freeze_rows(freeze, rows[:1])  # the line of step 90 was lost
     with pytest.raises(SystemExit, match="disagree"):
         deep.check_freeze_rows(freeze, [{"step": 40, "freeze": {"frozen": 1}}, rows[1]])
+
+
+def test_the_stability_ablation_pairs_each_metric_with_its_selection_and_correlates(tmp_path) -> None:
+    """Each (task, metric) with a seed-stability study and a converged selection ranking by that metric is one
+    pair; Spearman's rho is scipy's over those pairs, also without the data-free snr."""
+    from scipy.stats import spearmanr
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def cell(method: str, dev: float, n_layers: int = 30) -> dict:
+        return _record(method=method, cell=cell_name(method, 0, 1e-3), stage="main", layers=list(range(n_layers)),
+                       chosen={"step": 4, "flops": 1.0, "seconds": 1.0, "validation": {"accuracy": dev},
+                               "dev": {"accuracy": dev}})
+
+    taus = {"actnorm": 0.9, "cka": 0.5, "resnorm": 0.7, "snr": 1.0, "gradnorm": 0.2}  # gradnorm: no selection
+    (tmp_path / "stability").mkdir()
+    (tmp_path / "stability" / "m.json").write_text(json.dumps({"seeds": [0, 1, 2], "tasks": {
+        "a": {"metrics": {k: {"kendall_tau_mean": v, "kendall_tau_std": 0.01} for k, v in taus.items()}},
+        "b": {"metrics": {"actnorm": {"kendall_tau_mean": 0.8, "kendall_tau_std": 0.0}}}}}))
+    tasks = {"m-a": [cell("lora", 0.80), cell("actnorm-top15", 0.70), cell("cka", 0.79), cell("budget", 0.75),
+                     cell("snr-top15", 0.78), cell("random15", 0.5)],
+             "m-b": [cell("lora", 0.90, 6), cell("actnorm-top3", 0.85, 6)]}
+    text = tables.stability_vs_score(tmp_path, tasks)
+    assert "| m-a | actnorm | 0.900 ± 0.010 | 3 | actnorm-top15 | -10.0 pts | 1 |" in text
+    assert "| m-b | actnorm | 0.800 ± 0.000 | 3 | actnorm-top3 | -5.0 pts | 1 |" in text
+    assert "gradnorm" not in text and "random15" not in text
+    tau, diff = [0.9, 0.5, 0.7, 1.0, 0.8], [-10.0, -1.0, -5.0, -2.0, -5.0]
+    rho = spearmanr(tau, diff).statistic
+    assert f"all pairs: {rho:+.2f} (n=5," in text
+    assert f"without snr (data-free: stable by construction): {spearmanr(tau[:3] + tau[4:], diff[:3] + diff[4:]).statistic:+.2f} (n=4," in text
