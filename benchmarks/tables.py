@@ -529,6 +529,10 @@ def _cost_share(rs: list[dict], base: list[dict]) -> tuple[float | None, str]:
     return (None, "-") if secs is None or not base_secs else (secs / base_secs, "time")
 
 
+WITHIN = 1.0 + 1e-9
+"""The rule's "within 1 point" (a difference of exactly -1.0 points, computed in floating point, is within)."""
+
+
 def default_policy(tasks: dict[str, list[dict]]) -> str:
     """Apply the rule to the main-stage results of every ``<model>-<task>``: the cheapest policy whose mean dev
     score is within 1 point of uniform LoRA's on every task; if none is, the best score per unit of cost (mean
@@ -547,13 +551,20 @@ def default_policy(tasks: dict[str, list[dict]]) -> str:
             dev, _, n = _dev_stats(rs)
             if policy is None or dev is None or base_dev is None:
                 continue
+            if policy in per and key in per[policy]:
+                raise SystemExit(f"{key}: {per[policy][key]['method']} and {method} both stand for policy "
+                                 f"{policy}; the rule needs one result per policy and task")
             cost, unit = _cost_share(rs, base)
-            per[policy][key] = {"method": method, "diff": 100 * (dev - base_dev), "share": dev / base_dev,
+            sign = 1 if base[0].get("higher_is_better", True) else -1  # a loss: lower is better
+            # a share of uniform's score needs a positive score (a Matthews correlation at or below 0 has none)
+            share = None if base_dev <= 0 or dev <= 0 else (dev / base_dev if sign > 0 else base_dev / dev)
+            per[policy][key] = {"method": method, "diff": sign * 100 * (dev - base_dev), "share": share,
                                 "cost": cost, "unit": unit, "n": n}
     keys = sorted(k for k, rs in tasks.items() if _main_groups(rs, _base_lr(rs)).get(BASELINE))
     if not keys:
         return ""
-    full = {p: t for p, t in per.items() if set(t) == set(keys) and all(x["cost"] is not None for x in t.values())}
+    full = {p: t for p, t in per.items() if set(t) == set(keys)
+            and all(x["cost"] is not None and x["share"] is not None for x in t.values())}
     lines = [f"Rule (issue 28, fixed before the results): the cheapest policy whose mean score is within 1 point "
              f"of uniform LoRA on every task ({', '.join(keys)}); if none, the best score per unit of cost. "
              "Cost: training to the step the validation split chose, as a share of uniform LoRA's (counted FLOPs "
@@ -564,10 +575,10 @@ def default_policy(tasks: dict[str, list[dict]]) -> str:
         t = full[policy]
         cells = [f"{t[k]['diff']:+.1f} pts ({t[k]['method']}, n={t[k]['n']}), {100 * t[k]['cost']:.0f}% "
                  f"{t[k]['unit']}" for k in keys]
-        ok = all(x["diff"] >= -1.0 for x in t.values())
+        ok = all(x["diff"] >= -WITHIN for x in t.values())
         lines.append(f"| {policy} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
     lines.append("")
-    within = [p for p in full if all(x["diff"] >= -1.0 for x in full[p].values())]
+    within = [p for p in full if all(x["diff"] >= -WITHIN for x in full[p].values())]
     mean_cost = {p: statistics.fmean(x["cost"] for x in full[p].values()) for p in full}
     if within:
         pick = min(within, key=lambda p: mean_cost[p])

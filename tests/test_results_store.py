@@ -368,3 +368,31 @@ def test_the_stability_ablation_pairs_each_metric_with_its_selection_and_correla
     rho = spearmanr(tau, diff).statistic
     assert f"all pairs: {rho:+.2f} (n=5," in text
     assert f"without snr (data-free: stable by construction): {spearmanr(tau[:3] + tau[4:], diff[:3] + diff[4:]).statistic:+.2f} (n=4," in text
+
+
+def test_the_default_policy_rule_reads_a_loss_the_right_way_and_refuses_two_results_per_policy() -> None:
+    """For a metric where lower is better, a lower score is a gain; exactly -1.0 points is within 1 point; two
+    methods standing for one policy on a task are refused rather than one silently winning."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def cell(method: str, dev: float, flops: float, higher: bool = True) -> dict:
+        return _record(method=method, cell=cell_name(method, 0, 1e-3), stage="main", layers=list(range(6)),
+                       main_metric="loss", higher_is_better=higher,
+                       chosen={"step": 4, "flops": flops, "seconds": 1.0, "validation": {"loss": dev},
+                               "dev": {"loss": dev}})
+
+    text = tables.default_policy({"m-a": [cell("lora", 0.50, 10.0, False), cell("budget", 0.49, 5.0, False),
+                                          cell("cka", 0.52, 4.0, False)]})
+    assert "| budget | +1.0 pts (budget, n=1), 50% FLOPs | yes |" in text
+    assert "| cka | -2.0 pts (cka, n=1), 40% FLOPs | no |" in text and "**By the rule: `budget`**" in text
+    text = tables.default_policy({"m-a": [cell("lora", 0.50, 10.0), cell("budget", 0.49, 5.0),
+                                          cell("cka", 0.52, 4.0)]})
+    assert "| budget | -1.0 pts (budget, n=1), 50% FLOPs | yes |" in text  # exactly one point: within
+    assert "**By the rule: `cka`**" in text
+    with pytest.raises(SystemExit, match="both stand for policy actnorm-top"):
+        tables.default_policy({"m-a": [cell("lora", 0.5, 10.0), cell("actnorm-top3", 0.5, 5.0),
+                                       cell("actnorm-top4", 0.5, 5.0)]})
