@@ -15,7 +15,8 @@ depth that trained it (read from the training log's freeze lines), and each cach
 The plan, in stages (``--stage``):
 - ``sweep``: uniform LoRA (``lora``), seed 0, at each of ``--lrs``; uniform's rate U is the best validation.
 - ``main``: every method of ``--methods`` at U, seeds ``--seeds`` (needs the sweep finished).
-- ``own``: every method but lora, seed 0, at 2U and 4U (its own rate is then the best of U, 2U, 4U).
+- ``own``: every method but lora, seed 0 (``--own-seeds``), at 2U and 4U (``--own-factors``; its own rate is then
+  the best of U, 2U, 4U on seed 0; more seeds at a rate confirm it).
 - ``matched``: compute-matched runs. Every method but lora whose main cell (same seed) cost fewer FLOPs per step
   trains again at U with a step budget that spends uniform LoRA's mean counted FLOPs to its chosen step (more
   epochs for a cheaper method; the same evaluation interval and early stopping); its file is
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "order; a tie goes to the first")
     p.add_argument("--methods", default="lora,pareto")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--own-seeds", default="0", help="stage own: seeds of each selection's own rates (seed 0 "
+                   "chooses the rate; more seeds confirm it)")
+    p.add_argument("--own-factors", default="2,4", help="stage own: the rates tried, as multiples of uniform's")
     p.add_argument("--stage", default="sweep", help="comma list of sweep, main, own, matched")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
     p.add_argument("--work", default=str(ROOT / "runs/deep"), help="training folders (not committed)")
@@ -136,7 +140,8 @@ def plan(args: argparse.Namespace) -> list[Cell]:
     if "main" in stages:
         cells += [Cell(m, s, u, "main") for s in _ints(args.seeds) for m in methods]
     if "own" in stages:
-        cells += [Cell(m, 0, None if u is None else f * u, "own") for m in methods if m != BASELINE for f in (2, 4)]
+        cells += [Cell(m, s, None if u is None else f * u, "own") for s in _ints(args.own_seeds)
+                  for m in methods if m != BASELINE for f in _floats(args.own_factors)]
     if "matched" in stages:
         for s in _ints(args.seeds):
             for m in methods:

@@ -282,19 +282,25 @@ def _compute_matched(groups: dict[str, list[dict]], main: str) -> list[str]:
 
 def _own_rates(records: list[dict], base_lr: float | None) -> list[str]:
     by: dict[str, dict[float, dict]] = defaultdict(dict)
+    seeds: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for r in records:
-        if r.get("stage") in ("own", "main") and r["seed"] == 0 and r["method"] != BASELINE and r["lr"] is not None:
-            by[r["method"]][r["lr"]] = r
+        if r.get("stage") in ("own", "main") and r["method"] != BASELINE and r["lr"] is not None:
+            seeds[(r["method"], r["lr"])].append(r)
+            if r["seed"] == 0:
+                by[r["method"]][r["lr"]] = r
     by = {m: v for m, v in by.items() if len(v) > 1}
     if not by:
         return []
-    lines = ["Each selection's own rate (seed 0, validation score at its chosen step; bold: the best):", "",
-             "| method | " + " | ".join(["rate", "validation", "dev"]) + " |", "|---|---:|---:|---:|"]
+    sign = 1 if records[0].get("higher_is_better", True) else -1
+    lines = ["Each selection's own rate (seed 0 chooses it: validation score at its chosen step, bold the best; "
+             "dev over every seed run at that rate):", "",
+             "| method | rate | validation (seed 0) | dev (seed 0) | dev, every seed |", "|---|---:|---:|---:|---:|"]
     for m, runs in sorted(by.items()):
-        best = max(runs, key=lambda lr: _main(runs[lr], "validation") or -1)
+        best = max(runs, key=lambda lr: sign * (_main(runs[lr], "validation") or -sign * 1e9))
         for lr, r in sorted(runs.items()):
             mark = "**" if lr == best else ""
-            lines.append(f"| {m} | {mark}{lr:g}{mark} | {_f(_main(r, 'validation'))} | {_f(_main(r, 'dev'))} |")
+            lines.append(f"| {m} | {mark}{lr:g}{mark} | {_f(_main(r, 'validation'))} | {_f(_main(r, 'dev'))} | "
+                         f"{_ms(*_dev_stats(seeds[(m, lr)]))} |")
     return lines + [""]
 
 
