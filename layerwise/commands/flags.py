@@ -35,7 +35,7 @@ class Group:
     title: str
     """Heading of the flags in ``--help``."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    """This command's defaults where they differ from the field's (e.g. ``run``'s ``--policy pareto``)."""
+    """This command's defaults where they differ from the field's (e.g. ``train``'s ``--steps``)."""
     only: Sequence[str] | None = None
     """The fields exposed as flags (default: every field that is a flag)."""
     fixed: Mapping[str, Any] = field(default_factory=dict)
