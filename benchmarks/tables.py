@@ -38,6 +38,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -452,16 +453,33 @@ def regenerate_freeze(text: str, folder: Path) -> tuple[str, list[str]]:
     return text, missing
 
 
-def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, list[str]]:
-    """``text`` with every folder's block replaced; the folders whose markers are missing."""
+def task_records(results: Path) -> dict[str, list[dict]]:
+    """The cells of every ``<model>-<task>`` folder of ``results`` (folders of other files are left out)."""
     from layerwise.bench.store import load_results
 
-    text, missing = regenerate_freeze(text, results / "freeze")
+    tasks = {}
     for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
-        key = folder.name
-        if not any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
-            continue  # not a folder of cells (benchmarks/results/freeze holds lockstep comparisons)
-        records = [r for r in load_results(results, folder=key) if f"{r['model']}-{r['task']}" == key]
+        if any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
+            tasks[folder.name] = [r for r in load_results(results, folder=folder.name)
+                                  if f"{r['model']}-{r['task']}" == folder.name]
+    return tasks
+
+
+def _replace_block(text: str, name: str, make: Callable[[], str]) -> str:
+    """``text`` with ``make()`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (unchanged, and
+    ``make`` not called, without the markers)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        return text
+    block = make()
+    return pattern.sub(lambda _: begin + "\n" + block + end, text)
+
+
+def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, list[str]]:
+    """``text`` with every folder's block replaced; the folders whose markers are missing."""
+    text, missing = regenerate_freeze(text, results / "freeze")
+    for key, records in task_records(results).items():
         if not records:
             continue
         begin, end = f"<!-- results {key}: begin -->", f"<!-- results {key}: end -->"
@@ -481,22 +499,11 @@ def regenerate(text: str, results: Path, draw: bool, img: Path) -> tuple[str, li
 def regenerate_readme(text: str, results: Path) -> str:
     """``text`` (the README) with the block between ``<!-- results:begin -->`` and ``<!-- results:end -->``
     holding :func:`render_readme` of every ``<model>-<task>`` folder with main-stage results."""
-    from layerwise.bench.store import load_results
+    def blocks() -> str:
+        rendered = (render_readme(key, records) if records else "" for key, records in task_records(results).items())
+        return "\n".join(b for b in rendered if b)
 
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        return text
-    blocks = []
-    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
-        if not any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
-            continue
-        records = [r for r in load_results(results, folder=folder.name)
-                   if f"{r['model']}-{r['task']}" == folder.name]
-        block = render_readme(folder.name, records) if records else ""
-        if block:
-            blocks.append(block)
-    return pattern.sub(lambda _: begin + "\n" + "\n".join(blocks) + end, text)
+    return _replace_block(text, "results", blocks)
 
 
 # -- the default policy of `layerwise run` (issue 28's rule, stated before the results) ------------------------
@@ -535,6 +542,12 @@ def _cost_share(rs: list[dict], base: list[dict]) -> tuple[float | None, str]:
     return (None, "-") if secs is None or not base_secs else (secs / base_secs, "time")
 
 
+def _points_vs(dev: float, base_dev: float, higher_is_better: bool = True) -> float:
+    """A score against uniform LoRA's, in points (100x the metric), positive when better: for a metric where
+    lower is better (a loss), a lower score is a gain."""
+    return (1 if higher_is_better else -1) * 100 * (dev - base_dev)
+
+
 WITHIN = 1.0 + 1e-9
 """The rule's "within 1 point" (a difference of exactly -1.0 points, computed in floating point, is within)."""
 
@@ -561,10 +574,10 @@ def default_policy(tasks: dict[str, list[dict]]) -> str:
                 raise SystemExit(f"{key}: {per[policy][key]['method']} and {method} both stand for policy "
                                  f"{policy}; the rule needs one result per policy and task")
             cost, unit = _cost_share(rs, base)
-            sign = 1 if base[0].get("higher_is_better", True) else -1  # a loss: lower is better
+            higher = base[0].get("higher_is_better", True)
             # a share of uniform's score needs a positive score (a Matthews correlation at or below 0 has none)
-            share = None if base_dev <= 0 or dev <= 0 else (dev / base_dev if sign > 0 else base_dev / dev)
-            per[policy][key] = {"method": method, "diff": sign * 100 * (dev - base_dev), "share": share,
+            share = None if base_dev <= 0 or dev <= 0 else (dev / base_dev if higher else base_dev / dev)
+            per[policy][key] = {"method": method, "diff": _points_vs(dev, base_dev, higher), "share": share,
                                 "cost": cost, "unit": unit, "n": n}
     keys = sorted(k for k, rs in tasks.items() if _main_groups(rs, _base_lr(rs)).get(BASELINE))
     if not keys:
@@ -611,18 +624,7 @@ def default_policy(tasks: dict[str, list[dict]]) -> str:
 def regenerate_default(text: str, results: Path) -> str:
     """``text`` with :func:`default_policy` of every results folder between ``<!-- default-policy:begin -->`` and
     ``<!-- default-policy:end -->`` (unchanged without the markers)."""
-    from layerwise.bench.store import load_results
-
-    begin, end = "<!-- default-policy:begin -->", "<!-- default-policy:end -->"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        return text
-    tasks = {}
-    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
-        if any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
-            tasks[folder.name] = [r for r in load_results(results, folder=folder.name)
-                                  if f"{r['model']}-{r['task']}" == folder.name]
-    return pattern.sub(lambda _: begin + "\n" + default_policy(tasks) + end, text)
+    return _replace_block(text, "default-policy", lambda: default_policy(task_records(results)))
 
 
 # -- the stability ablation (issue 28): does a metric's seed stability predict its selection's score? ----------
@@ -660,7 +662,8 @@ def stability_vs_score(results: Path, tasks: dict[str, list[dict]]) -> str:
                 dev, _, n = _dev_stats(groups[method])
                 rows.append({"task": key, "metric": metric, "tau": stats["kendall_tau_mean"],
                              "tau_std": stats["kendall_tau_std"], "seeds": len(study.get("seeds", [])),
-                             "method": method, "diff": 100 * (dev - base_dev), "n": n})
+                             "method": method, "n": n,
+                             "diff": _points_vs(dev, base_dev, base[0].get("higher_is_better", True))})
     if not rows:
         return ""
     lines = ["| task | metric | seed stability: Kendall tau (mean ± std over pairs) | calibration seeds | selection | "
@@ -682,18 +685,7 @@ def stability_vs_score(results: Path, tasks: dict[str, list[dict]]) -> str:
 def regenerate_stability(text: str, results: Path) -> str:
     """``text`` with :func:`stability_vs_score` between ``<!-- stability-vs-score:begin -->`` and
     ``<!-- stability-vs-score:end -->`` (unchanged without the markers)."""
-    from layerwise.bench.store import load_results
-
-    begin, end = "<!-- stability-vs-score:begin -->", "<!-- stability-vs-score:end -->"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        return text
-    tasks = {}
-    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
-        if any("schema" in json.loads(p.read_text()) for p in folder.glob("*.json")):
-            tasks[folder.name] = [r for r in load_results(results, folder=folder.name)
-                                  if f"{r['model']}-{r['task']}" == folder.name]
-    return pattern.sub(lambda _: begin + "\n" + stability_vs_score(results, tasks) + end, text)
+    return _replace_block(text, "stability-vs-score", lambda: stability_vs_score(results, task_records(results)))
 
 
 def main(argv: list[str] | None = None) -> int:

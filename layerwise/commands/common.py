@@ -35,17 +35,20 @@ def selection_group(default_policy: str = "all") -> Group:
     return Group(SelectionChoice, "layer selection", defaults={"policy": default_policy})
 
 
+def default_policy(card: str | bool | None) -> str:
+    """The policy without ``--policy``: the card's policy (:data:`~layerwise.settings.defaults.CARD_POLICY`, as
+    ``layerwise run``) when there is a card, so that a given card is never ignored, else uniform LoRA
+    (:data:`~layerwise.settings.defaults.POLICY_WITHOUT_CARD`)."""
+    return defaults.CARD_POLICY if card else defaults.POLICY_WITHOUT_CARD
+
+
 def apply_default_policy(args: argparse.Namespace, card: bool) -> None:
-    """Fill ``args.policy`` when ``--policy`` was not given: with a card, the measured default
-    (:data:`~layerwise.settings.defaults.CARD_POLICY` ranked by :data:`~layerwise.settings.defaults.CARD_METRIC`
-    unless ``--metric`` is given), else uniform LoRA (:data:`~layerwise.settings.defaults.POLICY_WITHOUT_CARD`)."""
+    """Fill ``args.policy`` when ``--policy`` was not given (:func:`default_policy`); the card's policy ranks by
+    :data:`~layerwise.settings.defaults.CARD_METRIC` unless ``--metric`` is given."""
     if args.policy is not None:
         return
-    if not card:
-        args.policy = defaults.POLICY_WITHOUT_CARD
-        return
-    args.policy = defaults.CARD_POLICY
-    if getattr(args, "metric", None) is None:
+    args.policy = default_policy(card)
+    if card and getattr(args, "metric", None) is None:
         args.metric = defaults.CARD_METRIC
 
 

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the main job: card, selection, training, uniform-LoRA baseline, report",
                        description="Measure the model's layers on your data (Layer Card), choose layers with a "
                        "policy, train a peft adapter there, train uniform LoRA with the same steps and seed, "
-                       "and report score, trainable parameters, time per phase and peak memory as ratios. Without --policy: "
+                       "and report score, trainable parameters, time per phase and peak memory as ratios. "
+                       "Without --policy: "
                        f"{DEFAULT_POLICY} by {defaults.CARD_METRIC} (unless --metric), the top half of the blocks.")
     add_common(p, GROUPS)
     add_place_flags(p, "output folder (default: runs/run-<model>-<task>)", resume=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from layerwise.commands.common import (ADAPTER, DATA, MODEL, add_common, add_place_flags, apply_default_policy,
-                                       calibration_group, guard_out, legacy_ranks, selection_group, settings_record, training_group)
+                                       calibration_group, default_policy, guard_out, legacy_ranks, selection_group,
+                                       settings_record, training_group)
 from layerwise.commands.flags import build
 from layerwise.runtime.io import slug
 from layerwise.settings import defaults
@@ -18,18 +19,12 @@ GROUPS = (MODEL, DATA, selection_group(None), ADAPTER, training_group(), calibra
 :func:`default_policy`."""
 
 
-def default_policy(card: str | None) -> str:
-    """The policy of ``train`` without ``--policy``: the card's policy (:data:`~layerwise.settings.defaults.
-    CARD_POLICY`, as ``layerwise run``) when ``--card`` is given, so that a given card is never ignored, else
-    uniform LoRA (:data:`~layerwise.settings.defaults.POLICY_WITHOUT_CARD`)."""
-    return defaults.CARD_POLICY if card else defaults.POLICY_WITHOUT_CARD
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="choose layers, put a peft adapter there and fine-tune it",
                        description="Fine-tune a peft adapter on the layers a policy chooses (from a Layer Card, "
                        "made on the fly when needed). Without --policy: "
-                       f"{defaults.CARD_POLICY} by {defaults.CARD_METRIC} (unless --metric) when --card is given, else {defaults.POLICY_WITHOUT_CARD} (uniform "
+                       f"{defaults.CARD_POLICY} by {defaults.CARD_METRIC} (unless --metric) when --card is given, "
+                       f"else {defaults.POLICY_WITHOUT_CARD} (uniform "
                        "LoRA). Writes a standard peft adapter folder, metrics.json, "
                        "train_log.jsonl (per-step forward/backward/optimizer time and memory), plots.png and "
                        "config.yaml.")
