@@ -17,6 +17,9 @@ The plan, in stages (``--stage``):
 - ``main``: every method of ``--methods`` at U, seeds ``--seeds`` (needs the sweep finished).
 - ``own``: every method but lora, seed 0 (``--own-seeds``), at 2U and 4U (``--own-factors``; its own rate is then
   the best of U, 2U, 4U on seed 0; more seeds at a rate confirm it).
+- ``full``: full fine-tuning (``full``: every parameter trained, no adapter), seed 0, at each of ``--full-lrs``;
+  recorded as sweep cells; the tables report the rate with the best validation score. A step of it is counted like
+  any other (the backward reaches every weight), with no prefix.
 - ``matched``: compute-matched runs. Every method but lora whose main cell (same seed) cost fewer FLOPs per step
   trains again at U with a step budget that spends uniform LoRA's mean counted FLOPs to its chosen step (more
   epochs for a cheaper method; the same evaluation interval and early stopping); its file is
@@ -45,6 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "lora"
+FULL = "full"  # full fine-tuning: its own rates (stage full), not uniform LoRA's
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="print the plan and what is done, run nothing")
     p.add_argument("--estimate", action="store_true", help="time one step of each kind, print the plan's cost")
     p.add_argument("--commit", action="store_true", help="git add + commit each finished cell's file")
+    p.add_argument("--full-lrs", default="2e-5,5e-5,1e-4",
+                   help="stage full: full fine-tuning's rates, seed 0 (the validation split chooses among them)")
     p.add_argument("--flop-lengths", default="16,48,96", help="padded lengths the step FLOPs are counted at")
     return p.parse_args(argv)
 
@@ -129,14 +135,19 @@ def uniform_rate(args: argparse.Namespace) -> float | None:
 
 def plan(args: argparse.Namespace) -> list[Cell]:
     stages = [s.strip() for s in args.stage.split(",")]
-    unknown = set(stages) - {"sweep", "main", "own", "matched"}
+    unknown = set(stages) - {"sweep", "main", "own", "matched", "full"}
     if unknown:
-        raise SystemExit(f"--stage: unknown {', '.join(sorted(unknown))}; allowed: sweep, main, own, matched")
+        raise SystemExit(f"--stage: unknown {', '.join(sorted(unknown))}; allowed: sweep, main, own, matched, full")
     u = uniform_rate(args)
     cells: list[Cell] = []
     if "sweep" in stages:
         cells += [Cell(BASELINE, 0, lr, "sweep") for lr in _floats(args.lrs)]
+    if "full" in stages:
+        cells += [Cell(FULL, 0, lr, "sweep") for lr in _floats(args.full_lrs)]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if FULL in methods:
+        raise SystemExit(f"--methods: {FULL} trains at its own rates, not uniform LoRA's: run it with --stage full "
+                         "(rates --full-lrs)")
     if "main" in stages:
         cells += [Cell(m, s, u, "main") for s in _ints(args.seeds) for m in methods]
     if "own" in stages:
@@ -233,14 +244,15 @@ def run_cell(args: argparse.Namespace, cell: Cell, data, n_train: int) -> Path:
 
     # one training folder per configuration: the main stage's cells share their rate's, a matched cell's step
     # budget is its own (a folder holds one run's settings; check_resume refuses others)
-    out = Path(args.work) / f"{args.model}-{args.task}" / (f"lr{cell.lr:g}" + (f"-steps{cell.steps}" if cell.steps
-                                                                                 else ""))
+    out = Path(args.work) / f"{args.model}-{args.task}" / (("full-" if cell.method == FULL else "") + f"lr{cell.lr:g}"
+                                                          + (f"-steps{cell.steps}" if cell.steps else ""))
     config = train_config(args, n_train, cell.lr)
     if cell.steps:
         config = replace(config, steps=cell.steps)
     start = time.perf_counter()
     bench = run_bench(args.model, data, out, train_config=config,
-                      bench=BenchOptions(methods=cell.method, train_seeds=(cell.seed,), inference_examples=0),
+                      bench=BenchOptions(methods=cell.method, train_seeds=(cell.seed,), inference_examples=0,
+                                         **({"full_lr": cell.lr} if cell.method == FULL else {})),
                       adapter=AdapterChoice("lora", args.targets, args.rank),
                       calibration=Calibration(samples=args.card_samples, max_length=args.max_length), device="cpu",
                       show_progress=False)
@@ -260,17 +272,21 @@ def _best(record: dict) -> str:
 
 
 def step_cost(args: argparse.Namespace, folder: Path):
-    """The counted FLOPs of one training step of this cell's adapter (cached per layers in the work folder)."""
+    """The counted FLOPs of one training step of this cell's adapter, or of full fine-tuning when the cell has no
+    adapter (cached per layers in the work folder)."""
     selection = json.loads((folder / "selection.json").read_text())
+    if selection["adapter"] is None:
+        return layers_cost(args, None, 0)
     return layers_cost(args, selection["selection"]["layers"], selection["adapter"]["rank"])
 
 
-def layers_cost(args: argparse.Namespace, layers: list[int], rank: int):
-    """The counted FLOPs of one LoRA step on ``layers`` (blocks below the lowest one are the prefix), cached per
-    layers in the work folder's ``step_flops.json``."""
+def layers_cost(args: argparse.Namespace, layers: list[int] | None, rank: int):
+    """The counted FLOPs of one LoRA step on ``layers`` (blocks below the lowest one are the prefix), or of one
+    full fine-tuning step when ``layers`` is None, cached per layers in the work folder's ``step_flops.json``."""
     from layerwise.bench.flops import StepCost
 
-    key = f"{args.model}|{args.task}|{args.targets}|{rank}|{','.join(map(str, layers))}"
+    key = (f"{args.model}|{args.task}|full" if layers is None else
+           f"{args.model}|{args.task}|{args.targets}|{rank}|{','.join(map(str, layers))}")
     cache_path = Path(args.work) / "step_flops.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     if key not in cache:
@@ -296,8 +312,9 @@ def _prepared(args: argparse.Namespace):
     return _READY[args.model]
 
 
-def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: int = 4):
-    """Count a LoRA step on ``layers`` at batch ``batch`` and three lengths (FLOPs scale with the batch)."""
+def count_cost(args: argparse.Namespace, layers: list[int] | None, rank: int, batch: int = 4):
+    """Count a LoRA step on ``layers`` at batch ``batch`` and three lengths (FLOPs scale with the batch); with
+    ``layers`` None, a full fine-tuning step (every weight's gradient, no prefix)."""
     import copy
 
     import torch
@@ -309,8 +326,13 @@ def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: in
 
     ready = _prepared(args)
     base = copy.deepcopy(ready.loaded.model)
-    model = apply_adapter(base, find_layer_stack(base, ready.stack.path), list(layers), targets=args.targets,
-                          rank=rank)
+    if layers is None:
+        model = base
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        model = apply_adapter(base, find_layer_stack(base, ready.stack.path), list(layers), targets=args.targets,
+                              rank=rank)
     model.train()
     vocab = ready.loaded.tokenizer.vocab_size
     gen = torch.Generator().manual_seed(0)
@@ -319,7 +341,7 @@ def count_cost(args: argparse.Namespace, layers: list[int], rank: int, batch: in
         ids = torch.randint(10, vocab - 1, (b, t), generator=gen)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(b, dtype=torch.long)}
 
-    lowest = min(layers)
+    lowest = 0 if layers is None else min(layers)
     # the flop counter names a module by its path from the outermost module called, under the root's class name
     suffixes = tuple(f"{ready.stack.path}.{i}" for i in range(lowest))
     names = [n for n, _ in model.named_modules() if n.endswith(suffixes)]
@@ -387,8 +409,8 @@ def make_record(args: argparse.Namespace, cell: Cell, folder: Path, config, benc
                                              "seconds": best["seconds"], "validation": best["validation"],
                                              "dev": best["dev"]},
         "main_metric": main, "higher_is_better": higher, "layers": sel.get("layers"),
-        "ranks": selection["adapter"].get("ranks") or {str(i): selection["adapter"]["rank"]
-                                                      for i in sel.get("layers") or []},
+        "ranks": None if selection["adapter"] is None else (
+            selection["adapter"].get("ranks") or {str(i): selection["adapter"]["rank"] for i in sel.get("layers") or []}),
         "trainable_params": metrics["trainable_params"], "steps": metrics["steps"],
         "matched_to_flops": cell.budget_flops,
         "freeze": None if not metrics.get("freeze") else {k: metrics["freeze"].get(k) for k in (
@@ -495,25 +517,44 @@ def estimate(args: argparse.Namespace, cells: list[Cell], data, n_train: int) ->
     ids = torch.randint(10, 1000, (args.batch_size, length))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "labels": torch.zeros(args.batch_size, dtype=torch.long)}
+    todo = [c for c in cells if not _done(args, c)]
+    full_s = None
+    if any(c.method == FULL for c in todo):  # full fine-tuning's step (every weight's gradient, AdamW on all)
+        import copy
+
+        full = copy.deepcopy(ready.loaded.model)
+        for p in full.parameters():
+            p.requires_grad_(True)
+        full_s = _step_seconds(full, batch, torch.optim.AdamW(full.parameters(), lr=1e-5))
+        del full
     model = apply_adapter(ready.loaded.model, ready.stack, list(range(len(ready.stack))), targets=args.targets,
                           rank=args.rank)
-    model.train()
-    loss = model(**batch).loss
-    loss.backward()  # warm-up
-    start = time.perf_counter()
-    model(**batch).loss.backward()
-    step_s = time.perf_counter() - start
+    step_s = _step_seconds(model, batch, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
     with torch.no_grad():
         start = time.perf_counter()
         model(**batch)
         fwd_s = time.perf_counter() - start
     eval_s = fwd_s * math.ceil(n_eval / args.batch_size)
     cell_s = config.steps * step_s + evals * eval_s
-    todo = [c for c in cells if not _done(args, c)]
+    full_cell_s = None if full_s is None else config.steps * full_s + evals * eval_s
     print(f"one uniform step ({args.batch_size} x {length} tokens): {step_s:.1f} s; one evaluation of "
           f"{n_eval} examples: {eval_s:.0f} s; a cell's budget: {config.steps} steps, {evals} evaluations")
+    if full_s is not None:
+        print(f"one full fine-tuning step: {full_s:.1f} s; upper bound per full cell: {full_cell_s / 3600:.2f} h")
+    total = sum(full_cell_s if c.method == FULL else cell_s for c in todo)
     print(f"upper bound per uniform cell (no early stop, selections cost less): {cell_s / 3600:.2f} h; "
-          f"{len(todo)} cells to run: at most {len(todo) * cell_s / 3600:.1f} h on this core")
+          f"{len(todo)} cells to run: at most {total / 3600:.1f} h on this core")
+
+
+def _step_seconds(model, batch: dict, optimizer) -> float:
+    """Seconds of one training step (forward, backward, optimizer step) after a warm-up step."""
+    model.train()
+    for _ in range(2):  # the first is the warm-up
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
 
 
 def _done(args: argparse.Namespace, cell: Cell) -> bool:

@@ -124,6 +124,11 @@ def _main_groups(records: list[dict], base_lr: float | None) -> dict[str, list[d
         if r.get("stage") == "sweep" and r["method"] == BASELINE and r["lr"] == base_lr and not any(
                 0 in (x.get("seeds") or [x["seed"]]) for x in groups[BASELINE]):
             groups[BASELINE].append(r)
+    full = [r for r in records if r.get("stage") == "sweep" and r["method"] == "full"
+            and _main(r, "validation") is not None]
+    if full and not groups.get("full"):  # full fine-tuning's own sweep (seed 0): the rate validation chose
+        sign = 1 if full[0]["higher_is_better"] else -1
+        groups["full"].append(max(full, key=lambda r: (sign * _main(r, "validation"), -r["lr"])))
     return {m: rs for m, rs in groups.items() if rs}
 
 

@@ -122,6 +122,14 @@ def test_the_deep_runner_lists_finished_cells_as_done_and_derives_uniforms_rate(
     two_seeds = subprocess.run([*matched.args[:-2], "0,1", "--list"], capture_output=True, text=True, timeout=60)
     assert "matched pareto-s0-lr0.002-matched: waits for its main cell and every seed" in two_seeds.stdout, \
         two_seeds.stdout
+    # full fine-tuning has its own rates (stage full), never uniform LoRA's
+    full = subprocess.run([*matched.args[:matched.args.index("--stage")], "--stage", "full", "--full-lrs", "1e-5,3e-5",
+                           "--list"], capture_output=True, text=True, timeout=60)
+    assert "sweep full-s0-lr1e-05: to run" in full.stdout and "sweep full-s0-lr3e-05: to run" in full.stdout, \
+        full.stdout + full.stderr
+    refused = subprocess.run([*matched.args[:matched.args.index("--methods")], "--methods", "lora,full", "--seeds",
+                              "0", "--list"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--stage full" in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow
@@ -161,6 +169,15 @@ def test_the_deep_runner_runs_a_cell_and_scores_dev_at_the_validation_step_only(
     assert len(late) >= 2, depth
     share = (ours[late[-1]] - ours[late[0]]) / (uniform[late[-1]] - uniform[late[0]])
     assert 0 < share < 2 * depth[-1][1] / len(f["layers"])  # about the trainable blocks' share of the model
+    # full fine-tuning at its own rate: every weight's gradient, so each step costs more than uniform LoRA's
+    full = subprocess.run(cmd[:stage] + ["--stage", "full", "--full-lrs", "1e-4"] + cmd[stage + 2:],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert full.returncode == 0, full.stderr[-3000:]
+    g = read_result(result_path(tmp_path / "results", "minilm", "mrpc", "full-s0-lr0.0001"))
+    assert g["method"] == "full" and g["lr"] == 1e-4 and g["ranks"] is None and g["stage"] == "sweep"
+    assert g["trainable_params"] > 100 * r["trainable_params"] and g["steps"] == r["steps"]
+    per_step = {"full": g["total_flops"] / g["steps"], "lora": r["total_flops"] / r["steps"]}
+    assert 1.2 < per_step["full"] / per_step["lora"] < 3.5, per_step  # weight gradients: about one more matmul
 
 
 def test_step_flops_fit_predicts_an_unseen_length_and_the_cache_removes_the_prefix() -> None:
@@ -396,3 +413,24 @@ def test_the_default_policy_rule_reads_a_loss_the_right_way_and_refuses_two_resu
     with pytest.raises(SystemExit, match="both stand for policy actnorm-top"):
         tables.default_policy({"m-a": [cell("lora", 0.5, 10.0), cell("actnorm-top3", 0.5, 5.0),
                                        cell("actnorm-top4", 0.5, 5.0)]})
+
+
+def test_full_fine_tuning_enters_the_main_table_at_the_rate_its_own_sweep_chose() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def full(lr: float, val: float) -> dict:
+        r = _record(method="full", cell=cell_name("full", 0, lr), lr=lr, layers=None, ranks=None)
+        r["chosen"] = {**r["chosen"], "validation": {"accuracy": val}}
+        return r
+
+    records = [_record(), full(1e-5, 0.70), full(3e-5, 0.85), full(1e-4, 0.85)]
+    groups = tables._main_groups(records, 1e-3)
+    assert [r["lr"] for r in groups["full"]] == [3e-5]  # the best validation; of two equal, the lower rate
+    assert [r["lr"] for r in groups["lora"]] == [1e-3]  # uniform's seed-0 sweep cell stands for its main seed 0
+    text = tables.render("m-t", records)
+    assert "| full | **3e-05** | 0.8500 |" in text  # bold in the sweep table
+    assert "| full | 3e-05 | all (full) | 0 | 0.8500 (n=1) |" in text  # and its row among the methods
