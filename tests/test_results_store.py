@@ -434,3 +434,30 @@ def test_full_fine_tuning_enters_the_main_table_at_the_rate_its_own_sweep_chose(
     text = tables.render("m-t", records)
     assert "| full | **3e-05** | 0.8500 |" in text  # bold in the sweep table
     assert "| full | 3e-05 | all (full) | 0 | 0.8500 (n=1) |" in text  # and its row among the methods
+
+
+def test_the_figure_draws_at_every_flop_count_the_best_score_the_compute_matched_table_reads(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import numpy as np
+
+    records = load_results(REPO / "benchmarks/results", model="smollm2-135m", task="cola",
+                           folder="smollm2-135m-cola")
+    runs = [r for r in records if r.get("stage") == "main" and r["evaluations"]][:6]
+    assert runs
+    for r in runs:
+        x = [e["flops"] for e in r["evaluations"]]
+        grid = np.unique(np.concatenate([x, np.linspace(0.5 * x[0], 1.5 * x[-1], 17)]))
+        curve = tables.best_so_far(r, grid)
+        for g, c in zip(grid, curve):
+            want = tables._best_within(r, float(g))
+            assert (want is None and np.isnan(c)) or c == want, (r["cell"], g, c, want)
+    # a loss (lower is better) keeps its minimum
+    loss = _record(main_metric="loss", higher_is_better=False,
+                   evaluations=[{"step": s, "flops": f, "validation": {"loss": v}}
+                                for s, f, v in ((1, 1.0, 0.9), (2, 2.0, 0.5), (3, 3.0, 0.7))])
+    assert tables.best_so_far(loss, [0.5, 1.0, 2.5, 3.0, 9.0])[1:].tolist() == [0.9, 0.5, 0.5, 0.5]
+    assert tables.figure("smollm2-135m-cola", records, tmp_path / "f.png") and (tmp_path / "f.png").stat().st_size
