@@ -256,13 +256,18 @@ def _other_metrics(rs: list[dict]) -> str:
     return "; ".join(f"{n} {_ms(*_dev_stats(rs, n))}" for n in names) or "-"
 
 
+def _target(base: list[dict]) -> float:
+    """99% of uniform LoRA's mean best validation score: the compute-matched table's and the figure's target."""
+    return 0.99 * statistics.fmean(_main(r, "validation") for r in base)
+
+
 def _compute_matched(groups: dict[str, list[dict]], main: str) -> list[str]:
     base = [r for r in groups.get(BASELINE, []) if r["evaluations"] and r["chosen"] and r["chosen"].get("flops")]
     if not base:
         return ["Compute-matched results: not available (the runs recorded no FLOPs per evaluation).", ""]
     step = round(statistics.fmean(r["chosen"]["step"] for r in base))
     budget = statistics.fmean(r["chosen"]["flops"] for r in base)
-    target = 0.99 * statistics.fmean(_main(r, "validation") for r in base)
+    target = _target(base)
     lines = [f"Compute-matched (validation {main}; uniform LoRA chose step {step} on average, at "
              f"{_flops(budget)} training FLOPs; 99% of its best validation score is {target:.4f}). FLOPs are "
              "counted, not timed:", "",
@@ -346,7 +351,6 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
     styles = ("-", "--", ":", "-.")  # ten colours, then the next line style: 14 methods stay distinguishable
     for i, (m, rs) in enumerate(sorted(groups.items())):
         grid = np.unique(np.concatenate([[e["flops"] for e in r["evaluations"]] for r in rs]))
-        curves = []
         c = np.array([best_so_far(r, grid) for r in rs])
         with np.errstate(all="ignore"):
             mean, lo, hi = np.nanmean(c, axis=0), np.nanmin(c, axis=0), np.nanmax(c, axis=0)
@@ -354,9 +358,8 @@ def figure(key: str, records: list[dict], path: Path) -> bool:
                         lw=2.2 if m == BASELINE else 1.2, label=f"{m} (n={len(rs)})")
         if len(rs) > 1:
             ax.fill_between(grid, lo, hi, step="post", alpha=0.08, color=line.get_color())
-    scores = [s for s in (_main(r, "validation") for r in groups.get(BASELINE, [])) if s is not None]
-    if scores:  # the compute-matched table's target
-        ax.axhline(0.99 * statistics.fmean(scores), color="black", ls=":", lw=1, label="99% of uniform's best")
+    if groups.get(BASELINE):  # the compute-matched table's target
+        ax.axhline(_target(groups[BASELINE]), color="black", ls=":", lw=1, label="99% of uniform's best")
     ax.set_xlabel("training FLOPs (counted)")
     ax.set_ylabel(f"best validation {runs[0]['main_metric']} so far")
     ax.set_title(f"{key}: best validation score within the compute", fontsize=10)
